@@ -1,0 +1,189 @@
+"""The lazy array handle and the opened-file mapping every reader returns.
+
+Readers describe arrays (name, shape, dtype, where the bytes are) without touching the data; the
+bytes are read only when `.numpy()` is called. Metadata keys are shared by all readers so later
+steps (mappings, drafts, parity) can reason across formats:
+
+    layer       source layer / op / variable-scope name the array belongs to
+    layer_type  the source's type for that layer (Convolution, Conv2D, BatchNorm, ...)
+    role        one of ROLES
+    layout      axis letters of the stored array, e.g. OIHW, HWIO, HWCM (depthwise), IO, OI
+    index       position of the array inside its layer (Caffe blob index, Keras weight order)
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .errors import ArrayNotFoundError, FormatError
+
+ROLES = ("weight", "bias", "running_mean", "running_var", "running_stat", "optimizer", "counter",
+         "constant", "other")
+"""Array roles. `optimizer` (slots, moments) and `counter` (steps, iterations) are training state
+that a mapping usually ignores by category; `running_*` are BatchNorm statistics."""
+
+try:  # bfloat16 and friends as real numpy dtypes (ml_dtypes ships with TF/JAX and alone)
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a declared dependency
+    BFLOAT16 = None
+
+
+class ArrayHandle:
+    """One named array of an opened file. Nothing is read until `.numpy()`."""
+
+    __slots__ = ("name", "shape", "dtype", "meta", "_load")
+
+    def __init__(self, name: str, shape, dtype, load: Callable[[], np.ndarray], meta: dict | None = None):
+        self.name = name
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self._load = load
+        self.meta = dict(meta or {})
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def role(self) -> str | None:
+        return self.meta.get("role")
+
+    @property
+    def layer(self) -> str | None:
+        return self.meta.get("layer")
+
+    @property
+    def layout(self) -> str | None:
+        return self.meta.get("layout")
+
+    def numpy(self, copy: bool = True) -> np.ndarray:
+        """The data as a numpy array of `.shape` and `.dtype`.
+
+        copy=True (default) returns an array that owns its memory and outlives the file;
+        copy=False may return a read-only view into the memory-mapped file.
+        """
+        arr = self._load()
+        if arr.shape != self.shape and arr.size == self.size:
+            arr = arr.reshape(self.shape)
+        if arr.shape != self.shape or arr.dtype != self.dtype:
+            raise FormatError(f"decoded {arr.dtype}{list(arr.shape)}, expected {self.dtype}{list(self.shape)}",
+                              array=self.name)
+        if copy:
+            arr = np.array(arr, copy=True, order="C")
+            if arr.dtype.byteorder not in "=|":
+                arr = arr.astype(arr.dtype.newbyteorder("="))
+        return arr
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __repr__(self) -> str:
+        role = f", role={self.role}" if self.role else ""
+        return f"ArrayHandle({self.name!r}, shape={self.shape}, dtype={self.dtype}{role})"
+
+
+@dataclass
+class Layer:
+    """A layer / op / node of the source architecture, in source order."""
+
+    name: str
+    type: str
+    params: dict = field(default_factory=dict)
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    arrays: list = field(default_factory=list)
+
+
+class ArrayFile(Mapping):
+    """Read-only mapping name -> ArrayHandle, in the file's own order.
+
+    `.meta` holds file-level facts (framework, format, version, config, graph); `.layers` the
+    architecture when the format records one (prototxt, symbol JSON, Keras config, ONNX graph).
+    """
+
+    def __init__(self, path, framework: str, arrays: list[ArrayHandle] | dict, *, meta: dict | None = None,
+                 layers: dict | None = None, closer: Callable[[], None] | None = None):
+        self.path = os.fspath(path)
+        self.framework = framework
+        items = arrays.values() if isinstance(arrays, dict) else arrays
+        self._arrays: dict[str, ArrayHandle] = {}
+        for a in items:
+            if a.name in self._arrays:
+                raise FormatError("array name appears twice", file=self.path, array=a.name)
+            self._arrays[a.name] = a
+        self.meta = {"framework": framework, **(meta or {})}
+        self.layers: dict[str, Layer] = dict(layers or {})
+        self._closer = closer
+
+    def __getitem__(self, name: str) -> ArrayHandle:
+        try:
+            return self._arrays[name]
+        except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self._arrays), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"{len(self)} arrays; list them with `convert inspect`"
+            raise ArrayNotFoundError("no such array", file=self.path, array=name, hint=hint) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays.values())
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """Every array materialised, in file order."""
+        return {k: a.numpy() for k, a in self._arrays.items()}
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ArrayFile {self.framework} {self.path!r}: {len(self)} arrays, {self.nbytes} bytes>"
+
+
+def role_from_name(name: str) -> str | None:
+    """Role guessed from the conventional variable names most frameworks share."""
+    low = name.lower().rsplit("/", 1)[-1].rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+    if low in ("kernel", "weight", "weights", "gamma", "depthwise_kernel", "pointwise_kernel",
+               "recurrent_kernel", "embeddings", "alpha", "scale", "w"):
+        return "weight"
+    if low in ("bias", "biases", "beta", "b"):
+        return "bias"
+    if low in ("moving_mean", "running_mean"):
+        return "running_mean"
+    if low in ("moving_variance", "moving_var", "running_var"):
+        return "running_var"
+    if low in ("num_batches_tracked",):
+        return "counter"
+    return None

@@ -1,0 +1,64 @@
+"""Bounds-checked access to a file's bytes through a read-only memory map.
+
+Every length and offset a reader takes from a file goes through `require` before anything is
+allocated, so a corrupt header gives a FormatError naming the file and byte offset instead of a
+MemoryError, a hang or a numpy traceback.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+import numpy as np
+
+from ..errors import TruncatedError
+
+
+class FileView:
+    """The whole file as a read-only buffer (memory-mapped; pages load only when touched)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.size = os.path.getsize(self.path)
+        self._fh = open(self.path, "rb")
+        if self.size:
+            self.buf = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+        else:
+            self.buf = b""
+
+    def close(self) -> None:
+        # Arrays handed out with copy=False may still point into the map; let GC close it then.
+        try:
+            if isinstance(self.buf, mmap.mmap):
+                self.buf.close()
+        except BufferError:
+            pass
+        self._fh.close()
+
+    def require(self, offset: int, length: int, what: str, array=None) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise TruncatedError(
+                f"{what} needs bytes {offset}..{offset + length} but the file has {self.size}",
+                file=self.path, array=array, offset=offset,
+                hint="the file is truncated or corrupt")
+
+    def bytes(self, offset: int, length: int, what: str = "data", array=None) -> bytes:
+        self.require(offset, length, what, array)
+        return bytes(self.buf[offset:offset + length])
+
+    def unpack(self, fmt: str, offset: int, what: str = "header", array=None) -> tuple:
+        n = struct.calcsize(fmt)
+        self.require(offset, n, what, array)
+        return struct.unpack_from(fmt, self.buf, offset)
+
+    def array(self, offset: int, dtype, shape, array=None) -> np.ndarray:
+        """A read-only numpy view of `shape` elements of `dtype` at `offset` (no copy)."""
+        dtype = np.dtype(dtype)
+        count = 1
+        for d in shape:
+            count *= int(d)
+        self.require(offset, count * dtype.itemsize, f"{dtype}{list(shape)} data", array)
+        if count == 0:
+            return np.zeros(shape, dtype)
+        return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset).reshape(shape)

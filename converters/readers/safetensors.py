@@ -1,0 +1,73 @@
+"""[safetensors] reader: 8-byte header length, JSON header, raw little-endian data.
+
+The format is small and fully specified, so it is read directly: that keeps every tensor a lazy
+memory-map view and supports bfloat16 through ml_dtypes (the safetensors package's numpy
+backend has no bfloat16).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..arrays import BFLOAT16, ArrayFile, ArrayHandle, role_from_name
+from ..errors import FormatError, UnsupportedError
+from ._binary import FileView
+
+NAME = "safetensors"
+_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": BFLOAT16, "I64": "<i8", "I32": "<i4",
+           "I16": "<i2", "I8": "i1", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "?"}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def sniff(path, head: bytes) -> bool:
+    if len(head) < 10:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= _MAX_HEADER and head[8:9] == b"{" and head[9:10] in (b'"', b"}")
+
+
+def open(path, **options) -> ArrayFile:
+    view = FileView(path)
+    try:
+        return _open(view)
+    except BaseException:
+        view.close()
+        raise
+
+
+def _open(view: FileView) -> ArrayFile:
+    (n,) = view.unpack("<Q", 0, "header length")
+    if n > _MAX_HEADER:
+        raise FormatError(f"header length {n} is implausible", file=view.path, offset=0,
+                          hint="not a safetensors file")
+    try:
+        header = json.loads(view.bytes(8, n, "JSON header"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"header is not JSON: {e}", file=view.path, offset=8) from None
+    if not isinstance(header, dict):
+        raise FormatError("header is not a JSON object", file=view.path, offset=8)
+    base = 8 + n
+    meta = {"format": "safetensors", "metadata": header.pop("__metadata__", None) or {}}
+    arrays = []
+    for name, info in header.items():
+        try:
+            dtype_name, shape, (start, stop) = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise FormatError("header entry lacks dtype/shape/data_offsets", file=view.path, array=name) from None
+        if dtype_name not in _DTYPES or _DTYPES[dtype_name] is None:
+            raise UnsupportedError(f"dtype {dtype_name} is not supported", file=view.path, array=name)
+        dtype = np.dtype(_DTYPES[dtype_name])
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if any(int(d) < 0 for d in shape) or stop - start != count * dtype.itemsize:
+            raise FormatError(f"data_offsets {start}..{stop} do not hold {dtype_name}{shape}",
+                              file=view.path, array=name, offset=base + start)
+        view.require(base + start, stop - start, "tensor data", name)
+        arrays.append((start, ArrayHandle(name, shape, dtype, _loader(view, base + start, dtype, shape, name),
+                                          {"role": role_from_name(name)})))
+    arrays.sort(key=lambda t: t[0])  # file order is data order; JSON key order is not meaningful
+    return ArrayFile(view.path, NAME, [a for _, a in arrays], meta=meta, closer=view.close)
+
+
+def _loader(view, offset, dtype, shape, name):
+    return lambda: view.array(offset, dtype, shape, name)
