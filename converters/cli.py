@@ -87,6 +87,21 @@ def print_table(f, rows) -> None:
           + ("; " + ", ".join(f"{n} {r}" for r, n in by_role.items()) if by_role else ""))
 
 
+def _register_lazy_subcommands():
+    """Subcommands living in other modules, imported only when named."""
+    def lazy(module, fn):
+        def run(argv):
+            import importlib
+
+            return getattr(importlib.import_module(module, __package__), fn)(argv)
+        return run
+    SUBCOMMANDS.setdefault("convert", lazy(".convert", "cmd_convert"))
+    SUBCOMMANDS.setdefault("maps", lazy(".convert", "cmd_maps"))
+
+
+_register_lazy_subcommands()
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -111,3 +126,10 @@ def main(argv=None) -> int:
     except OSError as e:  # unreadable paths, permissions, disk full
         print(f"convert: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
+
+
+# Modules that register further subcommands with @subcommand when imported (kept at the bottom:
+# they import this module). Add a module name here to plug in a subcommand.
+_SUBCOMMAND_MODULES = ("diff",)
+for _name in _SUBCOMMAND_MODULES:
+    __import__(f"{__package__}.{_name}")

@@ -74,7 +74,11 @@ class MappingError(ConvertersError):
 
 
 class CoverageError(ConvertersError):
-    """A conversion would drop a source array or leave a target tensor unfilled."""
+    """A conversion would drop a source array or leave a target tensor unfilled; `.report` says what."""
+
+    def __init__(self, message, *, report=None, **kw):
+        super().__init__(message, **kw)
+        self.report = report
 
 
 class OutputExistsError(ConvertersError):

@@ -1,0 +1,285 @@
+"""Mapping tables: YAML -> validated `Mapping` objects that remember file and line of every rule.
+
+YAML is read with a safe loader; the only thing a table can make the toolkit execute is the
+import of the target model it names (`target.model: package.module:callable`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from ..errors import MappingError
+from . import transforms as T
+from .templates import compile_template, names_used
+
+TOP_KEYS = {"source", "target", "input", "rules", "ignore", "fill", "init", "include", "description", "notes"}
+INIT_SCHEMES = ("kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "normal", "zeros",
+                "ones", "constant", "conv_classic", "default")
+
+
+class _Dict(dict):
+    line = None
+
+
+class _List(list):
+    line = None
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader whose mappings and sequences remember their 1-based line."""
+
+
+def _construct_mapping(loader, node):
+    loader.flatten_mapping(node)
+    d = _Dict()
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in d:
+            raise MappingError(f"key {key!r} appears twice", rule=f"{_name(loader)}:{key_node.start_mark.line + 1}")
+        d[key] = loader.construct_object(value_node, deep=True)
+    d.line = node.start_mark.line + 1
+    return d
+
+
+def _construct_sequence(loader, node):
+    lst = _List(loader.construct_object(n, deep=True) for n in node.value)
+    lst.line = node.start_mark.line + 1
+    return lst
+
+
+def _name(loader):
+    return getattr(loader, "_path", "<mapping>")
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+@dataclass
+class Rule:
+    pattern: re.Pattern
+    to: list  # compiled templates, one per target
+    to_text: list
+    with_: list  # compiled templates for extra sources
+    with_text: list
+    transforms: list
+    where: str  # file:line
+    many: bool  # `to` was written as a list
+
+    def __str__(self):
+        return self.where
+
+
+@dataclass
+class Ignore:
+    pattern: re.Pattern | None
+    role: str | None
+    layer_type: str | None
+    reason: str
+    where: str
+
+    def matches(self, handle) -> bool:
+        if self.pattern is not None and not self.pattern.fullmatch(handle.name):
+            return False
+        if self.role is not None and handle.meta.get("role") != self.role:
+            return False
+        if self.layer_type is not None and handle.meta.get("layer_type") != self.layer_type:
+            return False
+        return True
+
+
+@dataclass
+class TargetFill:
+    pattern: re.Pattern
+    value: float | None  # fill
+    scheme: str | None  # init
+    args: dict
+    where: str
+
+
+@dataclass
+class Mapping:
+    path: str
+    sha256: str
+    source: str | None = None
+    target: dict | None = None
+    input: dict | None = None
+    rules: list = field(default_factory=list)
+    ignore: list = field(default_factory=list)
+    fill: list = field(default_factory=list)
+    init: list = field(default_factory=list)
+    description: str = ""
+
+
+def shipped_dir() -> Path:
+    """Where the shipped tables are: package data when installed, `mappings/` in a checkout."""
+    try:
+        d = resources.files("converters") / "mappings"
+        if d.is_dir():
+            return Path(str(d))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[2] / "mappings"
+
+
+def shipped_tables() -> dict[str, Path]:
+    root = shipped_dir()
+    out = {}
+    for p in sorted(root.rglob("*.yaml")):
+        rel = p.relative_to(root).with_suffix("").as_posix()
+        out[rel] = p
+    return out
+
+
+def resolve(name_or_path, relative_to: Path | None = None) -> Path:
+    """A path to a table: an existing file, or a shipped table's name (`resnet50`, `keras/vgg16`)."""
+    p = Path(os.fspath(name_or_path))
+    candidates = [p] if p.is_absolute() else ([relative_to / p] if relative_to else []) + [p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    tables = shipped_tables()
+    key = str(name_or_path).removesuffix(".yaml")
+    if key in tables:
+        return tables[key]
+    by_stem = [v for k, v in tables.items() if k.rsplit("/", 1)[-1] == key]
+    if len(by_stem) == 1:
+        return by_stem[0]
+    import difflib
+
+    close = difflib.get_close_matches(key, list(tables), n=3)
+    raise MappingError(f"no mapping file or shipped table {str(name_or_path)!r}",
+                       hint=f"did you mean {', '.join(close)}?" if close else "list shipped tables with `convert maps`")
+
+
+def load(name_or_path, _seen=None) -> Mapping:
+    """Read, validate and compile a mapping table (following `include:`)."""
+    path = resolve(name_or_path)
+    raw_bytes = path.read_bytes()
+    data = _parse_yaml(path, raw_bytes)
+    m = Mapping(path=str(path), sha256=hashlib.sha256(raw_bytes).hexdigest())
+    _compile_into(m, data, path)
+    seen = set(_seen or ()) | {path.resolve()}
+    for inc in data.get("include") or []:
+        inc_path = resolve(inc, path.parent)
+        if inc_path.resolve() in seen:
+            raise MappingError(f"include cycle through {inc_path}", rule=_where(path, data.get("include")))
+        sub = load(inc_path, seen)
+        m.source = m.source or sub.source
+        m.target = m.target or sub.target
+        m.input = m.input or sub.input
+        m.rules += sub.rules
+        m.ignore += sub.ignore
+        m.fill += sub.fill
+        m.init += sub.init
+        m.sha256 = hashlib.sha256((m.sha256 + sub.sha256).encode()).hexdigest()
+    return m
+
+
+def _parse_yaml(path: Path, raw: bytes):
+    loader = _LineLoader(raw.decode("utf-8", errors="replace"))
+    loader._path = str(path)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise MappingError(f"not valid YAML: {getattr(e, 'problem', e)}", rule=where) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise MappingError(f"a mapping table is a YAML mapping with `rules:`, not {type(data).__name__}",
+                           rule=f"{path}:1")
+    _validate_schema(path, data)
+    return data
+
+
+def _where(path, node, fallback=None) -> str:
+    line = getattr(node, "line", None) or getattr(fallback, "line", None)
+    return f"{path}:{line}" if line else str(path)
+
+
+def schema() -> dict:
+    return json.loads((Path(__file__).resolve().parents[1] / "schema" / "mapping.schema.json").read_text())
+
+
+def _validate_schema(path, data):
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise MappingError(f"unknown top-level key(s) {sorted(unknown)}", rule=_where(path, data),
+                           hint=f"known keys: {', '.join(sorted(TOP_KEYS))}")
+    try:
+        import jsonschema
+    except ImportError:
+        return  # the compile step below still checks every field it uses
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        node, parent = data, data
+        for key in e.absolute_path:
+            parent, node = node, node[key]
+        loc = "/".join(map(str, e.absolute_path)) or "top level"
+        raise MappingError(f"{loc}: {e.message}", rule=_where(path, node, parent))
+
+
+def _regex(text, where):
+    try:
+        return re.compile(str(text))
+    except re.error as e:
+        raise MappingError(f"invalid regular expression {text!r}: {e}", rule=where) from None
+
+
+def _compile_into(m: Mapping, data: dict, path: Path):
+    m.source = data.get("source")
+    m.description = data.get("description", "")
+    target = data.get("target")
+    if isinstance(target, str):
+        target = {"model": target}
+    m.target = dict(target) if target else None
+    m.input = dict(data["input"]) if data.get("input") else None
+    for item in data.get("rules") or []:
+        m.rules.append(_compile_rule(item, path))
+    for item in data.get("ignore") or []:
+        where = _where(path, item, data.get("ignore"))
+        if isinstance(item, str):
+            item = {"pattern": item}
+        m.ignore.append(Ignore(_regex(item["pattern"], where) if item.get("pattern") is not None else None,
+                               item.get("role"), item.get("layer_type"), item.get("reason", ""), where))
+    for item in data.get("fill") or []:
+        where = _where(path, item, data.get("fill"))
+        m.fill.append(TargetFill(_regex(item["to"], where), float(item["value"]), None, {}, where))
+    for item in data.get("init") or []:
+        where = _where(path, item, data.get("init"))
+        scheme = item.get("scheme", "default")
+        if scheme not in INIT_SCHEMES:
+            raise MappingError(f"unknown init scheme {scheme!r}", rule=where, hint=f"one of {', '.join(INIT_SCHEMES)}")
+        args = {k: v for k, v in item.items() if k not in ("to", "scheme")}
+        m.init.append(TargetFill(_regex(item["to"], where), None, scheme, args, where))
+
+
+def _compile_rule(item, path) -> Rule:
+    where = _where(path, item)
+    if not isinstance(item, dict) or "from" not in item or "to" not in item:
+        raise MappingError("a rule needs `from:` (regex) and `to:` (template)", rule=where)
+    pattern = _regex(item["from"], where)
+    many = isinstance(item["to"], list)
+    to_text = [str(t) for t in (item["to"] if many else [item["to"]])]
+    with_text = [str(t) for t in item.get("with") or []]
+    to = [compile_template(t, rule=where) for t in to_text]
+    with_ = [compile_template(t, rule=where) for t in with_text]
+    groups = set(pattern.groupindex)
+    for parts, text in zip(to + with_, to_text + with_text):
+        missing = names_used(parts) - groups
+        if missing:
+            raise MappingError(f"template {text!r} uses {sorted(missing)} but the pattern {pattern.pattern!r} "
+                               f"captures {sorted(groups) or 'nothing'}", rule=where)
+    chain = [T.build(t, rule=where) for t in item.get("transforms") or []]
+    return Rule(pattern, to, to_text, with_, with_text, chain, where, many)

@@ -1,0 +1,1 @@
+"""PyTorch modules the shipped mapping tables target when torchvision has no equivalent."""

@@ -1,0 +1,85 @@
+"""The PyTorch side: import the target model a mapping names and describe its tensors."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import torch
+
+from .arrays import BFLOAT16
+from .errors import ConvertersError
+from .mapping.plan import TargetTensor
+
+_TORCH_TO_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+                   torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
+                   torch.uint8: np.uint8, torch.bool: np.bool_}
+
+
+def numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    if dtype == torch.bfloat16:
+        return BFLOAT16
+    try:
+        return np.dtype(_TORCH_TO_NUMPY[dtype])
+    except KeyError:
+        raise ConvertersError(f"tensor dtype {dtype} has no numpy equivalent") from None
+
+
+def to_torch(arr: np.ndarray) -> torch.Tensor:
+    """numpy -> torch without a copy where possible (bfloat16 through an int16 view)."""
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype == BFLOAT16:
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.from_numpy(arr)
+
+
+def load_factory(spec: str):
+    """`package.module:callable` -> the callable (the only code a mapping can make us import)."""
+    module_name, _, attr = str(spec).partition(":")
+    if not module_name or not attr:
+        raise ConvertersError(f"target {spec!r} is not of the form package.module:callable")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConvertersError(f"cannot import target module {module_name!r}: {e}",
+                              hint="install the package that provides the model") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConvertersError(f"{module_name} has no {attr!r}") from None
+    if not callable(obj):
+        raise ConvertersError(f"target {spec!r} is not callable")
+    return obj
+
+
+def build_model(target: dict, *, meta: bool = False) -> torch.nn.Module:
+    """Instantiate the mapping's target; meta=True builds it without memory for its tensors."""
+    factory = load_factory(target["model"])
+    kwargs = dict(target.get("kwargs") or {})
+    try:
+        if meta:
+            with torch.device("meta"):
+                model = factory(**kwargs)
+        else:
+            model = factory(**kwargs)
+    except Exception as e:  # a user's model constructor may raise anything
+        raise ConvertersError(f"building target {target['model']}({kwargs}) failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ConvertersError(f"target {target['model']} returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def describe(model: torch.nn.Module) -> dict[str, TargetTensor]:
+    """Every state-dict tensor of the model: shape, dtype, owning module type and BatchNorm eps."""
+    owners = {}
+    for mod_name, mod in model.named_modules():
+        for t_name, _ in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+            owners[f"{mod_name}.{t_name}" if mod_name else t_name] = mod
+    out = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        mod = owners.get(name)
+        eps = getattr(mod, "eps", None) if isinstance(mod, torch.nn.modules.batchnorm._NormBase) else None
+        out[name] = TargetTensor(tuple(t.shape), numpy_dtype(t.dtype), type(mod).__name__ if mod else "", eps)
+    return out

@@ -1,0 +1,95 @@
+"""Writing converted tensors: into a module, to `.pth`, or streamed to `.safetensors`.
+
+Files appear whole or not at all: bytes go to a temporary file beside the output, which is
+renamed over the output only after it was completely written and flushed.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from .errors import ConvertersError, OutputExistsError
+from .readers.safetensors import _DTYPES as _ST_DTYPES
+
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items() if v is not None}
+
+
+@contextlib.contextmanager
+def atomic_output(path, force: bool = False):
+    """Yield a temporary path; on success it replaces `path`, on any failure it is removed."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not force:
+        raise OutputExistsError("output exists", file=path, hint="pass --force to overwrite it")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConvertersError("output directory does not exist", file=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def output_kind(path) -> str:
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext in (".pth", ".pt", ".bin", ".ckpt"):
+        return "pth"
+    if ext == ".safetensors":
+        return "safetensors"
+    raise ConvertersError(f"cannot tell the output format from {ext or 'no extension'!r}", file=path,
+                          hint="use .pth/.pt or .safetensors")
+
+
+def save_pth(state_dict: dict, path, provenance: dict, force: bool = False, metadata=None) -> None:
+    """torch.save of a plain state dict; provenance rides in `_metadata[''].converters`, which
+    load_state_dict ignores and torch.load(weights_only=True) reads."""
+    sd = OrderedDict(state_dict)
+    meta = OrderedDict((k, dict(v)) for k, v in (metadata or {}).items())
+    meta.setdefault("", {})["converters"] = dict(provenance)
+    sd._metadata = meta
+    with atomic_output(path, force) as tmp:
+        torch.save(sd, tmp)
+
+
+def stream_safetensors(entries, path, provenance: dict, force: bool = False, progress=None) -> None:
+    """Write tensors one at a time: entries = [(name, shape, np_dtype, produce)], produce() -> ndarray.
+
+    The header is built from shapes and dtypes known before any data is read, so only one tensor
+    is in memory at a time.
+    """
+    header, offset = {}, 0
+    for name, shape, dtype, _ in entries:
+        dtype = np.dtype(dtype)
+        if dtype not in _ST_NAMES:
+            raise ConvertersError(f"safetensors cannot hold dtype {dtype}", array=name)
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[name] = {"dtype": _ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    header["__metadata__"] = {k: str(v) for k, v in provenance.items()}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with atomic_output(path, force) as tmp, open(tmp, "wb") as fh:
+        fh.write(len(blob).to_bytes(8, "little"))
+        fh.write(blob)
+        for name, shape, dtype, produce in entries:
+            arr = np.ascontiguousarray(produce())
+            if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+                raise ConvertersError(f"produced {arr.dtype}{list(arr.shape)}, planned {np.dtype(dtype)}{list(shape)}",
+                                      array=name)
+            fh.write(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes() if arr.dtype.byteorder == ">"
+                     else memoryview(arr.reshape(-1).view(np.uint8)))
+            del arr
+            if progress is not None:
+                progress.update(1)
