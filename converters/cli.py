@@ -72,11 +72,11 @@ def print_table(f, rows) -> None:
     meta = f.meta
     extra = ", ".join(f"{k} {meta[k]}" for k in ("format", "version") if meta.get(k))
     print(f"{f.path}: {f.framework}" + (f" ({extra})" if extra else ""))
-    print(fmt.format(*headers))
-    print(fmt.format(*("-" * w for w in width)))
+    print(fmt.format(*headers).rstrip())
+    print(fmt.format(*("-" * w for w in width)).rstrip())
     for r in table:
         name = r[0] if len(r[0]) <= 80 else "..." + r[0][-77:]
-        print(fmt.format(name, *r[1:]))
+        print(fmt.format(name, *r[1:]).rstrip())
     total = sum(a.nbytes for a in rows)
     params = sum(a.size for a in rows)
     by_role = {}

@@ -1,0 +1,298 @@
+"""[torch] reader: `.pth` / `.pt` / `.bin` / `.ckpt` files written by torch.save.
+
+The tensors live in a pickle, so the file is read with torch.load(weights_only=True) and never with
+weights_only=False: torch's restricted unpickler refuses every global outside a short allow-list
+(tensors, OrderedDict, plain containers), so a file cannot run code while it is read. Zip-format
+files (torch >= 1.6) are memory-mapped (mmap=True): tensor data stays on disk until `.numpy()`.
+Legacy (pre-1.6) files cannot be mapped and are read into memory.
+
+Checkpoints often wrap the state dict ({'epoch': 3, 'state_dict': {...}, 'optimizer': {...}}):
+the state dict is found under the usual keys (or `key=`), its names are kept as written
+(`module.` prefixes stay visible), other tensors are exposed under their dotted path
+(`optimizer.state.0.exp_avg`), plain values go to `.meta['checkpoint']`.
+"""
+from __future__ import annotations
+
+import builtins
+import re
+import zipfile
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..arrays import BFLOAT16, ArrayFile, ArrayHandle, role_from_name
+from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
+
+NAME = "torch"
+EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
+# torch's legacy serialisation writes this number (as a pickled LONG1) before anything else
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+# keys under which training scripts store the model's state dict, most specific first
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "network", "model_state")
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim", "optimizer_state", "opt")
+_PLAIN = (int, float, str, bool, type(None))
+
+
+# --------------------------------------------------------------------------- sniffing
+
+def sniff(path, head: bytes) -> bool:
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_has_data_pkl(path, head)
+    if head[:1] == b"\x80" and _LEGACY_MAGIC in head:
+        return True
+    return str(path).lower().endswith(EXTENSIONS) and head[:1] == b"\x80"
+
+
+def _zip_has_data_pkl(path, head: bytes) -> bool:
+    """torch's zip format stores `<archive>/data.pkl`, usually as the first member."""
+    n = int.from_bytes(head[26:28], "little")
+    if head[30:30 + n].endswith(b"/data.pkl"):
+        return True
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(_is_data_pkl(m) for m in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _is_data_pkl(member: str) -> bool:
+    return member == "data.pkl" or member.endswith("/data.pkl")
+
+
+# --------------------------------------------------------------------------- loading
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("reading PyTorch files needs the `torch` package", hint="pip install torch") from None
+    return torch
+
+
+def _check_container(path: str) -> bool:
+    """True for the zip format (mappable). Raises a clear error for truncated or foreign files."""
+    with builtins.open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile as e:
+            raise TruncatedError(f"not a readable zip archive ({e})", file=path, offset=0,
+                                 hint="the torch zip file is truncated or corrupt") from None
+        if any(m.endswith("/constants.pkl") for m in names) and any("/code/" in m for m in names):
+            raise UnsupportedError("a TorchScript archive (torch.jit.save), not a torch.save file", file=path,
+                                   hint="in a trusted environment: torch.jit.load(path).state_dict(), then "
+                                   "torch.save or safetensors")
+        if not any(_is_data_pkl(m) for m in names):
+            raise FormatError(f"zip archive without a data.pkl member ({len(names)} members)", file=path,
+                              hint="not a file written by torch.save")
+        return True
+    if head[:1] != b"\x80":
+        raise FormatError("neither torch's zip format nor a pickle (no 0x80 protocol byte)", file=path, offset=0,
+                          hint="not a file written by torch.save")
+    return False
+
+
+def _load(path: str, is_zip: bool):
+    torch = _torch()
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        match = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global:? ([\w.]+)", text, re.I)
+        if "Weights only load failed" in text or match:
+            culprit = match.group(1) if match else "an object outside torch's allow-list"
+            raise FormatError(f"refused to unpickle {culprit}: the file holds arbitrary pickled Python objects",
+                              file=path, hint="only plain state dicts are read (weights_only=True); in a trusted "
+                              "environment re-save it with torch.save(model.state_dict()) or as safetensors") from None
+        raise FormatError(f"not a readable torch pickle ({text.splitlines()[0] if text else type(e).__name__})",
+                          file=path) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, EOFError) or "EOF" in first or "central directory" in first:
+            raise TruncatedError(f"torch.load failed: {first}", file=path,
+                                 hint="the file is truncated or corrupt") from None
+        raise FormatError(f"torch.load failed: {first}", file=path) from None
+
+
+# --------------------------------------------------------------------------- checkpoint structure
+
+def _is_tensor(x) -> bool:
+    torch = _torch()
+    return isinstance(x, torch.Tensor)
+
+
+def _walk(obj, prefix: tuple, tensors: list, plain: dict, other: list):
+    """Flatten a checkpoint into (path, tensor) pairs, plain values and unreadable leftovers."""
+    if _is_tensor(obj):
+        tensors.append((prefix, obj))
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _walk(v, prefix + (str(k),), tensors, plain, other)
+    elif isinstance(obj, (list, tuple)) and any(_contains_tensor(v) for v in obj):
+        for i, v in enumerate(obj):
+            _walk(v, prefix + (str(i),), tensors, plain, other)
+    elif _is_plain(obj):
+        plain[".".join(prefix)] = _jsonish(obj)
+    else:
+        other.append((".".join(prefix), type(obj).__name__))
+
+
+def _jsonish(obj):
+    """Plain values with tuples as lists, so file meta prints and serialises as JSON would."""
+    if isinstance(obj, (list, tuple)):
+        return [_jsonish(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: _jsonish(v) for k, v in obj.items()}
+    return obj
+
+
+def _contains_tensor(obj) -> bool:
+    if _is_tensor(obj):
+        return True
+    if isinstance(obj, Mapping):
+        return any(_contains_tensor(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_contains_tensor(v) for v in obj)
+    return False
+
+
+def _is_plain(obj) -> bool:
+    if isinstance(obj, _PLAIN):
+        return True
+    if isinstance(obj, (list, tuple)):
+        return all(_is_plain(v) for v in obj)
+    if isinstance(obj, Mapping):
+        return all(isinstance(k, _PLAIN) and _is_plain(v) for k, v in obj.items())
+    return False
+
+
+def _find_state_dict(obj, path, key: str | None) -> tuple:
+    """Path (tuple of keys) of the state dict inside the checkpoint."""
+    if key is not None:
+        node, where = obj, ()
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                have = sorted(map(str, node)) if isinstance(node, Mapping) else type(node).__name__
+                raise FormatError(f"key {key!r}: no {part!r} under {'.'.join(where) or 'the top level'}",
+                                  file=path, hint=f"available: {have}")
+            node, where = node[part], where + (part,)
+        if not _contains_tensor(node):
+            raise FormatError(f"key {key!r} holds no tensors", file=path)
+        return where
+    where = ()
+    while isinstance(obj, Mapping):
+        for k in STATE_DICT_KEYS:
+            if k in obj and _contains_tensor(obj[k]):
+                obj, where = obj[k], where + (k,)
+                break
+        else:
+            return where
+    return where
+
+
+# --------------------------------------------------------------------------- handles
+
+def _numpy_dtype(tensor, path, name):
+    torch = _torch()
+    if tensor.dtype == torch.bfloat16:
+        return BFLOAT16, lambda t: t.view(torch.int16).numpy().view(BFLOAT16)
+    if tensor.dtype in _float8_map():
+        dt = _float8_map()[tensor.dtype]
+        return dt, lambda t: t.view(torch.uint8).numpy().view(dt)
+    if tensor.is_quantized or tensor.layout != torch.strided or tensor.device.type != "cpu":
+        raise UnsupportedError(f"{tensor.layout} / quantized / {tensor.device} tensors are not supported",
+                               file=path, array=name)
+    try:
+        dt = torch.empty(0, dtype=tensor.dtype).numpy().dtype
+    except (TypeError, RuntimeError):
+        raise UnsupportedError(f"torch dtype {tensor.dtype} has no numpy equivalent", file=path, array=name) from None
+    return dt, lambda t: t.numpy()
+
+
+def _float8_map() -> dict:
+    torch = _torch()
+    import ml_dtypes
+
+    out = {}
+    for tname, mname in (("float8_e4m3fn", "float8_e4m3fn"), ("float8_e5m2", "float8_e5m2"),
+                         ("float8_e4m3fnuz", "float8_e4m3fnuz"), ("float8_e5m2fnuz", "float8_e5m2fnuz")):
+        if hasattr(torch, tname) and hasattr(ml_dtypes, mname):
+            out[getattr(torch, tname)] = np.dtype(getattr(ml_dtypes, mname))
+    return out
+
+
+def _guess_layout(name: str, ndim: int) -> str | None:
+    """Only `.weight` arrays: 4-D -> OIHW (Conv2d), 3-D OIW, 5-D OIDHW, 2-D OI (Linear).
+
+    A state dict has no layer types: ConvTranspose weights (IOHW) and Embedding tables look the
+    same, which is why meta['layout_guessed'] is set."""
+    if not (name == "weight" or name.endswith(".weight")):
+        return None
+    return {2: "OI", 3: "OIW", 4: "OIHW", 5: "OIDHW"}.get(ndim)
+
+
+def _handle(name, tensor, path, meta) -> ArrayHandle:
+    dtype, convert = _numpy_dtype(tensor, path, name)
+    return ArrayHandle(name, tuple(tensor.shape), dtype, lambda: convert(tensor), meta)
+
+
+def _storage_key(tensor):
+    try:
+        return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                tuple(tensor.stride()), tensor.dtype)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+# --------------------------------------------------------------------------- open
+
+def open(path, key: str | None = None, **options) -> ArrayFile:
+    """Open a torch.save file. key: dotted path of the state dict inside a checkpoint ('model',
+    'state_dict', 'ema.model', ...) when the automatic choice is not the one wanted."""
+    path = str(path)
+    is_zip = _check_container(path)
+    obj = _load(path, is_zip)
+    tensors, plain, other = [], {}, []
+    _walk(obj, (), tensors, plain, other)
+    if not tensors:
+        raise FormatError(f"no tensors in the file (top level is a {type(obj).__name__})", file=path)
+    where = _find_state_dict(obj, path, key)
+    arrays, seen = [], {}
+    for parts, tensor in tensors:
+        inside = parts[:len(where)] == where
+        name = ".".join(parts[len(where):] if inside else parts) or "tensor"
+        arrays.append(_handle(name, tensor, path, _meta(name, parts, tensor, inside, where)))
+        skey = _storage_key(tensor)
+        if skey is not None:
+            if skey in seen:
+                arrays[-1].meta["same_as"] = seen[skey]
+            else:
+                seen[skey] = name
+    meta = {"format": "torch-zip" if is_zip else "torch-legacy", "state_dict_key": ".".join(where) or None,
+            "checkpoint": plain}
+    if other:
+        meta["unread"] = dict(other)
+    return ArrayFile(path, NAME, arrays, meta=meta)
+
+
+def _meta(name, parts, tensor, inside, where) -> dict:
+    if inside:
+        role = role_from_name(name) or "other"
+        meta = {"role": role}
+        if "." in name:
+            meta["layer"] = name.rsplit(".", 1)[0]
+        layout = _guess_layout(name, tensor.ndim)
+        if layout:
+            meta["layout"] = layout
+            meta["layout_guessed"] = True
+        return meta
+    section = parts[0] if parts else ""
+    if section in OPTIMIZER_KEYS:
+        role = "counter" if parts[-1] == "step" else "optimizer"
+    else:
+        role = "counter" if role_from_name(name) == "counter" else "other"
+    return {"role": role, "section": section}

@@ -1,0 +1,371 @@
+"""[tensorflow] reader against files written by TensorFlow 2.21 (fixtures/tensorflow/make_fixtures.py).
+
+Every array is compared bit-exactly with TensorFlow's own loader (tf.train.load_checkpoint for
+bundles, tf.make_ndarray for GraphDef constants); TensorFlow is imported only inside the tests.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters.errors import ConvertersError, FormatError, TruncatedError, UnsupportedError
+from converters.readers import _binary
+from converters.readers import tensorflow as tfr
+from converters.readers._tf_sstable import read_footer
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "tensorflow"
+CHECKPOINTS = ["tf2_keras/ckpt-1", "keras3/ckpt-1", "sharded/ckpt-1", "tf1/model.ckpt-7",
+               "saved_model/variables/variables"]
+
+
+@pytest.fixture(scope="module")
+def tf():
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return pytest.importorskip("tensorflow")
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+# ------------------------------------------------------------------ bit-exact against TensorFlow
+
+@pytest.mark.parametrize("prefix", CHECKPOINTS)
+def test_checkpoint_arrays_match_tensorflow(tf, prefix):
+    reader = tf.train.load_checkpoint(str(FIX / prefix))
+    dtypes = reader.get_variable_to_dtype_map()
+    numeric = {k for k, d in dtypes.items() if d != tf.string}
+    with tfr.open(FIX / prefix) as f:
+        assert set(f) == numeric
+        assert list(f) == sorted(f)  # table (key) order, as tf.train.list_variables
+        for key in f:
+            assert _same(f[key].numpy(), reader.get_tensor(key)), key
+        strings = {k for k, d in dtypes.items() if d == tf.string} - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+        assert set(f.meta.get("string_tensors", {})) == strings
+
+
+def test_tf1_dtypes_and_partitioned_variable(tf):
+    with tfr.open(FIX / "tf1/model.ckpt-7") as f:
+        dtypes = {k: str(a.dtype) for k, a in f.items()}
+        assert dtypes["half"] == "float16" and dtypes["dbl"] == "float64" and dtypes["flag"] == "bool"
+        assert dtypes["counts"] == "int32" and dtypes["bytes8"] == "uint8" and dtypes["global_step"] == "int64"
+        part = f["fc/part"]
+        assert part.shape == (130, 2) and part.meta["partitioned"] == 2  # second slice starts at 65
+        assert f["global_step"].numpy() == 7
+
+
+def test_sharded_checkpoint_spans_three_shards(tf):
+    reader = tf.train.load_checkpoint(str(FIX / "sharded/ckpt-1"))
+    with tfr.open(FIX / "sharded/ckpt-1") as f:
+        assert f.meta["num_shards"] == 3
+        shards = set()
+        for a in f.values():
+            shards.update([a.meta["shard"]] if isinstance(a.meta["shard"], str) else a.meta["shard"])
+        assert len(shards) == 3
+        c = f["mod/c/.ATTRIBUTES/VARIABLE_VALUE"]
+        assert c.meta["partitioned"] == 3 and len(c.meta["shard"]) == 2
+        assert _same(c.numpy(), reader.get_tensor("mod/c/.ATTRIBUTES/VARIABLE_VALUE"))
+        assert np.array_equal(c.numpy(), np.arange(40))
+
+
+def test_frozen_graphdef_consts_match_make_ndarray(tf):
+    gd = tf.compat.v1.GraphDef()
+    gd.ParseFromString((FIX / "frozen.pb").read_bytes())
+    consts = {n.name: tf.make_ndarray(n.attr["value"].tensor) for n in gd.node if n.op == "Const"}
+    with tfr.open(FIX / "frozen.pb") as f:
+        assert list(f) == list(consts)
+        for name, want in consts.items():
+            assert _same(f[name].numpy(), want), name
+        assert f["half_const"].dtype == np.float16
+        assert str(f["bf16_const"].dtype) == "bfloat16"
+        assert f["broadcast_const"].numpy().tolist() == [[1, 7, 7], [7, 7, 7]]
+        assert f["scalar_const"].shape == () and f["scalar_const"].numpy() == 2.5
+        assert f["zeros_const"].numpy().tolist() == [0, 0, 0, 0]
+        assert f["int64_const"].numpy().tolist() == [-5, 1 << 40, 1 << 40]
+        # tensor_content is mapped in place, at the recorded offset
+        conv = f["Conv2D/ReadVariableOp/resource"]
+        raw = (FIX / "frozen.pb").read_bytes()[conv.meta["offset"]:conv.meta["offset"] + conv.nbytes]
+        assert raw == consts["Conv2D/ReadVariableOp/resource"].tobytes()
+        # graph recorded for later steps, consts attributed to their consumers
+        assert len(f.layers) == len(gd.node)
+        assert f.layers["Conv2D"].type == "Conv2D" and f.layers["Conv2D"].inputs == ["x", "Conv2D/ReadVariableOp"]
+        assert f.layers["Conv2D"].params["padding"] == "SAME" and f.layers["Conv2D"].params["strides"] == [1, 1, 1, 1]
+        assert (conv.layer, conv.role, conv.layout) == ("Conv2D", "weight", "HWIO")
+        dw = f["depthwise/ReadVariableOp/resource"]
+        assert (dw.meta["layer_type"], dw.layout) == ("DepthwiseConv2dNative", "HWCM")
+        assert f["MatMul/ReadVariableOp/resource"].layout == "IO"
+        assert f["BiasAdd/ReadVariableOp/resource"].role == "bias"
+        assert f["Mean/reduction_indices"].role == "constant"
+        assert f.meta["format"] == "graphdef" and f.meta["version"]["producer"] > 0
+
+
+# ------------------------------------------------------------------ names, roles, layouts
+
+def test_tf2_keras2_roles_names_layouts():
+    with tfr.open(FIX / "tf2_keras") as f:  # a directory with a `checkpoint` state file
+        k = "model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+        m = f[k].meta
+        assert (m["role"], m["layout"], m["layer"]) == ("weight", "HWIO", "model/layer_with_weights-0")
+        assert m["readable_name"] == "model/layer_with_weights-0/kernel" and m["variable_name"] == "conv2d/kernel"
+        dw = f["model/layer_with_weights-1/depthwise_kernel/.ATTRIBUTES/VARIABLE_VALUE"]
+        assert (dw.role, dw.layout) == ("weight", "HWCM")
+        dense = f["model/layer_with_weights-3/kernel/.ATTRIBUTES/VARIABLE_VALUE"]
+        assert dense.layout == "IO" and dense.meta["variable_name"] == "dense/kernel"
+        bn = {n.rsplit("/", 3)[-3]: f[n].role for n in f if n.startswith("model/layer_with_weights-2/")
+              and ".OPTIMIZER_SLOT" not in n}
+        assert bn == {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+                      "moving_variance": "running_var"}
+        slot = f["model/layer_with_weights-0/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE"]
+        assert slot.role == "optimizer" and slot.meta["slot_of"] == "model/layer_with_weights-0/kernel"
+        assert slot.meta["slot_name"] == "m"
+        slots = [n for n in f if ".OPTIMIZER_SLOT" in n]
+        assert len(slots) == 16 and all(f[n].role == "optimizer" for n in slots)
+        assert f["optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE"].role == "counter"
+        assert f["optimizer/learning_rate/.ATTRIBUTES/VARIABLE_VALUE"].role == "optimizer"
+        assert f["save_counter/.ATTRIBUTES/VARIABLE_VALUE"].role == "counter"
+        weights = [n for n in f if f[n].role not in ("optimizer", "counter")]
+        assert len(weights) == 10  # conv 2, depthwise 2, batchnorm 4, dense 2
+
+
+def test_keras3_weights_keyed_under_optimizer_are_still_weights():
+    """Keras 3 checkpoints key trainable variables as optimizer/_trainable_variables/N; the object
+    graph shows they belong to the model."""
+    with tfr.open(FIX / "keras3/ckpt-1") as f:
+        kernel = f["optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE"]
+        assert kernel.role == "weight" and kernel.layout == "HWIO"
+        assert kernel.meta["variable_name"] == "conv2d/kernel"
+        assert kernel.meta["readable_name"] == "model/_operations/1/_kernel"
+        dw = f["optimizer/_trainable_variables/2/.ATTRIBUTES/VARIABLE_VALUE"]
+        assert dw.layout == "HWCM" and dw.meta["variable_name"] == "depthwise_conv2d/kernel"
+        moments = [n for n in f if n.startswith("optimizer/_variables/")]
+        assert len(moments) == 16 and all(f[n].role == "optimizer" for n in moments)
+        assert f["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"].role == "counter"
+        assert sum(a.role not in ("optimizer", "counter") for a in f.values()) == 10
+
+
+def test_names_readable_option():
+    with tfr.open(FIX / "keras3/ckpt-1", names="readable") as f:
+        a = f["model/_operations/6/_kernel"]
+        assert a.meta["checkpoint_key"] == "optimizer/_trainable_variables/6/.ATTRIBUTES/VARIABLE_VALUE"
+        assert a.shape == (4, 5) and a.layout == "IO"
+    with tfr.open(FIX / "tf2_keras", names="readable") as f:
+        assert "model/layer_with_weights-2/moving_mean" in f and "save_counter" in f
+    with pytest.raises(FormatError):
+        tfr.open(FIX / "tf2_keras", names="bogus")
+
+
+def test_tf1_roles():
+    with tfr.open(FIX / "tf1") as f:
+        assert f["global_step"].role == "counter"
+        assert f["beta1_power"].role == "optimizer" and f["conv1/weights/Adam_1"].role == "optimizer"
+        assert (f["conv1/weights"].role, f["conv1/weights"].layout, f["conv1/weights"].layer) == ("weight", "HWIO", "conv1")
+        assert f["conv1/biases"].role == "bias" and f["fc/weights"].layout == "IO"
+
+
+def test_saved_model_directory():
+    for p in (FIX / "saved_model", FIX / "saved_model" / "saved_model.pb"):
+        with tfr.open(p) as f:
+            assert f.meta["saved_model"] is True and f.meta["format"] == "saved_model"
+            assert f["w/.ATTRIBUTES/VARIABLE_VALUE"].meta["variable_name"] == "dense/kernel"
+            assert f["w/.ATTRIBUTES/VARIABLE_VALUE"].shape == (3, 2)
+
+
+def test_every_path_spelling_opens_the_same_checkpoint():
+    base = FIX / "tf2_keras"
+    spellings = [base / "ckpt-1", base / "ckpt-1.index", base, base / "ckpt-1.data-00000-of-00001"]
+    keys = [list(tfr.open(p)) for p in spellings]
+    assert all(k == keys[0] for k in keys) and len(keys[0]) == 32
+
+
+def test_sniff():
+    for p in [FIX / "tf2_keras", FIX / "tf2_keras/ckpt-1", FIX / "tf2_keras/ckpt-1.index",
+              FIX / "saved_model", FIX / "frozen.pb", FIX / "sharded/ckpt-1.data-00002-of-00003"]:
+        head = p.read_bytes()[:64] if p.is_file() else b""
+        assert tfr.sniff(p, head), p
+    script = FIX / "make_fixtures.py"
+    assert not tfr.sniff(script, script.read_bytes()[:64])
+    assert not tfr.sniff(FIX / "saved_model" / "fingerprint.pb", (FIX / "saved_model" / "fingerprint.pb").read_bytes()[:64])
+
+
+def test_opening_reads_no_tensor_data(monkeypatch):
+    calls = []
+    original = _binary.FileView.array
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.path)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(_binary.FileView, "array", counting)
+    for p in ["tf2_keras/ckpt-1", "sharded/ckpt-1", "frozen.pb"]:
+        f = tfr.open(FIX / p)
+        assert calls == [], p
+        first = next(iter(f.values()))
+        first.numpy()
+        assert calls, p
+        calls.clear()
+        f.close()
+
+
+# ------------------------------------------------------------------ bad input
+
+def _copy(tmp_path, prefix="tf2_keras/ckpt-1") -> Path:
+    src = FIX / prefix
+    for p in src.parent.glob(src.name + ".*"):
+        shutil.copy(p, tmp_path / p.name)
+    return tmp_path / src.name
+
+
+def test_truncated_index(tmp_path):
+    p = _copy(tmp_path)
+    index = Path(str(p) + ".index")
+    data = index.read_bytes()
+    index.write_bytes(data[:30])
+    with pytest.raises(TruncatedError) as e:
+        tfr.open(p)
+    assert e.value.file == str(index)
+    index.write_bytes(data[: len(data) // 2])  # the footer is gone: its magic is not where it should be
+    with pytest.raises(FormatError, match="magic") as e:
+        tfr.open(p)
+    assert e.value.offset == len(data) // 2 - 8
+
+
+def test_wrong_footer_magic(tmp_path):
+    p = _copy(tmp_path)
+    index = Path(str(p) + ".index")
+    data = bytearray(index.read_bytes())
+    data[-1] ^= 0xFF
+    index.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="magic") as e:
+        tfr.open(p)
+    assert e.value.file == str(index) and e.value.offset == len(data) - 8
+    assert not tfr.sniff(index, bytes(data[:64]))
+
+
+def test_compressed_block_is_refused(tmp_path):
+    p = _copy(tmp_path)
+    index = Path(str(p) + ".index")
+    view = _binary.FileView(index)
+    _meta, (offset, size) = read_footer(view)
+    view.close()
+    data = bytearray(index.read_bytes())
+    data[offset + size] = 1  # block trailer: compression type snappy
+    index.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedError, match="compressed") as e:
+        tfr.open(p)
+    assert e.value.file == str(index) and e.value.offset == offset
+
+
+def test_truncated_data_shard(tmp_path):
+    p = _copy(tmp_path)
+    shard = Path(str(p) + ".data-00000-of-00001")
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(TruncatedError) as e:
+        tfr.open(p)
+    assert e.value.file == str(shard) and e.value.array and e.value.offset is not None
+    assert "file has 100" in str(e.value)
+
+
+def test_missing_shard(tmp_path):
+    p = _copy(tmp_path, "sharded/ckpt-1")
+    missing = Path(str(p) + ".data-00001-of-00003")
+    missing.unlink()
+    with pytest.raises(FormatError, match="missing") as e:
+        tfr.open(p)
+    assert e.value.file == str(missing) and "data-00001-of-00003" in str(e.value)
+
+
+def test_entry_size_disagreeing_with_shape(tmp_path, tf):
+    """A BundleEntryProto whose size is not shape x dtype is refused at open, naming the array."""
+    from converters.readers._tf_sstable import block_entries
+
+    p = _copy(tmp_path, "tf1/model.ckpt-7")
+    index = Path(str(p) + ".index")
+    view = _binary.FileView(index)
+    _meta, handle = read_footer(view)
+    target = None
+    for _k, (vpos, vlen) in block_entries(view, handle, "index"):
+        from converters.readers._tf_sstable import _block_handle
+
+        data_handle, _ = _block_handle(view, vpos, vpos + vlen, "h")
+        for key, (pos, n) in block_entries(view, data_handle, "data"):
+            if key == b"global_step":
+                target = (pos, n)
+    view.close()
+    from tensorflow.core.protobuf import tensor_bundle_pb2
+
+    data = bytearray(index.read_bytes())
+    entry = tensor_bundle_pb2.BundleEntryProto.FromString(bytes(data[target[0]:target[0] + target[1]]))
+    entry.size = 4  # int64 scalar needs 8; keep the varint one byte so the table layout holds
+    new = entry.SerializeToString()
+    assert len(new) == target[1]
+    data[target[0]:target[0] + target[1]] = new
+    index.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="needs 8") as e:
+        tfr.open(p)
+    assert e.value.array == "global_step"
+
+
+def test_bad_graphdef_const(tmp_path, tf):
+    gd = tf.compat.v1.GraphDef()
+    node = gd.node.add()
+    node.name, node.op = "w", "Const"
+    proto = tf.make_tensor_proto(np.arange(6, dtype=np.float32).reshape(2, 3))
+    proto.tensor_shape.dim[0].size = 4000  # claims 12000 floats, holds 6
+    node.attr["value"].tensor.CopyFrom(proto)
+    p = tmp_path / "bad.pb"
+    p.write_bytes(gd.SerializeToString())
+    assert tfr.sniff(p, p.read_bytes()[:64])
+    with pytest.raises(FormatError, match="tensor_content holds 24 bytes") as e:
+        tfr.open(p)
+    assert e.value.array == "w" and e.value.offset is not None
+    p.write_bytes(gd.SerializeToString()[:40])  # cut inside the tensor
+    with pytest.raises(TruncatedError):
+        tfr.open(p)
+
+
+def test_random_file_is_not_tensorflow(tmp_path):
+    p = tmp_path / "noise.pb"
+    p.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    assert not tfr.sniff(p, p.read_bytes()[:64])
+    with pytest.raises(ConvertersError):
+        tfr.open(p)
+    missing = tmp_path / "nothing"
+    with pytest.raises(FormatError, match="no such"):
+        tfr.open(missing)
+    empty_dir = tmp_path / "d"
+    empty_dir.mkdir()
+    assert not tfr.sniff(empty_dir, b"")
+    with pytest.raises(FormatError, match="no checkpoint"):
+        tfr.open(empty_dir)
+
+
+@pytest.mark.parametrize("prefix,target", [("tf2_keras/ckpt-1", "ckpt-1.index"),
+                                           ("tf1/model.ckpt-7", "model.ckpt-7.index")])
+def test_corrupted_index_bytes_raise_only_converters_errors(tmp_path, prefix, target):
+    """Random byte flips and cuts: either a readable file or a ConvertersError, never another exception."""
+    import random
+
+    _copy(tmp_path, prefix)
+    path = tmp_path / target
+    orig = path.read_bytes()
+    rng = random.Random(0)
+    for _ in range(150):
+        data = bytearray(orig)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = data[:rng.randrange(len(data))]
+        path.write_bytes(bytes(data))
+        try:
+            with tfr.open(path) as f:
+                for a in f.values():
+                    try:
+                        a.numpy()
+                    except ConvertersError:
+                        pass
+        except ConvertersError:
+            pass

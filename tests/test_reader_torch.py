@@ -1,0 +1,201 @@
+"""[torch] reader against torch.load(weights_only=True), bit for bit; hostile pickles refused."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from converters import read  # noqa: E402
+from converters.errors import FormatError, TruncatedError, UnsupportedError  # noqa: E402
+from converters.readers import torch_files  # noqa: E402
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "torch"
+FILES = ["state_dict_dtypes.pt", "checkpoint_nested.pth", "legacy_format.pth"]
+
+
+def flatten(obj, prefix=""):
+    """Every tensor of a checkpoint with its dotted path, as torch itself loads it."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from flatten(v, f"{prefix}.{k}" if prefix else str(k))
+
+
+def as_bytes(t: torch.Tensor) -> bytes:
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def reference(name):
+    ckpt = torch.load(FIX / name, map_location="cpu", weights_only=True)
+    out = {}
+    for path, t in flatten(ckpt):
+        out[path[len("state_dict."):] if path.startswith("state_dict.") else path] = t
+    return out
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_tensor_matches_torch_load_bit_exactly(name):
+    ref = reference(name)
+    with read(FIX / name, "torch") as f:
+        assert list(f) == list(ref)
+        for key, t in ref.items():
+            a = f[key]
+            assert a.shape == tuple(t.shape), key
+            got = a.numpy()
+            assert got.tobytes() == as_bytes(t), key
+            assert got.dtype.itemsize == t.element_size()
+
+
+def test_dtypes_and_state_dict_meta():
+    with read(FIX / "state_dict_dtypes.pt", "torch") as f:
+        assert f.meta["format"] == "torch-zip" and f.meta["state_dict_key"] is None
+        assert f["half"].dtype == np.float16 and f["bf16"].dtype.name == "bfloat16"
+        assert f["ids"].numpy().tolist() == [-(2**63), 2**63 - 1, 42]
+        assert f["mask"].dtype == np.bool_ and f["scale"].shape == ()
+        assert f["transposed"].numpy().tolist() == torch.arange(24.).reshape(4, 6).t().tolist()
+        assert f["bn.num_batches_tracked"].role == "counter" and f["bn.num_batches_tracked"].numpy() == 123
+        assert f["bn.running_var"].role == "running_var" and f["bn.running_var"].layer == "bn"
+        assert f["conv.weight"].layout == "OIHW" and f["conv.weight"].meta["layout_guessed"] is True
+        assert f["fc.weight"].layout == "OI" and f["conv.bias"].layout is None
+        assert f["head.weight"].meta["same_as"] == "emb.weight"  # tied weights share one storage
+
+
+def test_nested_checkpoint():
+    with read(FIX / "checkpoint_nested.pth", "torch") as f:
+        assert f.meta["state_dict_key"] == "state_dict"
+        assert f.meta["checkpoint"]["epoch"] == 3 and f.meta["checkpoint"]["arch"] == "Net"
+        assert f.meta["checkpoint"]["optimizer.param_groups"][0]["lr"] == 1e-3
+        assert f["module.conv.weight"].role == "weight"  # DataParallel prefix kept
+        assert f["optimizer.state.0.exp_avg"].role == "optimizer"
+        assert f["optimizer.state.0.step"].role == "counter"
+        assert f["optimizer.state.0.exp_avg"].meta["section"] == "optimizer"
+        assert f["best_acc"].role == "other" and f["best_acc"].numpy() == np.float32(0.875)
+        weights = [k for k in f if f[k].meta.get("section") is None]
+        assert all(k.startswith("module.") for k in weights) and len(weights) == 11
+
+
+def test_key_option():
+    with read(FIX / "checkpoint_nested.pth", "torch", key="optimizer") as f:
+        assert f.meta["state_dict_key"] == "optimizer"
+        assert "state.0.exp_avg" in f and "state_dict.module.conv.weight" in f
+    with pytest.raises(FormatError, match="no 'nope'") as e:
+        read(FIX / "checkpoint_nested.pth", "torch", key="nope")
+    assert "state_dict" in str(e.value)
+    with pytest.raises(FormatError, match="holds no tensors"):
+        read(FIX / "checkpoint_nested.pth", "torch", key="arch")
+
+
+def test_zip_format_is_memory_mapped_legacy_is_not():
+    with read(FIX / "state_dict_dtypes.pt", "torch") as f:
+        view = f["conv.weight"].numpy(copy=False)
+        assert not view.flags.owndata
+        assert f["conv.weight"].numpy().flags.owndata  # the default copy outlives the file
+    with read(FIX / "legacy_format.pth", "torch") as f:
+        assert f.meta["format"] == "torch-legacy" and f["bf16"].dtype.name == "bfloat16"
+
+
+class Custom:
+    """A class torch's allow-list does not know."""
+
+    def __init__(self):
+        self.value = 1
+
+
+class RunsCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_pickle_that_runs_code_is_refused_without_running(tmp_path, zip_format):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"w": torch.ones(2), "payload": RunsCommand(marker)}, path,
+               _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(FormatError) as e:
+        read(path, "torch")
+    msg = str(e.value)
+    assert "system" in msg and str(path) in msg and "safetensors" in msg
+    assert not marker.exists()
+
+
+def test_plain_pickle_and_custom_class_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(RunsCommand(marker), protocol=2))
+    with pytest.raises(FormatError, match="system"):
+        read(raw, "torch")
+    assert not marker.exists()
+    custom = tmp_path / "custom.pt"
+    torch.save({"obj": Custom(), "w": torch.zeros(1)}, custom)
+    with pytest.raises(FormatError, match="Custom") as e:
+        read(custom, "torch")
+    assert e.value.hint and "state_dict" in e.value.hint
+
+
+def test_truncated_files(tmp_path):
+    for name in ("checkpoint_nested.pth", "legacy_format.pth"):
+        data = (FIX / name).read_bytes()
+        for cut in (len(data) // 2, len(data) - 10):
+            p = tmp_path / f"cut{cut}_{name}"
+            p.write_bytes(data[:cut])
+            with pytest.raises(TruncatedError) as e:
+                read(p, "torch")
+            assert e.value.file == str(p)
+
+
+def test_not_a_torch_file(tmp_path):
+    p = tmp_path / "notes.pt"
+    p.write_text("just text")
+    with pytest.raises(FormatError, match="neither"):
+        read(p, "torch")
+    z = tmp_path / "other.pt"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("weights.npy", b"x")
+    with pytest.raises(FormatError, match="data.pkl"):
+        read(z, "torch")
+    empty = tmp_path / "empty.pt"
+    torch.save({"epoch": 1}, empty)
+    with pytest.raises(FormatError, match="no tensors"):
+        read(empty, "torch")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated; the files still exist
+def test_torchscript_archive_is_named(tmp_path):
+    p = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 3)), str(p))
+    with pytest.raises(UnsupportedError, match="TorchScript"):
+        read(p, "torch")
+
+
+def test_sniff(tmp_path):
+    for name in FILES:
+        head = (FIX / name).read_bytes()[:64]
+        assert torch_files.sniff(FIX / name, head)
+        renamed = tmp_path / "renamed.dat"  # no telling extension: the bytes decide
+        renamed.write_bytes((FIX / name).read_bytes())
+        assert torch_files.sniff(renamed, head)
+    legacy_head = (FIX / "legacy_format.pth").read_bytes()[:64]
+    assert torch_files.sniff("weights.dat", legacy_head)
+    p4 = tmp_path / "p4.pt"
+    torch.save({"w": torch.ones(1)}, p4, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    assert torch_files.sniff("x.dat", p4.read_bytes()[:64])
+    z = tmp_path / "archive.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("weights.npy", b"x")
+    assert not torch_files.sniff(z, z.read_bytes()[:64])
+    assert not torch_files.sniff("model.ckpt", b"")  # a TF checkpoint prefix, not a file
+    assert not torch_files.sniff("model.bin", b"\x08\x07\x12\x07pytorch")
