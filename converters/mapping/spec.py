@@ -119,14 +119,9 @@ class Mapping:
 
 
 def shipped_dir() -> Path:
-    """Where the shipped tables are: package data when installed, `mappings/` in a checkout."""
-    try:
-        d = resources.files("converters") / "mappings"
-        if d.is_dir():
-            return Path(str(d))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[2] / "mappings"
+    """The shipped tables: package data (`converters/mappings`, linked as `mappings/` at the top
+    of a checkout), so they are there after a plain `pip install .`."""
+    return Path(str(resources.files("converters") / "mappings"))
 
 
 def shipped_tables() -> dict[str, Path]:
