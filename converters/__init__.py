@@ -18,4 +18,27 @@ def read(path, framework: str | None = None, **options) -> ArrayFile:
     return open_file(path, framework, **options)
 
 
-__all__ = ["read", "ArrayFile", "ArrayHandle", "Layer", "ConvertersError", "__version__"]
+_LAZY = {  # imported on first use so `import converters` (and `convert inspect`) stays light
+    "convert": (".convert", "convert"),
+    "load_partial": (".finetune", "load_partial"),
+    "init_params": (".finetune", "init_params"),
+    "save_checkpoint": (".finetune", "save_checkpoint"),
+    "resume": (".finetune", "resume"),
+    "freeze": (".finetune", "freeze"),
+    "unfreeze": (".finetune", "unfreeze"),
+    "param_groups": (".finetune", "param_groups"),
+    "replace_head": (".finetune", "replace_head"),
+    "summary": (".finetune", "summary"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module, __name__), attr)
+    raise AttributeError(f"module 'converters' has no attribute {name!r}")
+
+
+__all__ = ["read", "ArrayFile", "ArrayHandle", "Layer", "ConvertersError", "__version__", *_LAZY]
