@@ -23,6 +23,9 @@ if [ "${CONVERTERS_SKIP_MXNET:-0}" != 1 ]; then
     "$PY" -m venv .venv-mxnet
   fi
   .venv-mxnet/bin/pip install -q --disable-pip-version-check "mxnet==1.9.1" "numpy<1.24" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv-mxnet/bin/python -c "import mxnet" 2>/dev/null || { echo "setup: mxnet did not install" >&2; exit 1; }
+  # GluonCV (for the resnet50_v1b table's tests) without its opencv/matplotlib/pandas extras
+  .venv-mxnet/bin/pip install -q --disable-pip-version-check --no-deps "gluoncv==0.10.5.post0" tqdm portalocker \
+    pyyaml yacs Pillow "scipy<1.12" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv-mxnet/bin/python -c "import mxnet, gluoncv" 2>/dev/null || { echo "setup: mxnet/gluoncv did not install" >&2; exit 1; }
 fi
 echo "setup: ready (.venv, .venv-mxnet)"

@@ -147,6 +147,10 @@ def resolve(name_or_path, relative_to: Path | None = None) -> Path:
     by_stem = [v for k, v in tables.items() if k.rsplit("/", 1)[-1] == key]
     if len(by_stem) == 1:
         return by_stem[0]
+    if len(by_stem) > 1:  # `lstm` when both keras/lstm and gluon/lstm ship: say so, do not guess
+        names = sorted(k for k, v in tables.items() if v in by_stem)
+        raise MappingError(f"{str(name_or_path)!r} names several shipped tables: {', '.join(names)}",
+                           hint=f"give the family too, e.g. --map {names[0]}")
     import difflib
 
     close = difflib.get_close_matches(key, list(tables), n=3)

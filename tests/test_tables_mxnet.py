@@ -1,0 +1,237 @@
+"""Shipped MXNet/Gluon tables (mappings/mxnet/resnet50, gluon/resnet50_v1b, gluon/lstm), proved
+against mxnet 1.9.1 itself.
+
+mxnet lives in its own interpreter (.venv-mxnet). tests/mxnet_side/make_tables_models.py runs
+there: it builds each source model (Gluon model zoo, GluonCV, gluon.rnn), randomises every array
+(BatchNorm statistics and biases too, so a swapped or dropped array shows), saves it both ways
+Gluon users meet (net.export(): -symbol.json + -0000.params with arg:/aux: names; and
+net.save_parameters(): structural names) and writes mxnet's own forward output for a fixed input.
+The tests convert each file with `converters.convert` through the project's reader and compare
+the PyTorch output: max |difference| <= 1e-4 * max(1, max |output|). Everything is written to
+pytest's tmp directories (a ResNet-50 is 100 MB per file), nothing is committed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import converters
+from converters.convert import convert
+from converters.errors import ConvertersError, CoverageError, MappingError
+from converters.mapping import spec
+from converters.models.resnet_gluon import resnet50_v1
+
+ROOT = Path(__file__).resolve().parents[1]
+MXNET_PY = ROOT / ".venv-mxnet" / "bin" / "python"
+GENERATOR = ROOT / "tests" / "mxnet_side" / "make_tables_models.py"
+GLUONCV_PIP = ("/work/main/.venv-mxnet/bin/pip install --no-deps gluoncv==0.10.5.post0 tqdm portalocker "
+               "pyyaml yacs Pillow 'scipy<1.12'")
+
+LSTM_KWARGS = {  # the sizes the generator uses; the table cannot know them (see its notes)
+    "lstm_bi": {"input_size": 6, "hidden_size": 7, "num_layers": 2, "bidirectional": True},
+    "lstm_uni": {"input_size": 5, "hidden_size": 9, "num_layers": 2, "batch_first": False},
+}
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+@pytest.fixture(scope="module")
+def mx_model(tmp_path_factory):
+    """name -> directory holding the generator's files for that model (built once per module)."""
+    if not MXNET_PY.exists():
+        pytest.skip(f"the mxnet environment {MXNET_PY} is missing (scripts/setup.sh creates it)")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            out = tmp_path_factory.mktemp(name)
+            run = subprocess.run([str(MXNET_PY), str(GENERATOR), str(out), name], capture_output=True,
+                                 text=True, timeout=600)
+            assert run.returncode == 0, f"generator failed for {name}:\n{run.stderr[-3000:]}"
+            missing = json.loads((out / "missing.json").read_text())
+            if name in missing:
+                pytest.skip(f"{name} needs gluoncv in .venv-mxnet ({missing[name]}); install it with: {GLUONCV_PIP}")
+            built[name] = out
+        return built[name]
+
+    return get
+
+
+def source_file(directory: Path, name: str, form: str) -> Path:
+    return directory / (f"{name}-0000.params" if form == "exported" else f"{name}_gluon.params")
+
+
+def reference(directory: Path, name: str):
+    data = np.load(directory / f"{name}.npz")
+    return data["x"], data["y"]
+
+
+def assert_close(expected, got):
+    assert expected.shape == got.shape
+    scale = max(1.0, float(np.abs(expected).max()))
+    diff = float(np.abs(expected - got).max())
+    assert diff <= 1e-4 * scale, f"max |diff| {diff:.3g} > {1e-4 * scale:.3g}"
+    return diff
+
+
+def torch_forward(model, x):
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(x))
+    return (out[0] if isinstance(out, tuple) else out).numpy()
+
+
+# ---------------------------------------------------------------------------- tables and names
+
+def test_shipped_names_resolve():
+    """`--map resnet50.yaml` (no such file in the cwd) and `--map resnet50` find the shipped table."""
+    assert spec.resolve("resnet50.yaml") == spec.shipped_tables()["mxnet/resnet50"]
+    assert spec.resolve("resnet50") == spec.shipped_tables()["mxnet/resnet50"]
+    assert spec.resolve("resnet50_v1b") == spec.shipped_tables()["gluon/resnet50_v1b"]
+    assert spec.resolve("gluon/lstm.yaml") == spec.shipped_tables()["gluon/lstm"]
+
+
+def test_ambiguous_stem_names_the_candidates():
+    tables = spec.shipped_tables()
+    if sum(k.rsplit("/", 1)[-1] == "lstm" for k in tables) < 2:
+        pytest.skip("only one shipped table is called lstm")
+    with pytest.raises(MappingError, match="gluon/lstm") as e:
+        spec.resolve("lstm")
+    assert "several shipped tables" in e.value.message
+
+
+@pytest.mark.parametrize("table", ["mxnet/resnet50", "gluon/resnet50_v1b", "gluon/lstm"])
+def test_tables_load(table):
+    m = spec.load(table)
+    assert m.source in ("mxnet", "gluon") and m.target and m.rules
+    assert m.description and "notes" in Path(m.path).read_text()
+
+
+def test_gluon_v1_block_moves_the_stride():
+    """The target's downsampling blocks stride in conv1 (1x1) and carry conv1/conv3 biases."""
+    model = resnet50_v1()
+    for layer, stride in ((model.layer1, 1), (model.layer2, 2), (model.layer3, 2), (model.layer4, 2)):
+        block = layer[0]
+        assert block.conv1.stride == (stride, stride) and block.conv2.stride == (1, 1)
+        assert block.downsample[0].stride == (stride, stride)
+        assert block.conv1.bias is not None and block.conv3.bias is not None and block.conv2.bias is None
+    x = torch.zeros(1, 3, 64, 64)
+    assert model.eval()(x).shape == (1, 1000)
+
+
+# ------------------------------------------------------------------------------------------ LSTM
+
+@pytest.mark.mxnet
+@pytest.mark.parametrize("form", ["exported", "gluon"])
+@pytest.mark.parametrize("name", ["lstm_bi", "lstm_uni"])
+def test_lstm(mx_model, name, form):
+    d = mx_model(name)
+    x, y = reference(d, name)
+    model, rep = convert(source_file(d, name, form), "gluon/lstm", framework="mxnet",
+                         target_kwargs=LSTM_KWARGS[name])
+    assert rep.ok and not rep.ignored and not rep.filled and not rep.initialised
+    per_layer = 8 if LSTM_KWARGS[name].get("bidirectional") else 4
+    assert len(rep.rows) == 2 * per_layer  # every array, one rule each
+    assert_close(y, torch_forward(model, x))
+
+
+@pytest.mark.mxnet
+def test_lstm_needs_its_sizes(mx_model):
+    src = source_file(mx_model("lstm_bi"), "lstm_bi", "gluon")
+    with pytest.raises(ConvertersError, match="input_size"):
+        convert(src, "gluon/lstm")
+    wrong = {**LSTM_KWARGS["lstm_bi"], "hidden_size": 8}
+    with pytest.raises(CoverageError) as e:
+        convert(src, "gluon/lstm", target_kwargs=wrong)
+    problems = {p.kind for p in e.value.report.problems}
+    assert problems == {"shape_mismatch"}
+
+
+@pytest.mark.mxnet
+def test_lstm_one_way_file_into_two_way_model_stops(mx_model):
+    """A one-way file leaves the `_reverse` tensors unfilled: stop, do not invent them."""
+    src = source_file(mx_model("lstm_uni"), "lstm_uni", "exported")
+    kwargs = {**LSTM_KWARGS["lstm_uni"], "bidirectional": True}
+    with pytest.raises(CoverageError) as e:
+        convert(src, "gluon/lstm", target_kwargs=kwargs)
+    missing = {p.name for p in e.value.report.problems if p.kind == "missing_target"}
+    assert missing and all(n.endswith("_reverse") for n in missing)
+
+
+# -------------------------------------------------------------------------------------- ResNet-50
+
+def check_bn_recorded_eps(arrays):
+    """Gluon's export records eps=1e-05 and fix_gamma=False on every BatchNorm (not the symbol
+    default 1e-3): the premise of copying gamma/beta/mean/var into PyTorch's eps-1e-5 modules."""
+    bns = [layer for layer in arrays.layers.values() if layer.type == "BatchNorm"]
+    assert len(bns) == 53
+    assert {float(b.params["eps"]) for b in bns} == {1e-5}
+    assert {b.params["fix_gamma"] for b in bns} == {"False"}
+
+
+@pytest.mark.heavy
+@pytest.mark.mxnet
+@pytest.mark.parametrize("form", ["exported", "gluon"])
+def test_resnet50_v1(mx_model, form):
+    d = mx_model("resnet50_v1")
+    x, y = reference(d, "resnet50_v1")
+    src = source_file(d, "resnet50_v1", form)
+    with converters.read(src, "mxnet") as arrays:
+        assert len(arrays) == 299
+        if form == "exported":
+            check_bn_recorded_eps(arrays)
+        model, rep = convert(arrays, "resnet50", framework="mxnet")
+    assert rep.ok and not rep.warnings and not rep.ignored and len(rep.rows) == 299
+    assert len(rep.filled) == 53  # num_batches_tracked, one per BatchNorm
+    got = torch_forward(model, x)
+    assert_close(y, got)
+    if form == "exported":
+        # The reason for converters.models.resnet_gluon: with the stride in the 3x3 convolution, as
+        # torchvision places it, the same weights give a clearly different output.
+        for layer in (model.layer2, model.layer3, model.layer4):
+            layer[0].conv1.stride, layer[0].conv2.stride = (1, 1), (2, 2)
+        moved = torch_forward(model, x)
+        assert np.abs(moved - y).max() > 1e-2 * max(1.0, np.abs(y).max())
+
+
+@pytest.mark.heavy
+@pytest.mark.mxnet
+@pytest.mark.parametrize("form", ["exported", "gluon"])
+def test_resnet50_v1b(mx_model, form):
+    d = mx_model("resnet50_v1b")
+    x, y = reference(d, "resnet50_v1b")
+    src = source_file(d, "resnet50_v1b", form)
+    with converters.read(src, "gluon") as arrays:
+        assert len(arrays) == 267
+        if form == "exported":
+            check_bn_recorded_eps(arrays)
+        model, rep = convert(arrays, "gluon/resnet50_v1b")
+    assert type(model).__module__ == "torchvision.models.resnet"
+    assert rep.ok and not rep.warnings and not rep.ignored and len(rep.rows) == 267
+    assert_close(y, torch_forward(model, x))
+
+
+@pytest.mark.heavy
+@pytest.mark.mxnet
+def test_cli_exact_form(mx_model, tmp_path):
+    """`python -m converters --from mxnet --map resnet50.yaml in.params out.pth`, typed as a user
+    would, in a directory without a resnet50.yaml: the shipped table is found by its stem."""
+    d = mx_model("resnet50_v1")
+    x, y = reference(d, "resnet50_v1")
+    os.symlink(source_file(d, "resnet50_v1", "exported"), tmp_path / "in.params")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-m", "converters", "--from", "mxnet", "--map", "resnet50.yaml",
+                          "in.params", "out.pth"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "out.pth" in run.stdout
+    state = torch.load(tmp_path / "out.pth", weights_only=True)
+    model = resnet50_v1()
+    model.load_state_dict(state, strict=True)
+    assert_close(y, torch_forward(model, x))
