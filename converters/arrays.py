@@ -86,7 +86,11 @@ class ArrayHandle:
             raise FormatError(f"decoded {arr.dtype}{list(arr.shape)}, expected {self.dtype}{list(self.shape)}",
                               array=self.name)
         if copy:
+            from .readers._binary import release_pages
+
+            view = arr
             arr = np.array(arr, copy=True, order="C")
+            release_pages(view)
             if arr.dtype.byteorder not in "=|":
                 arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr

@@ -62,3 +62,28 @@ class FileView:
         if count == 0:
             return np.zeros(shape, dtype)
         return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def release_pages(view: np.ndarray) -> None:
+    """Drop the file pages a memory-mapped view touched from this process's resident set.
+
+    Called after a view was copied: the copy is what the caller keeps, and without this the
+    mapped pages would count a second time in RSS (they stay in the OS page cache either way,
+    and a later touch of the view maps them back in).
+    """
+    base = view
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    mm = getattr(base, "obj", None)
+    if not isinstance(mm, mmap.mmap) or mm.closed or not hasattr(mmap, "MADV_DONTNEED") or view.size == 0:
+        return
+    try:
+        start = np.frombuffer(mm, np.uint8, count=1).ctypes.data
+        byte_bounds = getattr(np, "byte_bounds", None) or np.lib.array_utils.byte_bounds
+        low, high = byte_bounds(view)
+        lo = (low - start) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = min(high - start, len(mm))
+        if 0 <= lo < hi:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (ValueError, OSError):  # advisory only
+        pass
