@@ -167,8 +167,8 @@ def _entries(plan, arrays, targets):
 
 
 def _init_array(name, spec, fill):
-    if fill.scheme == "default":
-        raise ConvertersError(f"init scheme 'default' needs the real module; write {name} with out=None or pick "
+    if fill.scheme == "pytorch":
+        raise ConvertersError(f"init scheme 'pytorch' needs the real module; write {name} with out=None or pick "
                               "an explicit scheme", rule=fill.where)
     t = torch.empty(spec.shape, dtype=torch.float32)
     init_tensor(t, fill.scheme, name=name, **fill.args)
@@ -186,7 +186,7 @@ def _fill_module(plan, arrays, model, bar):
     for name, value in plan.fills:
         sd[name].fill_(value)
     for name, fill in plan.inits:
-        if fill.scheme != "default":  # 'default' keeps what the module's constructor chose
+        if fill.scheme != "pytorch":  # 'pytorch' keeps what the module's constructor chose
             init_tensor(sd[name].data, fill.scheme, name=name, **fill.args)
     return model
 

@@ -9,8 +9,9 @@ import math
 
 import torch
 
-SCHEMES = ("kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "normal", "zeros",
-           "ones", "constant", "conv_classic", "default")
+# The same names as finetune.init_params (which applies them module by module).
+SCHEMES = ("kaiming", "kaiming_uniform", "xavier", "xavier_normal", "normal", "zeros", "ones", "constant",
+           "classic", "pytorch")
 
 
 def generator_for(name: str, seed: int = 0) -> torch.Generator:
@@ -37,15 +38,15 @@ def init_tensor(t: torch.Tensor, scheme: str, *, name: str = "", seed: int = 0, 
         return init.normal_(t, mean, std, generator=g)
     if t.dim() < 2:  # fans are undefined: the conventional choice for biases and norm layers
         return t.fill_(1.0) if name.endswith("weight") else t.zero_()
-    if scheme == "kaiming_normal":
+    if scheme == "kaiming":
         return init.kaiming_normal_(t, mode=mode, nonlinearity=nonlinearity, generator=g)
     if scheme == "kaiming_uniform":
         return init.kaiming_uniform_(t, mode=mode, nonlinearity=nonlinearity, generator=g)
     if scheme == "xavier_normal":
         return init.xavier_normal_(t, generator=g)
-    if scheme == "xavier_uniform":
+    if scheme == "xavier":
         return init.xavier_uniform_(t, generator=g)
-    if scheme == "conv_classic":  # He et al. / the original ResNet code: normal(0, sqrt(2/n)), n = k*k*out
+    if scheme == "classic":  # He et al. / the original ResNet code: normal(0, sqrt(2/n)), n = k*k*out
         n = t.shape[0] * math.prod(t.shape[2:])
         return init.normal_(t, 0.0, math.sqrt(2.0 / n), generator=g)
     raise ValueError(f"unknown init scheme {scheme!r}; one of {', '.join(SCHEMES)}")

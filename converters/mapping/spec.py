@@ -16,12 +16,11 @@ from pathlib import Path
 import yaml
 
 from ..errors import MappingError
+from ..initializers import SCHEMES as INIT_SCHEMES
 from . import transforms as T
 from .templates import compile_template, names_used
 
 TOP_KEYS = {"source", "target", "input", "rules", "ignore", "fill", "init", "include", "description", "notes"}
-INIT_SCHEMES = ("kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "normal", "zeros",
-                "ones", "constant", "conv_classic", "default")
 
 
 class _Dict(dict):
@@ -257,7 +256,7 @@ def _compile_into(m: Mapping, data: dict, path: Path):
         m.fill.append(TargetFill(_regex(item["to"], where), float(item["value"]), None, {}, where))
     for item in data.get("init") or []:
         where = _where(path, item, data.get("init"))
-        scheme = item.get("scheme", "default")
+        scheme = item.get("scheme", "pytorch")
         if scheme not in INIT_SCHEMES:
             raise MappingError(f"unknown init scheme {scheme!r}", rule=where, hint=f"one of {', '.join(INIT_SCHEMES)}")
         args = {k: v for k, v in item.items() if k not in ("to", "scheme")}
