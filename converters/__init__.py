@@ -20,6 +20,8 @@ def read(path, framework: str | None = None, **options) -> ArrayFile:
 
 _LAZY = {  # imported on first use so `import converters` (and `convert inspect`) stays light
     "convert": (".convert", "convert"),
+    "draft": (".draft", "draft"),
+    "verify": (".parity.verify", "verify"),
     "load_partial": (".finetune", "load_partial"),
     "init_params": (".finetune", "init_params"),
     "save_checkpoint": (".finetune", "save_checkpoint"),

@@ -1,7 +1,9 @@
 """The `convert` command (also `python -m converters`).
 
     convert inspect PATH [--from F] [--filter REGEX] [--json]
-    convert --from F --map TABLE IN OUT       (see `convert --help`)
+    convert --from F --map TABLE IN OUT [--verify]   (see `convert --help`)
+    convert verify IN --map TABLE             parity: exit 0 pass, 1 differ, 2 error (docs/parity.md)
+    convert reference IN --map TABLE REF.npz  record the source framework's answers
 
 User errors print one line and exit 2; nothing here lets a traceback reach the terminal.
 """
@@ -97,6 +99,8 @@ def _register_lazy_subcommands():
         return run
     SUBCOMMANDS.setdefault("convert", lazy(".convert", "cmd_convert"))
     SUBCOMMANDS.setdefault("maps", lazy(".convert", "cmd_maps"))
+    SUBCOMMANDS.setdefault("verify", lazy(".parity.verify", "cmd_verify"))
+    SUBCOMMANDS.setdefault("reference", lazy(".parity.reference", "cmd_reference"))
 
 
 _register_lazy_subcommands()
@@ -130,6 +134,6 @@ def main(argv=None) -> int:
 
 # Modules that register further subcommands with @subcommand when imported (kept at the bottom:
 # they import this module). Add a module name here to plug in a subcommand.
-_SUBCOMMAND_MODULES = ("diff",)
+_SUBCOMMAND_MODULES = ("diff", "draft")
 for _name in _SUBCOMMAND_MODULES:
     __import__(f"{__package__}.{_name}")

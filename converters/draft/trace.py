@@ -1,0 +1,145 @@
+"""The target's execution order: run the module once on a dummy input and record, with forward
+hooks, the order in which modules holding tensors are called and the shapes they see.
+
+Registration order (the order of `named_modules()`) is what `__init__` happened to write, not what
+`forward` does; a ResNet's shortcut or a two-headed net is registered in one order and run in
+another. The trace is what the source's graph order is compared with. When no dummy input runs,
+registration order is used and the draft says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+_SIZES = (224, 96, 64, 32, 16, 12)
+
+
+@dataclass
+class Call:
+    """One leaf module call: name, type and the first input/output tensor shapes."""
+
+    name: str
+    type: str
+    in_shape: tuple | None
+    out_shape: tuple | None
+    owns_tensors: bool
+
+
+@dataclass
+class Trace:
+    order: list  # names of tensor-owning modules, first call order, then never-called ones
+    calls: list = field(default_factory=list)  # every leaf call, in order
+    input_shape: tuple | None = None
+    how: str = "trace"  # 'trace' or 'registration'
+    why: str = ""
+    not_called: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)  # shapes of the model's outputs, flattened
+
+    def flatten_source(self, module_name: str) -> tuple | None:
+        """(C, H, W) when the module's first call got a flattened NCHW map with H*W > 1 (what a
+        Flatten right before a dense layer does), else None."""
+        idx = next((i for i, c in enumerate(self.calls) if c.name == module_name), None)
+        if idx is None or not self.calls[idx].in_shape or len(self.calls[idx].in_shape) != 2:
+            return None
+        features = self.calls[idx].in_shape[1]
+        for c in reversed(self.calls[:idx]):
+            shape = c.out_shape
+            if not shape:
+                continue
+            if len(shape) == 4:
+                _, ch, h, w = shape
+                return (ch, h, w) if ch * h * w == features and h * w > 1 else None
+            if c.owns_tensors or _per_sample(shape) != features:
+                return None  # another weighted layer, or a reshape to another size, came between
+        return None
+
+
+def _shapes(out) -> list:
+    if isinstance(out, torch.Tensor):
+        return [tuple(out.shape)]
+    if isinstance(out, (tuple, list)):
+        return [s for o in out for s in _shapes(o)]
+    return []
+
+
+def _per_sample(shape) -> int:
+    n = 1
+    for d in shape[1:]:
+        n *= d
+    return n
+
+
+def _owns(module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or any(
+        b is not None for b in module._buffers.values())
+
+
+def _first_shape(x):
+    if isinstance(x, torch.Tensor):
+        return tuple(x.shape)
+    if isinstance(x, (tuple, list)) and x:
+        return _first_shape(x[0])
+    return None
+
+
+def candidate_inputs(model: nn.Module, hint: tuple | None = None):
+    """Dummy inputs to try, the most plausible first: the hint (NCHW/NTC from the source), then
+    sizes that fit the first tensor-owning module."""
+    if hint:
+        yield torch.zeros(hint)
+    first = next((m for m in model.modules() if _owns(m) and not list(m.children())), None)
+    if isinstance(first, nn.modules.conv._ConvNd):
+        nd = len(first.kernel_size)
+        for s in _SIZES:
+            yield torch.zeros((1, first.in_channels, *([s] * nd)))
+    elif isinstance(first, nn.Linear):
+        yield torch.zeros((1, first.in_features))
+    elif isinstance(first, nn.RNNBase):
+        yield torch.zeros((2, 3, first.input_size))
+    elif isinstance(first, nn.Embedding):
+        yield torch.zeros((1, 8), dtype=torch.long)
+    elif isinstance(first, nn.modules.batchnorm._NormBase):
+        for s in _SIZES:
+            yield torch.zeros((1, first.num_features, s, s))
+
+
+def trace(model: nn.Module, hint: tuple | None = None) -> Trace:
+    """Execution order of `model`'s tensor-owning modules (see module docstring)."""
+    names = {m: n for n, m in model.named_modules()}
+    owning = [n for n, m in model.named_modules() if _owns(m)]
+    errors = []
+    for x in candidate_inputs(model, hint):
+        calls: list[Call] = []
+        hooks = []
+
+        def hook(module, args, output):
+            if list(module.children()) and not _owns(module):
+                return  # containers: their children are recorded
+            calls.append(Call(names[module], type(module).__name__, _first_shape(args), _first_shape(output),
+                              _owns(module)))
+        for m in model.modules():
+            hooks.append(m.register_forward_hook(hook))
+        try:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                result = model(x)
+            model.train(was_training)
+        except Exception as e:  # any forward failure means "try another input"
+            errors.append(f"{tuple(x.shape)}: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+            continue
+        finally:
+            for h in hooks:
+                h.remove()
+        seen, order = set(), []
+        for c in calls:
+            if c.owns_tensors and c.name not in seen:
+                seen.add(c.name)
+                order.append(c.name)
+        not_called = [n for n in owning if n not in seen]
+        return Trace(order + not_called, calls, tuple(x.shape), "trace",
+                     f"traced with a dummy input of shape {list(x.shape)}", not_called, _shapes(result))
+    why = "no dummy input ran the module (" + "; ".join(errors[-2:]) + ")" if errors else "no input to try"
+    return Trace(owning, [], None, "registration", why + "; registration order used instead", [])

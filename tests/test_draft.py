@@ -1,0 +1,320 @@
+"""`convert draft`: for every shipped table's source model, a draft made WITHOUT the shipped table
+must convert with no edits and reproduce the source framework's forward pass; a target with a
+changed head or an extra layer must get exactly those listed as unmatched; ties are written down.
+
+Source models are built the way the table tests build them (their helpers are imported, not
+copied): Keras in-process, mxnet in .venv-mxnet through tests/mxnet_side/make_tables_models.py,
+the Caffe MTCNN P-Net from fixtures/ run by OpenCV. Comparison: max |diff| <= 1e-4 * max(1, max|ref|).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import converters
+from converters.cli import main
+from converters.convert import convert
+from converters.draft import draft
+from converters.draft.emit import Item, _int_range_regex, compress
+from converters.mapping import spec
+from converters.models.mtcnn import PNet
+
+ROOT = Path(__file__).resolve().parents[1]
+CAFFE = ROOT / "fixtures/caffe/mtcnn_pnet/det1.caffemodel"
+MX_PNET = ROOT / "fixtures/mxnet/mtcnn_pnet/det1-0001.params"
+
+
+def tol(ref):
+    return 1e-4 * max(1.0, float(np.abs(ref).max()))
+
+
+def assert_clean(d):
+    assert d.complete, d.problems
+    assert d.stats["unmatched_sources"] == 0 and d.stats["unmatched_targets"] == 0 and d.stats["ambiguous"] == 0
+
+
+# --------------------------------------------------------------------------- family compression
+
+def test_int_range_regex():
+    import re
+
+    for lo, hi in ((0, 2), (4, 18), (1, 16), (7, 123), (10, 19)):
+        rx = re.compile(_int_range_regex(lo, hi))
+        hits = [n for n in range(0, 300) if rx.fullmatch(str(n))]
+        assert hits == list(range(lo, hi + 1)), (lo, hi, rx.pattern)
+
+
+def _items(pairs):
+    return [Item(s, [t], 1, [], None) for s, t in pairs]
+
+
+def test_families_vgg_blocks_and_resnet_counting():
+    """VGG: features index = per-block offset + 2 (c - 1): one rule per block. ResNet exported names:
+    conv k >= 4 is block (k-1)//3, conv (k-1)%3+1: one rule for all stages."""
+    offsets = {1: 0, 2: 5, 3: 10, 4: 17, 5: 24}
+    convs = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
+    vgg = [(f"block{b}_conv{c}/kernel", f"features.{offsets[b] + 2 * (c - 1)}.weight")
+           for b in offsets for c in range(1, convs[b] + 1)]
+    rules = compress(_items(vgg), {s for s, _ in vgg})
+    assert len(rules) == 5
+    assert rules[2].from_ == "block3_conv(?P<c>[1-3])/kernel" and rules[2].to == ["features.{2*c+8}.weight"]
+    resnet = [(f"net_stage{s}_conv{k}_weight", f"layer{s}.{(k - 1) // 3}.conv{(k - 1) % 3 + 1}.weight")
+              for s, n in ((1, 3), (2, 4)) for k in range(4, 4 + 3 * (n - 1))]
+    universe = {s for s, _ in resnet} | {"net_stage1_conv3_weight"}  # a name the rule must not catch
+    rules = compress(_items(resnet), universe)
+    assert len(rules) == 1 and rules[0].to == ["layer{s}.{(c-1)//3}.conv{(c-1)%3+1}.weight"]
+
+
+# ------------------------------------------------------------------------------------ MTCNN P-Net
+
+def test_caffe_pnet_draft_matches_opencv(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    d = draft(CAFFE, "converters.models.mtcnn:PNet", out=tmp_path / "pnet.yaml")
+    assert_clean(d)
+    assert d.stats["matched_sources"] == 13 and len(d.rules) == 5  # conv w, conv b, prelu, two heads
+    assert spec.load(tmp_path / "pnet.yaml").source == "caffe"
+    model, rep = convert(CAFFE, tmp_path / "pnet.yaml")
+    assert rep.ok and len(rep.rows) == 13
+    net = cv2.dnn.readNetFromCaffe(str(CAFFE.with_name("det1.prototxt")), str(CAFFE))
+    x = (np.random.default_rng(0).uniform(0, 255, (2, 3, 31, 25)).astype(np.float32) - 127.5) / 128
+    net.setInput(x)
+    ref_prob, ref_box = net.forward(["prob1", "conv4-2"])
+    with torch.no_grad():
+        prob, box = (t.numpy() for t in model(torch.from_numpy(x)))
+    assert np.abs(prob - ref_prob).max() <= tol(ref_prob) and np.abs(box - ref_box).max() <= tol(ref_box)
+    # and it is the shipped table's model, tensor for tensor
+    shipped, _ = convert(CAFFE, "caffe/mtcnn_pnet")
+    for k, v in shipped.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    assert "CHECK" in d.text and "flip: {axis: 1}" in d.text  # the channel-order question is asked
+
+
+def test_mxnet_pnet_draft_converts_but_cannot_know_the_port_s_swaps(tmp_path):
+    """The MXNet port stores the Caffe kernels with H and W swapped and conv1's input channels
+    reversed. All kernels are square, so no shape, name or order tells: the draft matches every
+    array (graph order fixes the file's scrambled order) and asks about the channel order; the
+    swaps stay the user's call, so its conv kernels are the shipped table's before the swap."""
+    d = draft(MX_PNET, "converters.models.mtcnn:PNet", out=tmp_path / "pnet.yaml")
+    assert_clean(d)
+    assert "input channel order" in d.text
+    model, _ = convert(MX_PNET, tmp_path / "pnet.yaml")
+    shipped, _ = convert(MX_PNET, "mxnet/mtcnn_pnet")
+    got, want = model.state_dict(), shipped.state_dict()
+    for k in want:
+        if k in ("conv1.weight", "conv2.weight", "conv3.weight"):
+            w = want[k].transpose(2, 3)
+            w = w.flip(1) if k == "conv1.weight" else w
+            assert torch.equal(got[k], w), k
+        else:
+            assert torch.equal(got[k], want[k]), k
+
+
+class PNetNewHead(PNet):
+    """P-Net with a 3-class face head: conv4_1 no longer fits the source's (2, 32, 1, 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv4_1 = nn.Conv2d(32, 3, 1)
+
+
+class PNetExtraLayer(PNet):
+    """P-Net with one more convolution between conv3 and the heads."""
+
+    def __init__(self):
+        super().__init__()
+        self.extra = nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x):
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.prelu2(self.conv2(x))
+        x = self.extra(self.prelu3(self.conv3(x)))
+        return torch.softmax(self.conv4_1(x), dim=1), self.conv4_2(x)
+
+
+def _unmatched(d):
+    return ({n for n, _, _ in d.matching.unmatched_sources}, {n for n, _, _ in d.matching.unmatched_targets})
+
+
+def test_changed_head_is_listed_exactly():
+    d = draft(CAFFE, PNetNewHead())
+    assert _unmatched(d) == ({"conv4-1/0", "conv4-1/1"}, {"conv4_1.weight", "conv4_1.bias"})
+    assert not d.complete and "UNMATCHED source arrays" in d.text and "#   conv4_1.weight" in d.text
+    spec.load(_save(d))  # still a loadable table, the gaps are comments
+
+
+def test_extra_layer_is_listed_exactly():
+    d = draft(CAFFE, PNetExtraLayer())
+    assert _unmatched(d) == (set(), {"extra.weight", "extra.bias"})
+    assert d.stats["matched_sources"] == 13
+
+
+class TwinActivations(nn.Module):
+    """Two PReLU(32) in a row with uninformative names: the source's one PReLU3 fits both equally."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.a1, self.pool = nn.Conv2d(3, 10, 3), nn.PReLU(10), nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.c2, self.a2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
+        self.c3, self.x, self.y = nn.Conv2d(16, 32, 3), nn.PReLU(32), nn.PReLU(32)
+        self.h1, self.h2 = nn.Conv2d(32, 2, 1), nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        x = self.a2(self.c2(self.pool(self.a1(self.c1(x)))))
+        x = self.y(self.x(self.c3(x)))
+        return self.h1(x), self.h2(x)
+
+
+def test_ambiguity_is_written_down_not_decided():
+    d = draft(CAFFE, TwinActivations())
+    assert [(s.name, c) for s, c, _ in d.matching.ambiguous] == [("PReLU3", ["x", "y"])]
+    assert _unmatched(d) == ({"PReLU3/0"}, {"x.weight", "y.weight"})
+    assert "PReLU3 (PReLU; PReLU3/0) -> one of: x, y" in d.text.split("# AMBIGUOUS:")[1]
+    assert d.stats["matched_sources"] == 12  # the rest is still matched (by order and shape)
+
+
+def _save(d, tmp=None):
+    import tempfile
+
+    fd, path = tempfile.mkstemp(suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(d.text)
+    return path
+
+
+def test_cli_writes_a_loadable_table_and_api_is_callable(tmp_path, capsys):
+    out = tmp_path / "m.yaml"
+    assert main(["draft", "--from", "caffe", str(CAFFE), "--target", "converters.models.mtcnn:PNet",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "13/13 source arrays matched" in printed
+    assert spec.load(out).rules
+    assert main(["draft", str(CAFFE), "--target", "converters.models.mtcnn:PNet", "-o", str(out)]) == 2  # exists
+    d = converters.draft(CAFFE, "converters.models.mtcnn:PNet")  # the package is callable
+    assert d.complete and d.path is None
+
+
+def test_cli_verify_names_the_implicated_rules(tmp_path, capsys):
+    """--verify runs the parity check; on the Caffe P-Net (RGB as published) it passes."""
+    pytest.importorskip("cv2")
+    pytest.importorskip("converters.parity.verify")
+    out = tmp_path / "m.yaml"
+    code = main(["draft", str(CAFFE), "--target", "converters.models.mtcnn:PNet", "-o", str(out), "--verify"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+
+
+# ------------------------------------------------------------------------------------------ Keras
+
+@pytest.fixture(scope="module")
+def K():
+    pytest.importorskip("keras")
+    import test_tables_keras as k  # the table tests' helpers: randomize, keras_output, ...
+
+    return k
+
+
+@pytest.mark.parametrize("filename", ["mnv2.keras", "mnv2.h5"])
+def test_keras_mobilenet_v2_draft(K, tmp_path, filename):
+    K.keras.utils.set_random_seed(1)
+    model = K.keras.applications.MobileNetV2(weights=None, classifier_activation=None, **K.SMALL)
+    K.randomize(model, 1)
+    model.save(tmp_path / filename)
+    d = draft(tmp_path / filename, "converters.models.keras_mobilenet_v2:MobileNetV2",
+              target_kwargs=K.SMALL_KWARGS, out=tmp_path / "m.yaml")
+    assert_clean(d)
+    assert d.stats["matched_sources"] == len(model.weights) and len(d.rules) < 50
+    assert "tf_depthwise" in d.text and "tf_conv" in d.text
+    module, rep = convert(tmp_path / filename, tmp_path / "m.yaml")
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)
+    K.assert_close(K.keras_output(model, x), K.torch_output(module, K.nchw(x)))
+
+
+@pytest.mark.parametrize("cell,target", [("LSTM", "converters.models.rnn:KerasLSTM"),
+                                         ("GRU", "converters.models.rnn:KerasGRU")])
+def test_keras_rnn_draft_with_optimizer_state(K, tmp_path, cell, target):
+    K.keras.utils.set_random_seed(8)
+    model = K.rnn_model(getattr(K.keras.layers, cell)(K.UNITS, return_sequences=True))
+    K.randomize(model, 8)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((2, K.T, K.FEATURES), np.float32), np.ones((2, K.T, K.UNITS), np.float32), verbose=0)
+    model.save(tmp_path / "rnn.h5")
+    d = draft(tmp_path / "rnn.h5", target, target_kwargs={"input_size": K.FEATURES, "hidden_size": K.UNITS},
+              out=tmp_path / "m.yaml")
+    assert_clean(d)
+    assert d.stats["matched_sources"] == 3 and d.stats["ignored"] == 8
+    assert ("zrh, to: rzh" in d.text) == (cell == "GRU")  # the gate order is detected
+    module, _ = convert(tmp_path / "rnn.h5", tmp_path / "m.yaml")
+    x = np.random.default_rng(9).normal(0, 1, (3, K.T, K.FEATURES)).astype(np.float32)
+    K.assert_close(K.keras_output(model, x), K.torch_output(module, x))
+
+
+@pytest.mark.heavy
+def test_keras_vgg16_draft_finds_the_flatten_order(K, tmp_path):
+    if K.torchvision is None:
+        pytest.skip("needs torchvision")
+    K.keras.utils.set_random_seed(15)
+    model = K.keras.applications.VGG16(weights=None, classifier_activation=None)
+    K.randomize(model, 15)
+    model.save(tmp_path / "vgg16.h5")
+    x = np.random.default_rng(16).uniform(-100, 100, (1, 224, 224, 3)).astype(np.float32)
+    expected = K.keras_output(model, x)
+    del model
+    d = draft(tmp_path / "vgg16.h5", "torchvision.models:vgg16", target_kwargs={"weights": None},
+              out=tmp_path / "m.yaml")
+    assert_clean(d)
+    assert "flatten_order: {h: 7, w: 7, c: 512}" in d.text
+    module, _ = convert(tmp_path / "vgg16.h5", tmp_path / "m.yaml")
+    K.assert_close(expected, K.torch_output(module, K.nchw(x)))
+
+
+# ------------------------------------------------------------------------------------ MXNet/Gluon
+
+import test_tables_mxnet as MXT  # noqa: E402  (the table tests' mxnet generator and helpers)
+from test_tables_mxnet import mx_model  # noqa: E402,F401  (module-scoped fixture, reused as is)
+
+
+@pytest.fixture(scope="module")
+def MX():
+    return MXT
+
+
+def _check_mx(MX, d_dir, name, form, target, framework, kwargs=None):
+    src = MX.source_file(d_dir, name, form)
+    out = d_dir / f"{name}-{form}-draft.yaml"
+    d = draft(src, target, framework=framework, target_kwargs=kwargs, out=out, force=True)
+    assert_clean(d)
+    x, y = MX.reference(d_dir, name)
+    model, rep = convert(src, out)
+    MX.assert_close(y, MX.torch_forward(model, x))
+    return d
+
+
+@pytest.mark.mxnet
+@pytest.mark.parametrize("form", ["exported", "gluon"])
+@pytest.mark.parametrize("name", ["lstm_bi", "lstm_uni"])
+def test_gluon_lstm_draft(MX, mx_model, name, form):
+    kwargs = {"batch_first": True, **MX.LSTM_KWARGS[name]}
+    d = _check_mx(MX, mx_model(name), name, form, "torch.nn:LSTM", "mxnet" if form == "exported" else "gluon", kwargs)
+    assert len(d.rules) == (8 if kwargs.get("bidirectional") else 4)
+
+
+@pytest.mark.heavy
+@pytest.mark.mxnet
+@pytest.mark.parametrize("form", ["exported", "gluon"])
+def test_mxnet_resnet50_v1_draft(MX, mx_model, form):
+    d = _check_mx(MX, mx_model("resnet50_v1"), "resnet50_v1", form, "converters.models.resnet_gluon:resnet50_v1",
+                  "mxnet")
+    assert d.stats["matched_sources"] == 299 and d.stats["filled"] == 53 and len(d.rules) <= 30
+
+
+@pytest.mark.heavy
+@pytest.mark.mxnet
+@pytest.mark.parametrize("form", ["exported", "gluon"])
+def test_gluoncv_resnet50_v1b_draft(MX, mx_model, form):
+    d = _check_mx(MX, mx_model("resnet50_v1b"), "resnet50_v1b", form, "torchvision.models:resnet50", "gluon")
+    assert d.stats["matched_sources"] == 267 and len(d.rules) <= 30
