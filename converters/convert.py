@@ -6,8 +6,6 @@ no memory), plan and check coverage, and only then read, transform and write the
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
 import json
 import os
 import sys
@@ -15,23 +13,15 @@ import sys
 import numpy as np
 import torch
 
-from . import __version__
 from .arrays import ArrayFile
 from .errors import ConvertersError, CoverageError
+from . import provenance as provenance_of
 from .initializers import init_tensor
 from .mapping import spec as mapping_spec
 from .mapping.plan import make_plan
-from .mapping.transforms import chain_apply
+from .mapping.materialise import produce
 from .target import build_model, describe, load_factory, numpy_dtype, to_torch
 from .writer import output_kind, save_pth, stream_safetensors
-
-
-def sha256_file(path, chunk=1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _progress(total, enabled, desc):
@@ -83,7 +73,7 @@ def convert(source, mapping, target=None, out=None, *, framework=None, target_kw
     if dry_run:
         return None, rep
 
-    provenance = _provenance(arrays, m)
+    provenance = provenance_of.start(arrays, m)
     bar = _progress(len(plan.assignments) + len(plan.fills) + len(plan.inits), progress, "converting")
     try:
         if out is None:
@@ -100,7 +90,7 @@ def convert(source, mapping, target=None, out=None, *, framework=None, target_kw
                     sd[name] = to_torch(produce())
                     if bar is not None:
                         bar.update(1)
-            save_pth(sd, out, provenance, force, meta)
+            save_pth(sd, out, provenance_of.resolve(provenance), force, meta)
             result = out
     finally:
         if bar is not None:
@@ -133,27 +123,23 @@ def _is_meta(model) -> bool:
     return any(t.is_meta for t in model.state_dict().values())
 
 
-def _produce(a, arrays):
-    values = [arrays[s].numpy(copy=False) for s in a.sources]
-    out = chain_apply(a.rule.transforms, values if len(values) > 1 else values[0])
-    return out if isinstance(out, list) else [out]
-
-
 def _entries(plan, arrays, targets):
     """(name, shape, dtype, produce) for every output tensor, in target order when known."""
     entries = []
     for a in plan.assignments:
         cache = {}
 
-        def produce(a=a, i=0, cache=cache):
+        def output(i, a=a, cache=cache):
+            """Output i of a rule; the rule runs once and its outputs are dropped once all are taken."""
             if "v" not in cache:
-                cache["v"] = _produce(a, arrays)
+                cache["v"], cache["left"] = produce(a, arrays), len(a.targets)
             v = cache["v"][i]
-            if i == len(a.targets) - 1:
+            cache["left"] -= 1
+            if not cache["left"]:
                 cache.clear()
             return v
         for i, (t, shape, dtype) in enumerate(zip(a.targets, a.out_shapes, a.out_dtypes)):
-            entries.append((t, shape, dtype, lambda p=produce, i=i: p(i=i)))
+            entries.append((t, shape, dtype, lambda i=i, output=output: output(i)))
     for name, value in plan.fills:
         spec = targets[name]
         entries.append((name, spec.shape, spec.dtype, lambda s=spec, v=value: np.full(s.shape, v, s.dtype)))
@@ -179,7 +165,7 @@ def _init_array(name, spec, fill):
 def _fill_module(plan, arrays, model, bar):
     sd = model.state_dict(keep_vars=True)
     for a in plan.assignments:
-        for t, v in zip(a.targets, _produce(a, arrays)):
+        for t, v in zip(a.targets, produce(a, arrays)):
             sd[t].copy_(to_torch(v))
         if bar is not None:
             bar.update(1)
@@ -194,24 +180,11 @@ def _fill_module(plan, arrays, model, bar):
 def _state_dict(plan, arrays, bar):
     sd = {}
     for a in plan.assignments:
-        for t, v in zip(a.targets, _produce(a, arrays)):
-            sd[t] = to_torch(np.array(v, copy=True))
+        for t, v in zip(a.targets, produce(a, arrays)):
+            sd[t] = to_torch(v)
         if bar is not None:
             bar.update(1)
     return sd
-
-
-def _provenance(arrays, m) -> dict:
-    src = arrays.path
-    return {
-        "tool": f"converters {__version__}",
-        "source_file": os.path.basename(src),
-        "source_sha256": sha256_file(src) if os.path.isfile(src) else "",
-        "source_framework": arrays.framework,
-        "mapping": os.path.basename(m.path),
-        "mapping_sha256": m.sha256,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -233,8 +206,15 @@ def cmd_convert(argv) -> int:
     p.add_argument("--report", metavar="JSON", help="write the coverage report as JSON")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="reader option, e.g. prototxt=deploy.prototxt or symbol=net-symbol.json")
+    p.add_argument("--verify", action="store_true",
+                   help="after writing, run the source framework and the written model on the same inputs "
+                        "(convert verify); exit 1 when they differ")
+    p.add_argument("--source-python", metavar="PATH", help="with --verify: interpreter with the source framework")
+    p.add_argument("--architecture", help="with --verify: the file the source framework needs (prototxt, symbol)")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.verify and args.dry_run:
+        p.error("--verify needs a written output, not --dry-run")
     if not args.dry_run and not args.output:
         p.error("give an output path (or --dry-run)")
     options = dict(o.split("=", 1) for o in args.option if "=" in o)
@@ -258,7 +238,20 @@ def cmd_convert(argv) -> int:
         print(str(rep) if not args.dry_run else f"dry run: {rep.summary()}")
         if rep.output:
             print(f"wrote {rep.output}")
+    if args.verify:
+        return _verify_written(args, options)
     return 0
+
+
+def _verify_written(args, options) -> int:
+    """`--verify`: the written file, loaded into the target, against the source framework."""
+    from .parity.verify import emit, load_converted, verify
+
+    model = load_converted(args.output, args.map, args.target, args.target_kwargs)
+    rep = verify(args.input, args.map, args.target, framework=args.framework, model=model, reader_options=options,
+                 source_python=args.source_python, architecture=args.architecture)
+    emit(rep, args)
+    return rep.exit_code
 
 
 def cmd_maps(argv) -> int:

@@ -5,6 +5,7 @@ renamed over the output only after it was completely written and flushed.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ from .errors import ConvertersError, OutputExistsError
 from .readers.safetensors import _DTYPES as _ST_DTYPES
 
 _ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items() if v is not None}
+_SHA_PLACEHOLDER = "0" * 64
 
 
 @contextlib.contextmanager
@@ -77,7 +79,10 @@ def stream_safetensors(entries, path, provenance: dict, force: bool = False, pro
         n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         header[name] = {"dtype": _ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
-    header["__metadata__"] = {k: str(v) for k, v in provenance.items()}
+    # values still being computed (the source sha256, hashed in a background thread) are written as
+    # placeholders of their final length and patched in once the data is written
+    pending = {k: v for k, v in provenance.items() if isinstance(v, concurrent.futures.Future)}
+    header["__metadata__"] = {k: _SHA_PLACEHOLDER if k in pending else str(v) for k, v in provenance.items()}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     with atomic_output(path, force) as tmp, open(tmp, "wb") as fh:
@@ -93,3 +98,10 @@ def stream_safetensors(entries, path, provenance: dict, force: bool = False, pro
             del arr
             if progress is not None:
                 progress.update(1)
+        for key, future in pending.items():
+            digest = future.result()
+            where = blob.index(f'"{key}":"{_SHA_PLACEHOLDER}"'.encode()) + len(key) + 4
+            if len(digest) != len(_SHA_PLACEHOLDER):
+                raise ConvertersError(f"provenance {key} has an unexpected length", file=path)
+            fh.seek(8 + where)
+            fh.write(digest.encode())

@@ -20,7 +20,8 @@ from ..initializers import SCHEMES as INIT_SCHEMES
 from . import transforms as T
 from .templates import compile_template, names_used
 
-TOP_KEYS = {"source", "target", "input", "rules", "ignore", "fill", "init", "include", "description", "notes"}
+TOP_KEYS = {"source", "target", "input", "rules", "ignore", "fill", "init", "include", "description", "notes", "parity"}
+PARITY_KEYS = {"target_input", "source_input", "activations", "outputs", "layers", "tolerance"}
 
 
 class _Dict(dict):
@@ -115,6 +116,9 @@ class Mapping:
     fill: list = field(default_factory=list)
     init: list = field(default_factory=list)
     description: str = ""
+    parity: dict = field(default_factory=dict)  # the optional `parity:` section (docs/parity.md)
+    parity_source_input: list | None = None  # compiled transform chains of that section
+    parity_activations: list | None = None
 
 
 def shipped_dir() -> Path:
@@ -173,6 +177,9 @@ def load(name_or_path, _seen=None) -> Mapping:
         m.source = m.source or sub.source
         m.target = m.target or sub.target
         m.input = m.input or sub.input
+        if not m.parity and sub.parity:
+            m.parity, m.parity_source_input, m.parity_activations = (
+                sub.parity, sub.parity_source_input, sub.parity_activations)
         m.rules += sub.rules
         m.ignore += sub.ignore
         m.fill += sub.fill
@@ -245,6 +252,8 @@ def _compile_into(m: Mapping, data: dict, path: Path):
     m.input = dict(data["input"]) if data.get("input") else None
     for item in data.get("rules") or []:
         m.rules.append(_compile_rule(item, path))
+    if data.get("parity"):
+        _compile_parity(m, data["parity"], path)
     for item in data.get("ignore") or []:
         where = _where(path, item, data.get("ignore"))
         if isinstance(item, str):
@@ -281,3 +290,23 @@ def _compile_rule(item, path) -> Rule:
                                f"captures {sorted(groups) or 'nothing'}", rule=where)
     chain = [T.build(t, rule=where) for t in item.get("transforms") or []]
     return Rule(pattern, to, to_text, with_, with_text, chain, where, many)
+
+
+def _compile_parity(m: Mapping, section, path):
+    """The `parity:` section: how `convert verify` feeds and reads both sides (docs/parity.md).
+    Its transform chains are compiled here so a typo stops at load time with file and line."""
+    where = _where(path, section)
+    if not isinstance(section, dict):
+        raise MappingError("`parity:` is a mapping", rule=where)
+    unknown = set(section) - PARITY_KEYS
+    if unknown:
+        raise MappingError(f"unknown parity key(s) {sorted(unknown)}", rule=where,
+                           hint=f"known keys: {', '.join(sorted(PARITY_KEYS))}")
+    m.parity = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                for k, v in section.items()}
+    for key, attr in (("source_input", "parity_source_input"), ("activations", "parity_activations")):
+        if key in section:
+            chain = section[key]
+            if not isinstance(chain, list):
+                raise MappingError(f"parity.{key} is a list of transforms", rule=_where(path, chain, section))
+            setattr(m, attr, [T.build(t, rule=_where(path, t, chain)) for t in chain])

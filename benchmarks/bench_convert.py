@@ -1,0 +1,367 @@
+#!/usr/bin/env python
+"""Conversion benchmark: converters.convert on a ~1 GB TensorFlow checkpoint, against a file copy.
+
+    .venv/bin/python benchmarks/bench_convert.py                 # 1024 MB model
+    .venv/bin/python benchmarks/bench_convert.py --size-mb 32    # quick run
+
+The source is a wide MLP (64 square dense layers, kernel + bias) saved by TensorFlow itself with
+tf.train.Checkpoint(model=...).write(): a TF2 tensor bundle whose kernels are (in, out). A mapping
+table written into the work dir sends every kernel through `tf_dense` (a transpose to PyTorch's
+(out, in)) into an nn.Sequential of nn.Linear. Each run is a fresh process:
+
+  copy            shutil.copyfile of the checkpoint's data shard (the same bytes), the yardstick
+  copy_fsync      the same followed by fsync (convert fsyncs its output before renaming it)
+  to_pth          converters.convert(src, table, out=model.pth)
+  to_safetensors  converters.convert(src, table, out=model.safetensors)   (streamed)
+  state_dict      converters.convert(src, table_without_target)  -> dict of tensors in memory
+  module          converters.convert(src, table)                 -> the filled nn.Module
+  sha256, transpose   diagnostics: the provenance hash of the source, and the transposes alone
+
+Every output is checked against the source (kernels transposed) after its run. The source stays
+in the page cache (read again before every run); dirty pages are flushed (os.sync) before every run.
+Results go to stdout and benchmarks/results_convert.json (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench as B  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+N_LAYERS = 64
+
+
+def width_for(size_mb: int) -> int:
+    """Width of the square layers so that N_LAYERS kernels hold about size_mb."""
+    return max(4, int(math.isqrt(size_mb * B.MB // N_LAYERS // 4)))
+
+
+def wide_mlp(layers: int, width: int):
+    """The target model: `layers` nn.Linear(width, width) in an nn.Sequential ('0.weight', ...)."""
+    import torch
+
+    return torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
+
+
+def paths(workdir: Path, size_mb: int) -> dict[str, Path]:
+    d = workdir / f"convert_{size_mb}mb"
+    return {"dir": d, "ckpt": d / "tf" / "mlp", "table": d / "mlp.yaml", "table_sd": d / "mlp_state_dict.yaml",
+            "out": d / "out"}
+
+
+def table_text(size_mb: int, with_target: bool) -> str:
+    target = (f"target: {{model: 'bench_convert:wide_mlp', kwargs: {{layers: {N_LAYERS}, width: {width_for(size_mb)}}}}}\n"
+              if with_target else "")
+    return f"""\
+description: benchmark - wide MLP from a TF2 checkpoint ({N_LAYERS} dense layers) -> nn.Sequential of nn.Linear
+notes: >
+  Written by benchmarks/bench_convert.py. TF dense kernels are (in, out); nn.Linear weights are
+  (out, in), hence tf_dense on every kernel. Biases need no change.
+source: tensorflow
+{target}rules:
+  - from: 'model/layers/(?P<n>\\d+)/kernel/\\.ATTRIBUTES/VARIABLE_VALUE'
+    to: '{{n}}.weight'
+    transforms: [tf_dense]
+  - from: 'model/layers/(?P<n>\\d+)/bias/\\.ATTRIBUTES/VARIABLE_VALUE'
+    to: '{{n}}.bias'
+"""
+
+
+# ----------------------------------------------------------------------------------- building
+
+def build_source(prefix: Path, size_mb: int) -> None:
+    """The wide MLP as tf.Modules holding tf.Variables, written by tf.train.Checkpoint."""
+    import numpy as np
+    import tensorflow as tf
+
+    width = width_for(size_mb)
+
+    class Dense(tf.Module):
+        def __init__(self, kernel, bias):
+            super().__init__()
+            self.kernel = tf.Variable(kernel, name="kernel")
+            self.bias = tf.Variable(bias, name="bias")
+
+    class MLP(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = []
+            for i in range(N_LAYERS):
+                rng = np.random.default_rng(i)
+                self.layers.append(Dense(rng.standard_normal((width, width), dtype=np.float32),
+                                         rng.standard_normal((width,), dtype=np.float32)))
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    tf.train.Checkpoint(model=MLP()).write(str(prefix))
+
+
+def ensure_built(p: dict, size_mb: int, rebuild: bool) -> None:
+    p["dir"].mkdir(parents=True, exist_ok=True)
+    p["out"].mkdir(exist_ok=True)
+    p["table"].write_text(table_text(size_mb, True))
+    p["table_sd"].write_text(table_text(size_mb, False))
+    stamp = p["dir"] / "source.built"
+    stamp_text = json.dumps({"layers": N_LAYERS, "width": width_for(size_mb)})
+    if not rebuild and stamp.exists() and stamp.read_text() == stamp_text:
+        return
+    for old in p["ckpt"].parent.glob("*"):
+        old.unlink()
+    t0 = time.perf_counter()
+    out = B.run_child(sys.executable, __file__, "build", {"prefix": str(p["ckpt"]), "size_mb": size_mb})
+    if "error" in out:
+        raise SystemExit(f"building the TF checkpoint failed: {out['error']}")
+    stamp.write_text(stamp_text)
+    print(f"built the source: {sum(f.stat().st_size for f in source_files(p)) / B.MB:,.0f} MB "
+          f"in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def source_files(p: dict) -> list[Path]:
+    return sorted(p["ckpt"].parent.glob(p["ckpt"].name + ".*"))
+
+
+def data_shard(p: dict) -> Path:
+    return next(f for f in source_files(p) if ".data-" in f.name)
+
+
+# ------------------------------------------------------------------------------ child: measuring
+
+def verify(result, src_path: str, layers: int) -> dict:
+    """Compare the first and last layer of a conversion result with the source (transposed)."""
+    import numpy as np
+    import torch
+
+    import converters
+
+    src = converters.read(src_path)
+    checked = 0
+    for i in sorted({0, layers - 1}):
+        kernel = src[f"model/layers/{i}/kernel/.ATTRIBUTES/VARIABLE_VALUE"].numpy()
+        bias = src[f"model/layers/{i}/bias/.ATTRIBUTES/VARIABLE_VALUE"].numpy()
+        w, b = result(f"{i}.weight"), result(f"{i}.bias")
+        if not (np.array_equal(np.asarray(w), kernel.T) and np.array_equal(np.asarray(b), bias)):
+            return {"verified": False, "verify_error": f"layer {i} differs from the source"}
+        checked += 1
+    del torch
+    return {"verified": True, "verified_layers": checked}
+
+
+def child_main(mode: str, spec: dict) -> None:
+    if mode == "build":
+        build_source(Path(spec["prefix"]), spec["size_mb"])
+        B.emit({"built": spec["prefix"]})
+        return
+    if mode in ("copy", "copy_fsync"):
+        meter = B.Meter()
+        with meter:
+            shutil.copyfile(spec["shard"], spec["out"])
+            if mode == "copy_fsync":
+                with open(spec["out"], "rb+") as fh:
+                    os.fsync(fh.fileno())
+        res = meter.result(bytes=os.path.getsize(spec["out"]))
+        os.unlink(spec["out"])
+        B.emit(res)
+        return
+    if mode == "sha256":
+        from converters.convert import sha256_file
+
+        meter = B.Meter()
+        with meter:
+            sha256_file(spec["shard"])
+        B.emit(meter.result())
+        return
+
+    import numpy as np
+    import torch  # noqa: F401
+
+    import converters
+    from converters import readers
+    from converters.mapping import spec as mapping_spec
+
+    for name in readers.FRAMEWORKS:
+        readers.reader_module(name)
+    import bench_convert  # noqa: F401  the table's target module, imported before the baseline
+
+    wide_mlp(1, 4)
+    if mode == "transpose":
+        meter = B.Meter()
+        with meter:
+            src = converters.read(spec["src"])
+            for h in src.values():
+                v = h.numpy(copy=False)
+                np.ascontiguousarray(v.T if v.ndim == 2 else v)
+        B.emit(meter.result())
+        return
+    table = spec["table_sd"] if mode == "state_dict" else spec["table"]
+    mapping_spec.load(table)  # the YAML machinery imported before the baseline, the table itself read again
+    out = {"to_pth": "model.pth", "to_safetensors": "model.safetensors"}.get(mode)
+    out_path = os.path.join(spec["outdir"], out) if out else None
+    meter = B.Meter()
+    with meter:
+        result, report = converters.convert(spec["src"], table, out=out_path, force=True)
+    src = converters.read(spec["src"])
+    res = meter.result(model_bytes=src.nbytes, largest_tensor=max(h.nbytes for h in src.values()))
+    if mode == "to_pth":
+        res["output_bytes"] = os.path.getsize(out_path)
+        sd = torch.load(out_path, mmap=True, weights_only=True)
+        res.update(verify(lambda k: sd[k].numpy(), spec["src"], spec["layers"]))
+        del sd
+        os.unlink(out_path)
+    elif mode == "to_safetensors":
+        from safetensors import safe_open
+
+        res["output_bytes"] = os.path.getsize(out_path)
+        with safe_open(out_path, "np") as fh:
+            res.update(verify(fh.get_tensor, spec["src"], spec["layers"]))
+        os.unlink(out_path)
+    elif mode == "state_dict":
+        res.update(verify(lambda k: result[k].numpy(), spec["src"], spec["layers"]))
+    else:
+        params = result.state_dict()
+        res.update(verify(lambda k: params[k].numpy(), spec["src"], spec["layers"]))
+    B.emit(res)
+
+
+# ----------------------------------------------------------------------------- parent: running
+
+MODES = ("copy", "copy_fsync", "to_pth", "to_safetensors", "state_dict", "module", "sha256", "transpose")
+SLOW_RUN_S = 60.0
+
+
+def run_all(p: dict, size_mb: int, repeat: int) -> dict:
+    shard = data_shard(p)
+    spec = {"src": str(p["ckpt"]), "table": str(p["table"]), "table_sd": str(p["table_sd"]),
+            "outdir": str(p["out"]), "shard": str(shard), "out": str(p["out"] / "copy.bin"), "layers": N_LAYERS}
+    B.warm_page_cache(source_files(p))
+    shutil.copyfile(shard, p["out"] / "copy.bin")  # once, untimed: warm the cache for both sides
+    os.unlink(p["out"] / "copy.bin")
+    runs: dict[str, list] = {m: [] for m in MODES}
+    for r in range(repeat):
+        for mode in MODES:
+            done = runs[mode]
+            if r >= 2 and done and min(x.get("time_s", 1e9) for x in done) > SLOW_RUN_S:
+                continue
+            B.warm_page_cache(source_files(p))  # the machine may evict page cache between runs
+            os.sync()  # nobody's dirty pages are flushed inside a timed run
+            res = B.run_child(sys.executable, __file__, mode, spec)
+            done.append(res)
+            status = res.get("error") or f"{res['time_s']:.3f} s, peak +{B.fmt_mb(res['delta_rss'])} MB"
+            if res.get("verified") is False:
+                status += f"  WRONG OUTPUT: {res.get('verify_error')}"
+            print(f"  {mode:15s} run {r + 1}: {status}", flush=True)
+    return {m: B.best_of(v) for m, v in runs.items()}
+
+
+def evaluate(m: dict) -> dict:
+    out = {}
+    copy, copy_fsync = m["copy"], m["copy_fsync"]
+    any_conv = next((m[k] for k in ("to_pth", "to_safetensors", "state_dict", "module") if "error" not in m[k]), None)
+    if any_conv is None or "error" in copy:
+        return out
+    model, largest = any_conv["model_bytes"], any_conv["largest_tensor"]
+    for mode in ("to_pth", "to_safetensors"):
+        r = m[mode]
+        if "error" in r:
+            continue
+        ratio = r["time_s"] / copy["time_s"]
+        out[f"{mode}_time"] = {"ratio_over_copy": ratio, "required_at_most": 2.0, "met": ratio <= 2.0,
+                               "ratio_over_copy_fsync": r["time_s"] / copy_fsync["time_s"]
+                               if "error" not in copy_fsync else None}
+        if mode == "to_pth":
+            limit = 1.3 * model
+        else:
+            limit = 0.3 * model + largest
+        out[f"{mode}_memory"] = {"delta_rss": r["delta_rss"], "limit": int(limit), "met": r["delta_rss"] <= limit,
+                                 "ratio_over_model": r["delta_rss"] / model,
+                                 "anon_peak_delta": r["anon_peak_delta"], "anon_met": r["anon_peak_delta"] <= limit}
+    for mode in MODES[2:6]:
+        if m[mode].get("verified") is False:
+            out[f"{mode}_correct"] = {"met": False, "error": m[mode].get("verify_error")}
+        elif "verified" in m[mode]:
+            out[f"{mode}_correct"] = {"met": True}
+    return out
+
+
+def table(results: dict) -> str:
+    m = results["measurements"]
+    model = results["model_bytes"]
+    copy_t, sync_t = m["copy"].get("time_s"), m["copy_fsync"].get("time_s")
+    head = ("step", "time s", "x copy", "x copy+fsync", "peak ΔRSS MB", "x model", "anon peak MB", "target", "met")
+    rows = [head]
+    targets = results["targets"]
+    for mode in MODES:
+        r = m[mode]
+        if "error" in r:
+            rows.append((mode, "error", "", "", "", "", "", "", ""))
+            continue
+        t = r["time_s"]
+        goal, met = "", ""
+        if mode in ("to_pth", "to_safetensors") and f"{mode}_time" in targets:
+            tt, mt = targets[f"{mode}_time"], targets[f"{mode}_memory"]
+            goal = "≤2x copy, " + ("≤1.3x model" if mode == "to_pth" else "≤0.3x model + largest")
+            met = f"time {'yes' if tt['met'] else 'NO'}, RSS {'yes' if mt['met'] else 'NO'} " \
+                  f"(anon {'yes' if mt['anon_met'] else 'NO'})"
+        rows.append((mode, B.fmt_s(t), f"{t / copy_t:.1f}" if copy_t else "-", f"{t / sync_t:.1f}" if sync_t else "-",
+                     B.fmt_mb(r["delta_rss"]),
+                     f"{r['delta_rss'] / model:.2f}", B.fmt_mb(r.get("anon_peak_delta")), goal, met))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-|-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size-mb", type=int, default=1024, help="model size in MB (default 1024)")
+    p.add_argument("--workdir", type=Path, default=HERE / "work")
+    p.add_argument("--out", type=Path, default=HERE / "results_convert.json")
+    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best time is kept")
+    p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--clean", action="store_true", help="delete the built files afterwards")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child_main(args.child, json.loads(args.spec))
+        return 0
+    files = paths(args.workdir.resolve(), args.size_mb)
+    ensure_built(files, args.size_mb, args.rebuild)
+    m = run_all(files, args.size_mb, args.repeat)
+    model = next((r["model_bytes"] for r in m.values() if "model_bytes" in r), None)
+    results = {"benchmark": "convert", "size_mb": args.size_mb, "repeat": args.repeat,
+               "model": {"layers": N_LAYERS, "width": width_for(args.size_mb), "dtype": "float32",
+                         "source": "TF2 checkpoint (tf.train.Checkpoint.write)", "transform": "tf_dense on kernels"},
+               "model_bytes": model, "source_shard_bytes": data_shard(files).stat().st_size,
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "page_cache": "source warm (read just before every run); os.sync() before every run",
+               "measurements": m}
+    results["targets"] = evaluate(m)
+    if model:
+        text = table(results)
+        results["table"] = text
+        print()
+        print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+    if args.clean:
+        shutil.rmtree(files["dir"], ignore_errors=True)
+    failed = [k for k, v in m.items() if "error" in v]
+    wrong = [k for k, v in results["targets"].items() if k.endswith("_correct") and not v["met"]]
+    for k in failed:
+        print(f"ERROR {k}: {m[k]['error']}", file=sys.stderr)
+    for k in wrong:
+        print(f"WRONG OUTPUT {k}: {results['targets'][k]['error']}", file=sys.stderr)
+    return 1 if failed or wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+#!/usr/bin/env python
+"""Reader benchmark: converters' readers against each framework's own loader, ~1 GB per format.
+
+    .venv/bin/python benchmarks/bench_readers.py                 # 1024 MB per format
+    .venv/bin/python benchmarks/bench_readers.py --size-mb 32    # quick run
+
+Builds the same set of arrays (64 float32 matrices of size/64 bytes each plus 8 small vectors) as
+a Caffe .caffemodel, a TensorFlow tensor bundle, an MXNet .params file and an ONNX model, each
+written by the real framework (Caffe: the wire format it writes, cross-checked by parsing it
+with protobuf classes compiled from caffe.proto). Then, every measurement in a fresh process:
+
+  reader_open     converters.read(path)                               (time, RSS)
+  reader_load     converters.read(path) + .numpy() of every array     (time, peak RSS, bytes)
+  framework_open  the framework's step before per-array access (ParseFromString, load_checkpoint,
+                  mx.nd.load, onnx.load)
+  framework_load  the framework loader + a numpy array of every tensor
+
+Both loads report a checksum of what they produced; they must agree. Results go to stdout as a
+table and to benchmarks/results_readers.json (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench as B  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+FORMATS = ("caffe", "tensorflow", "mxnet", "onnx")
+N_BIG, N_SMALL, COLS = 64, 8, 1024
+CAFFE_PROTO = B.ROOT / "fixtures" / "caffe" / "proto" / "caffe.proto"
+ONNX_PROTO_LIMIT = 2_000_000_000 - (64 << 20)  # protobuf's 2 GB message limit, with headroom
+
+
+# ---------------------------------------------------------------------------------- the arrays
+
+def layout(size_mb: int) -> list[tuple[str, tuple, int]]:
+    """(name, shape, seed) of every array: N_BIG matrices sharing size_mb, N_SMALL bias vectors."""
+    rows = max(1, size_mb * B.MB // N_BIG // (4 * COLS))
+    out = [(f"fc{i}_weight", (rows, COLS), i) for i in range(N_BIG)]
+    out += [(f"fc{i}_bias", (rows,), 1000 + i) for i in range(N_SMALL)]
+    return out
+
+
+def make_array(shape, seed):
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def paths(workdir: Path, size_mb: int) -> dict[str, Path]:
+    d = workdir / f"readers_{size_mb}mb"
+    return {"caffe": d / "model.caffemodel", "tensorflow": d / "tf" / "ckpt", "mxnet": d / "model.params",
+            "onnx": d / "model.onnx"}
+
+
+def data_files(fmt: str, path: Path) -> list[Path]:
+    """The files that hold a format's bytes (a TF checkpoint is a prefix of several files)."""
+    if fmt == "tensorflow":
+        return sorted(path.parent.glob(path.name + ".*"))
+    if fmt == "onnx":
+        return [path] + ([Path(str(path) + ".data")] if Path(str(path) + ".data").exists() else [])
+    return [path]
+
+
+# ----------------------------------------------------------------------------------- builders
+
+def build_caffe(path: Path, arrays) -> None:
+    """A NetParameter of InnerProduct layers, streamed in Caffe's wire format: each BlobProto has a
+    BlobShape (field 7, packed int64 dims) and packed float `data` (field 5), as
+    caffe::WriteProtoToBinaryFile writes them. Streamed, so building needs one tensor of memory."""
+    weights = [(n, s, seed) for n, s, seed in arrays if n.endswith("_weight")]
+    biases = {n[: -len("_bias")]: (s, seed) for n, s, seed in arrays if n.endswith("_bias")}
+    with open(path, "wb") as fh:
+        fh.write(B.len_field(1, b"benchmark"))
+        for name, shape, seed in weights:
+            layer = name[: -len("_weight")]
+            blobs = [make_array(shape, seed)]
+            if layer in biases:
+                blobs.append(make_array(*biases[layer]))
+            head = (B.len_field(1, layer.encode()) + B.len_field(2, b"InnerProduct") + B.len_field(3, b"data")
+                    + B.len_field(4, layer.encode()) + B.len_field(117, B.varint_field(1, shape[0])))
+            parts = []
+            for arr in blobs:
+                dims = b"".join(B.varint(d) for d in arr.shape)
+                shape_field = B.len_field(7, B.len_field(1, dims))
+                data_head = B.field_header(5, arr.nbytes)
+                parts.append((shape_field + data_head, arr))
+            blob_lens = [len(h) + a.nbytes for h, a in parts]
+            layer_len = len(head) + sum(len(B.field_header(7, n)) + n for n in blob_lens)
+            fh.write(B.field_header(100, layer_len))
+            fh.write(head)
+            for (h, arr), n in zip(parts, blob_lens):
+                fh.write(B.field_header(7, n))
+                fh.write(h)
+                fh.write(memoryview(arr.astype("<f4", copy=False).reshape(-1)).cast("B"))
+
+
+def build_tensorflow(path: Path, arrays) -> None:
+    """tf.train.Checkpoint(...).write(): the TF2 tensor bundle with its object graph."""
+    import tensorflow as tf
+
+    variables = {}
+    for name, shape, seed in arrays:
+        variables[name] = tf.Variable(make_array(shape, seed), name=name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tf.train.Checkpoint(**variables).write(str(path))
+
+
+def build_mxnet(path: Path, arrays) -> None:
+    """mx.nd.save of arg:-prefixed NDArrays, as Module.save_checkpoint writes them."""
+    import mxnet as mx
+
+    mx.nd.save(str(path), {f"arg:{name}": mx.nd.array(make_array(shape, seed), dtype="float32")
+                           for name, shape, seed in arrays})
+
+
+def build_onnx(path: Path, arrays) -> None:
+    """One Gemm per matrix (X @ W.T [+ b]) so every initializer is used by a node; saved with
+    onnx.save, with external data only when protobuf's 2 GB limit would be exceeded."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits, nodes, outputs = [], [], []
+    biases = {n[: -len("_bias")] for n, _s, _seed in arrays if n.endswith("_bias")}
+    total = 0
+    for name, shape, seed in arrays:
+        arr = make_array(shape, seed)
+        total += arr.nbytes
+        inits.append(numpy_helper.from_array(arr, name))
+        if name.endswith("_weight"):
+            layer = name[: -len("_weight")]
+            ins = ["X", name] + ([f"{layer}_bias"] if layer in biases else [])
+            nodes.append(helper.make_node("Gemm", ins, [f"{layer}_out"], name=layer, transB=1))
+            outputs.append(helper.make_tensor_value_info(f"{layer}_out", TensorProto.FLOAT, [1, shape[0]]))
+    graph = helper.make_graph(nodes, "benchmark", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, COLS])],
+                              outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if total > ONNX_PROTO_LIMIT:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+BUILDERS = {"caffe": build_caffe, "tensorflow": build_tensorflow, "mxnet": build_mxnet, "onnx": build_onnx}
+
+
+def ensure_built(workdir: Path, size_mb: int, formats, rebuild: bool) -> dict[str, Path]:
+    """Build each format's file once per size (a stamp records the layout); reuse it afterwards."""
+    files = paths(workdir, size_mb)
+    base = files["caffe"].parent
+    base.mkdir(parents=True, exist_ok=True)
+    stamp_text = json.dumps(layout(size_mb))
+    for fmt in formats:
+        stamp = base / f"{fmt}.built"
+        if not rebuild and stamp.exists() and stamp.read_text() == stamp_text:
+            continue
+        for old in data_files(fmt, files[fmt]):
+            old.unlink(missing_ok=True)
+        py = B.MXNET_PY if fmt == "mxnet" else sys.executable
+        t0 = time.perf_counter()
+        out = B.run_child(py, __file__, "build", {"format": fmt, "path": str(files[fmt]), "size_mb": size_mb})
+        if "error" in out:
+            raise SystemExit(f"building the {fmt} file failed: {out['error']}")
+        stamp.write_text(stamp_text)
+        print(f"built {fmt}: {sum(p.stat().st_size for p in data_files(fmt, files[fmt])) / B.MB:,.0f} MB "
+              f"in {time.perf_counter() - t0:.1f} s", flush=True)
+    return files
+
+
+# ---------------------------------------------------------------------------- child: measuring
+
+def caffe_pb2(workdir: Path):
+    """caffe_pb2 compiled from the project's caffe.proto with grpc_tools.protoc (cached)."""
+    import importlib
+
+    out = workdir / "caffe_pb2"
+    if not (out / "caffe_pb2.py").exists():
+        from grpc_tools import protoc
+
+        out.mkdir(parents=True, exist_ok=True)
+        rc = protoc.main(["protoc", f"-I{CAFFE_PROTO.parent}", f"--python_out={out}", str(CAFFE_PROTO)])
+        if rc != 0:
+            raise RuntimeError(f"protoc failed with exit code {rc}")
+    sys.path.insert(0, str(out))
+    return importlib.import_module("caffe_pb2")
+
+
+def child_reader(spec: dict, load: bool) -> dict:
+    import numpy as np  # noqa: F401
+
+    import converters
+    from converters import readers
+
+    for name in readers.FRAMEWORKS:  # sniffing imports every reader: a one-time cost, not the file's
+        readers.reader_module(name)
+    meter = B.Meter()
+    with meter:
+        f = converters.read(spec["path"])
+        arrays = [h.numpy() for h in f.values()] if load else []
+    result = meter.result(arrays=len(f), framework_detected=f.framework, declared_bytes=f.nbytes)
+    if load:
+        result["count"], result["bytes"], result["checksum"] = B.checksum(arrays)
+    return result
+
+
+def child_framework(spec: dict, load: bool) -> dict:
+    fmt, path = spec["format"], spec["path"]
+    import numpy as np
+
+    if fmt == "caffe":
+        pb = caffe_pb2(Path(spec["workdir"]))
+        meter = B.Meter()
+        with meter:
+            net = pb.NetParameter()
+            with open(path, "rb") as fh:
+                net.ParseFromString(fh.read())
+            arrays = [np.array(blob.data, dtype=np.float32).reshape(tuple(blob.shape.dim))
+                      for layer in net.layer for blob in layer.blobs] if load else []
+        from google.protobuf.internal import api_implementation
+
+        extra = {"protobuf_backend": api_implementation.Type()}
+    elif fmt == "tensorflow":
+        import tensorflow as tf
+
+        meter = B.Meter()
+        with meter:
+            reader = tf.train.load_checkpoint(path)
+            keys = sorted(reader.get_variable_to_dtype_map())
+            arrays = [reader.get_tensor(k) for k in keys] if load else []
+        extra = {"tensorflow": tf.__version__}
+    elif fmt == "mxnet":
+        import mxnet as mx
+
+        meter = B.Meter()
+        with meter:
+            loaded = mx.nd.load(path)
+            arrays = [v.asnumpy() for v in loaded.values()] if load else []
+            if not load:
+                mx.nd.waitall()
+        extra = {"mxnet": mx.__version__}
+    elif fmt == "onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        meter = B.Meter()
+        with meter:
+            model = onnx.load(path)
+            arrays = [numpy_helper.to_array(t, base_dir=os.path.dirname(path)) for t in model.graph.initializer] \
+                if load else []
+        extra = {"onnx": onnx.__version__}
+    else:
+        raise ValueError(fmt)
+    result = meter.result(**extra)
+    if load:
+        result["count"], result["bytes"], result["checksum"] = B.checksum(arrays)
+    return result
+
+
+def child_main(mode: str, spec: dict) -> None:
+    if mode == "build":
+        BUILDERS[spec["format"]](Path(spec["path"]), layout(spec["size_mb"]))
+        B.emit({"built": spec["path"]})
+    elif mode in ("reader_open", "reader_load"):
+        B.emit(child_reader(spec, load=mode == "reader_load"))
+    elif mode in ("framework_open", "framework_load"):
+        B.emit(child_framework(spec, load=mode == "framework_load"))
+    else:
+        raise SystemExit(f"unknown child mode {mode}")
+
+
+# ----------------------------------------------------------------------------- parent: running
+
+MODES = ("reader_open", "reader_load", "framework_open", "framework_load")
+SLOW_RUN_S = 60.0  # a measurement this slow is run twice, not `--repeat` times
+
+
+def measure_format(fmt: str, path: Path, workdir: Path, repeat: int) -> dict:
+    runs: dict[str, list] = {m: [] for m in MODES}
+    for r in range(repeat):
+        for mode in MODES:
+            done = runs[mode]
+            if r >= 2 and done and min(x.get("time_s", 1e9) for x in done) > SLOW_RUN_S:
+                continue
+            B.warm_page_cache(data_files(fmt, path))  # the machine may evict page cache between runs
+            py = B.MXNET_PY if (fmt == "mxnet" and mode.startswith("framework")) else sys.executable
+            spec = {"format": fmt, "path": str(path), "workdir": str(workdir)}
+            res = B.run_child(py, __file__, mode, spec)
+            done.append(res)
+            status = res.get("error") or f"{res['time_s']:.3f} s, peak +{B.fmt_mb(res['delta_rss'])} MB"
+            print(f"  {fmt:10s} {mode:15s} run {r + 1}: {status}", flush=True)
+    return {m: B.best_of(v) for m, v in runs.items()}
+
+
+def evaluate(fmt: str, m: dict, file_bytes: int) -> dict:
+    """The issue's targets, each with the numbers it was judged on."""
+    ro, rl, fo, fl = (m[k] for k in MODES)
+    out = {}
+    if "error" not in rl and "error" not in fl:
+        ratio = fl["time_s"] / rl["time_s"]
+        need = 5.0 if fmt == "caffe" else 1.0
+        out["speed"] = {"ratio_framework_over_reader": ratio, "required": need, "met": ratio >= need}
+        if fmt == "caffe" and "error" not in fo:
+            out["speed"]["ratio_parse_only_over_reader"] = fo["time_s"] / rl["time_s"]
+        out["same_data"] = {"met": (rl["count"], rl["bytes"], rl["checksum"]) == (fl["count"], fl["bytes"], fl["checksum"]),
+                            "reader": [rl["count"], rl["bytes"], rl["checksum"]],
+                            "framework": [fl["count"], fl["bytes"], fl["checksum"]]}
+    if "error" not in ro:
+        limit = 8 * B.MB + 0.01 * file_bytes
+        out["open_memory"] = {"delta_rss": ro["delta_rss"], "limit": int(limit), "met": ro["delta_rss"] <= limit}
+    if "error" not in rl and rl.get("bytes"):
+        ratio = rl["delta_rss"] / rl["bytes"]
+        out["peak_memory"] = {"ratio_peak_delta_over_bytes": ratio, "required_at_most": 1.2, "met": ratio <= 1.2,
+                              "ratio_anon_peak_over_bytes": rl["anon_peak_delta"] / rl["bytes"],
+                              "mapped_file_pages_at_end": rl["rss_file_end"]}
+    return out
+
+
+def table(results: dict) -> str:
+    head = ("format", "file MB", "open s", "reader s", "framework s", "fw/reader", "open ΔRSS MB",
+            "reader peak Δ / bytes", "(anon)", "framework peak Δ / bytes", "(anon)", "targets")
+    rows = [head]
+    for fmt, r in results["formats"].items():
+        m, t = r["measurements"], r["targets"]
+        ro, rl, fl = m["reader_open"], m["reader_load"], m["framework_load"]
+
+        def per_bytes(x):
+            if "error" in x or not x.get("bytes"):
+                return "error" if "error" in x else "-"
+            return f"{B.fmt_mb(x['delta_rss'])}/{B.fmt_mb(x['bytes'])} MB = {x['delta_rss'] / x['bytes']:.2f}x"
+
+        def anon(x):
+            return "-" if "error" in x or not x.get("bytes") else f"{x['anon_peak_delta'] / x['bytes']:.2f}x"
+        speed = t.get("speed", {})
+        missed = [k for k, v in t.items() if not v.get("met")]
+        rows.append((fmt, B.fmt_mb(r["file_bytes"]), B.fmt_s(ro.get("time_s")), B.fmt_s(rl.get("time_s")),
+                     B.fmt_s(fl.get("time_s")),
+                     f"{speed['ratio_framework_over_reader']:.1f}x" if speed else "error",
+                     B.fmt_mb(ro.get("delta_rss")), per_bytes(rl), anon(rl), per_bytes(fl), anon(fl),
+                     "not measured" if not t else "all met" if not missed else "missed: " + ", ".join(missed)))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-|-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    mem = None
+    try:
+        with open("/proc/meminfo") as fh:
+            mem = int(fh.readline().split()[1]) * 1024
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "mem_total": mem, "kernel": platform.release()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size-mb", type=int, default=1024, help="bytes of array data per format (default 1024)")
+    p.add_argument("--workdir", type=Path, default=HERE / "work", help="where the test files are built")
+    p.add_argument("--out", type=Path, default=HERE / "results_readers.json")
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of " + ",".join(FORMATS))
+    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best time is kept")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the files even if they exist")
+    p.add_argument("--clean", action="store_true", help="delete the built files afterwards")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child_main(args.child, json.loads(args.spec))
+        return 0
+    formats = [f for f in args.formats.split(",") if f]
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        p.error(f"unknown formats {sorted(unknown)}")
+    if "mxnet" in formats and not B.MXNET_PY.exists():
+        print(f"skipping mxnet: {B.MXNET_PY} is missing", file=sys.stderr)
+        formats.remove("mxnet")
+    workdir = args.workdir.resolve()
+    files = ensure_built(workdir, args.size_mb, formats, args.rebuild)
+    results = {"benchmark": "readers", "size_mb": args.size_mb, "repeat": args.repeat,
+               "layout": {"matrices": N_BIG, "matrix_shape": list(layout(args.size_mb)[0][1]), "vectors": N_SMALL,
+                          "dtype": "float32"},
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "environment": environment(), "page_cache": "warm (files read just before every run)",
+               "formats": {}}
+    for fmt in formats:
+        B.warm_page_cache(data_files(fmt, files[fmt]))
+        m = measure_format(fmt, files[fmt], workdir, args.repeat)
+        file_bytes = sum(p.stat().st_size for p in data_files(fmt, files[fmt]))
+        results["formats"][fmt] = {"path": str(files[fmt]), "file_bytes": file_bytes, "measurements": m,
+                                   "targets": evaluate(fmt, m, file_bytes)}
+    text = table(results)
+    print()
+    print(text)
+    results["table"] = text
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+    if args.clean:
+        shutil.rmtree(files["caffe"].parent, ignore_errors=True)
+    failed = [(f, k) for f, r in results["formats"].items() for k, v in r["measurements"].items() if "error" in v]
+    for f, k in failed:
+        print(f"ERROR {f} {k}: {results['formats'][f]['measurements'][k]['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

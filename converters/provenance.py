@@ -1,0 +1,62 @@
+"""What an output records about where it came from: tool, source files and their sha256, mapping.
+
+Hashing a multi-GB source costs about a second per GB, so it runs in a background thread while
+the conversion reads and writes (hashlib releases the GIL on large blocks); writers ask for the
+digest only when they need it.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import glob
+import hashlib
+import os
+
+from . import __version__
+
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="converters-sha256")
+
+
+def source_files(path) -> list[str]:
+    """The files a source consists of: the file itself, a TF checkpoint's index and shards, or every
+    file below a directory (SavedModel), in a stable order."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        prefix = path[:-len(".index")] if path.endswith(".index") else None
+        if prefix and glob.glob(glob.escape(prefix) + ".data-*"):
+            return [path, *sorted(glob.glob(glob.escape(prefix) + ".data-*"))]
+        return [path]
+    if os.path.isfile(path + ".index"):
+        return [path + ".index", *sorted(glob.glob(glob.escape(path) + ".data-*"))]
+    if os.path.isdir(path):
+        return sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+    return []
+
+
+def sha256_files(paths, chunk=1 << 22) -> str:
+    """sha256 of one file, or of the files' bytes in order when there are several."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def start(arrays, mapping) -> dict:
+    """Provenance with the source hash still being computed: `source_sha256` is a Future until
+    `resolve()` is called."""
+    files = source_files(arrays.path)
+    return {
+        "tool": f"converters {__version__}",
+        "source_file": os.path.basename(os.path.normpath(arrays.path)),
+        "source_sha256": _POOL.submit(sha256_files, files) if files else "",
+        "source_framework": arrays.framework,
+        "mapping": os.path.basename(mapping.path),
+        "mapping_sha256": mapping.sha256,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def resolve(provenance: dict) -> dict:
+    return {k: (v.result() if isinstance(v, concurrent.futures.Future) else v) for k, v in provenance.items()}

@@ -1,0 +1,56 @@
+"""The benchmark scripts run end to end at a tiny size, write their JSON, and what they compared
+was the same data (reader and framework checksums agree; converted outputs match the source)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def run_script(name: str, tmp_path: Path) -> dict:
+    out = tmp_path / f"{name}.json"
+    cmd = [sys.executable, str(BENCH / name), "--size-mb", "8", "--repeat", "1",
+           "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert out.is_file(), f"{name} did not write {out}"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.heavy
+def test_bench_readers_small(tmp_path):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("onnx")
+    pytest.importorskip("grpc_tools")
+    data = run_script("bench_readers.py", tmp_path)
+    expected = {"caffe", "tensorflow", "onnx"} | ({"mxnet"} if (ROOT / ".venv-mxnet/bin/python").exists() else set())
+    assert set(data["formats"]) == expected
+    for fmt, r in data["formats"].items():
+        m = r["measurements"]
+        assert all("error" not in v for v in m.values()), (fmt, m)
+        assert r["targets"]["same_data"]["met"], (fmt, r["targets"]["same_data"])
+        assert m["reader_load"]["count"] == 72  # 64 matrices + 8 vectors
+        assert m["reader_load"]["bytes"] >= 8 * 2**20
+        assert m["reader_load"]["delta_rss"] > 0 and m["reader_open"]["time_s"] > 0
+    assert "fw/reader" in data["table"]
+
+
+@pytest.mark.heavy
+def test_bench_convert_small(tmp_path):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("safetensors")
+    data = run_script("bench_convert.py", tmp_path)
+    m = data["measurements"]
+    assert all("error" not in v for v in m.values()), m
+    for mode in ("to_pth", "to_safetensors", "state_dict", "module"):
+        assert m[mode]["verified"] is True, (mode, m[mode])
+        assert data["targets"][f"{mode}_correct"]["met"]
+    assert m["to_safetensors"]["output_bytes"] >= data["model_bytes"]
+    assert data["model_bytes"] >= 7 * 2**20
+    assert {"to_pth_time", "to_pth_memory", "to_safetensors_time", "to_safetensors_memory"} <= set(data["targets"])
