@@ -171,11 +171,11 @@ def child_main(mode: str, spec: dict) -> None:
         B.emit(res)
         return
     if mode == "sha256":
-        from converters.convert import sha256_file
+        from converters.provenance import sha256_files
 
         meter = B.Meter()
         with meter:
-            sha256_file(spec["shard"])
+            sha256_files([spec["shard"]])
         B.emit(meter.result())
         return
 

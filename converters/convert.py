@@ -73,7 +73,7 @@ def convert(source, mapping, target=None, out=None, *, framework=None, target_kw
     if dry_run:
         return None, rep
 
-    provenance = provenance_of.start(arrays, m)
+    provenance = provenance_of.start(arrays, m) if out is not None else None
     bar = _progress(len(plan.assignments) + len(plan.fills) + len(plan.inits), progress, "converting")
     try:
         if out is None:
@@ -86,8 +86,8 @@ def convert(source, mapping, target=None, out=None, *, framework=None, target_kw
                 sd, meta = _fill_module(plan, arrays, model, bar).state_dict(), None
             else:
                 sd, meta = {}, None
-                for name, shape, dtype, produce in _entries(plan, arrays, targets):
-                    sd[name] = to_torch(produce())
+                for name, shape, dtype, make in _entries(plan, arrays, targets):
+                    sd[name] = to_torch(make())
                     if bar is not None:
                         bar.update(1)
             save_pth(sd, out, provenance_of.resolve(provenance), force, meta)
