@@ -181,18 +181,16 @@ def ensure_built(workdir: Path, size_mb: int, formats, rebuild: bool) -> dict[st
 
 def caffe_pb2(workdir: Path):
     """caffe_pb2 compiled from the project's caffe.proto with grpc_tools.protoc (cached)."""
-    import importlib
+    import importlib.util
 
     out = workdir / "caffe_pb2"
-    if not (out / "caffe_pb2.py").exists():
-        from grpc_tools import protoc
-
-        out.mkdir(parents=True, exist_ok=True)
-        rc = protoc.main(["protoc", f"-I{CAFFE_PROTO.parent}", f"--python_out={out}", str(CAFFE_PROTO)])
-        if rc != 0:
-            raise RuntimeError(f"protoc failed with exit code {rc}")
-    sys.path.insert(0, str(out))
-    return importlib.import_module("caffe_pb2")
+    if (out / "caffe_pb2.py").exists():
+        sys.path.insert(0, str(out))
+        return importlib.import_module("caffe_pb2")
+    spec = importlib.util.spec_from_file_location("caffe_make_fixtures", CAFFE_PROTO.parents[1] / "make_fixtures.py")
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    return fixtures.compile_caffe_proto(out)  # protoc in a subprocess: in-process it can crash beside upb
 
 
 def child_reader(spec: dict, load: bool) -> dict:

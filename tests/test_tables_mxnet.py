@@ -31,7 +31,7 @@ from converters.models.resnet_gluon import resnet50_v1
 ROOT = Path(__file__).resolve().parents[1]
 MXNET_PY = ROOT / ".venv-mxnet" / "bin" / "python"
 GENERATOR = ROOT / "tests" / "mxnet_side" / "make_tables_models.py"
-GLUONCV_PIP = ("/work/main/.venv-mxnet/bin/pip install --no-deps gluoncv==0.10.5.post0 tqdm portalocker "
+GLUONCV_PIP = (".venv-mxnet/bin/pip install --no-deps gluoncv==0.10.5.post0 tqdm portalocker "
                "pyyaml yacs Pillow 'scipy<1.12'")
 
 LSTM_KWARGS = {  # the sizes the generator uses; the table cannot know them (see its notes)
