@@ -36,6 +36,27 @@ class FileView:
             pass
         self._fh.close()
 
+    def walking(self, on: bool) -> None:
+        """Advise the kernel that reads are scattered (no readahead) while headers are walked,
+        and back to normal (readahead helps materialising whole arrays) afterwards."""
+        advice = getattr(mmap, "MADV_RANDOM" if on else "MADV_NORMAL", None)
+        if isinstance(self.buf, mmap.mmap) and advice is not None:
+            try:
+                self.buf.madvise(advice)
+            except (ValueError, OSError):  # advisory only
+                pass
+        if not on:
+            self.release()
+
+    def release(self) -> None:
+        """Drop the pages a header walk touched from this process's resident set (they stay in the
+        OS page cache), so opening a file costs no memory however its headers are spread."""
+        if isinstance(self.buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                self.buf.madvise(mmap.MADV_DONTNEED)
+            except (ValueError, OSError):  # advisory only
+                pass
+
     def require(self, offset: int, length: int, what: str, array=None) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise TruncatedError(

@@ -542,6 +542,7 @@ def _open(reader: _Reader, want_subgraphs: bool) -> ArrayFile:
         raise FormatError("empty file", file=path, offset=0, hint="not an ONNX model")
     meta = {"format": "onnx", "opset_import": {}, "metadata_props": {}}
     graph_span = None
+    reader.view.walking(True)
     try:
         for f, w, v, off in pw.iter_fields(buf, 0, reader.view.size, path):
             if f == 1 and w == pw.VARINT:
@@ -580,6 +581,7 @@ def _open(reader: _Reader, want_subgraphs: bool) -> ArrayFile:
         "inputs": [_describe(vi) for vi in graph.inputs if vi.get("name") not in init_names],
         "outputs": [_describe(vi) for vi in graph.outputs],
     }
+    reader.view.walking(False)  # readahead back on; drop the header pages the walk touched
     return ArrayFile(path, NAME, arrays, meta=meta, layers=layers, closer=reader.close)
 
 
