@@ -169,24 +169,28 @@ def _near_rules(name, mapping) -> list:
 
 
 def _bn_eps_warnings(plan, arrays, targets):
-    """Carry the source BatchNorm eps into the report; warn where the target module's differs."""
+    """Carry each source BatchNorm layer's eps into the report (`bn_eps`), and warn, once per
+    (source eps, target eps) pair, where the target modules use another."""
     rep = plan.report
-    seen = set()
+    differing: dict = {}
     for a in plan.assignments:
         layer = arrays[a.sources[0]].meta.get("layer")
         info = getattr(arrays, "layers", {}).get(layer) if layer else None
         if info is None or info.type not in _BN_TYPES and "BatchNorm" not in str(info.type):
             continue
         eps = _source_eps(info, arrays.framework)
-        if eps is None or layer in seen:
+        if eps is None or layer in rep.bn_eps:
             continue
-        seen.add(layer)
+        rep.bn_eps[layer] = eps
         for t in a.targets:
             spec = (targets or {}).get(t)
             if spec is not None and spec.eps is not None and not np.isclose(spec.eps, eps, rtol=1e-6, atol=0):
-                rep.warnings.append(f"BatchNorm eps differs: source layer {layer} uses {eps:g}, target module of {t} "
-                                    f"uses {spec.eps:g} (set eps={eps:g} on the target module)")
+                differing.setdefault((eps, spec.eps), []).append(layer)
                 break
+    for (src, tgt), layers in differing.items():
+        named = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+        rep.warnings.append(f"BatchNorm eps differs on {len(layers)} layer(s) ({named}): the source uses {src:g}, "
+                            f"the target modules {tgt:g} (build the target with eps={src:g})")
 
 
 # eps when the source layer does not record one (MXNet's symbol BatchNorm default is 1e-3)

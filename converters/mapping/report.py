@@ -43,6 +43,7 @@ class Report:
     problems: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     allowed: set = field(default_factory=set)  # problem kinds relaxed on purpose
+    bn_eps: dict = field(default_factory=dict)  # source BatchNorm layer -> its eps
     output: str | None = None
 
     @property
@@ -76,6 +77,7 @@ class Report:
             "problems": [{"kind": p.kind, "name": p.name, "detail": p.detail, "rule": p.rule,
                           "suggestions": p.suggestions, "allowed": p.kind in self.allowed} for p in self.problems],
             "warnings": list(self.warnings),
+            "bn_eps": dict(self.bn_eps),
         }
 
     def problem_table(self) -> str:
