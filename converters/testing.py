@@ -17,7 +17,7 @@
 
 Case keys: name, source | build, mapping, framework, architecture, target, target_kwargs,
 reader_options, source_python, reference, inputs, input_shape, n, seed, tolerance, dtype,
-localise, requires, marks, expect, first_divergent.
+localise, extra_inputs, requires, marks, expect, first_divergent.
 
 Two ways to run a file:
   * in a test module: `@pytest.mark.parametrize("case", converters.testing.parametrize(PATH))`
@@ -42,9 +42,10 @@ from .errors import ConvertersError
 
 CASE_KEYS = {"name", "source", "build", "mapping", "framework", "architecture", "target", "target_kwargs",
              "reader_options", "source_python", "reference", "inputs", "input_shape", "n", "seed", "tolerance",
-             "dtype", "localise", "requires", "marks", "expect", "first_divergent", "description"}
+             "dtype", "localise", "requires", "marks", "expect", "first_divergent", "description",
+             "extra_inputs"}
 VERIFY_KEYS = ("framework", "target", "target_kwargs", "reader_options", "source_python", "input_shape", "n",
-               "seed", "tolerance", "dtype", "localise")
+               "seed", "tolerance", "dtype", "localise", "extra_inputs")
 
 
 @dataclass

@@ -96,3 +96,13 @@ def mxnet_resnet50_v1(directory: Path) -> dict:
 def gluon_resnet50_v1b(directory: Path) -> dict:
     return {"source": _mxnet(directory, "resnet50_v1b"), "input_shape": [1, 3, 64, 64]}
 
+
+
+def gluon_lstm_bi(directory: Path) -> dict:
+    """Gluon rnn.LSTM, two layers, two-way, NTC; verified from its net.export() checkpoint."""
+    return {"source": _mxnet(directory, "lstm_bi"), "framework": "mxnet"}
+
+
+def gluon_lstm_uni(directory: Path) -> dict:
+    """Gluon rnn.LSTM, two layers, one-way, TNC (the Gluon default)."""
+    return {"source": _mxnet(directory, "lstm_uni"), "framework": "mxnet"}

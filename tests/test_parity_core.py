@@ -239,6 +239,110 @@ def test_plot_needs_matplotlib_or_draws(tmp_path):
         assert (tmp_path / "p.png").stat().st_size > 0
 
 
+# ------------------------------------------------------- extra source inputs (initial states)
+
+class StateSource(Oracle):
+    """A 'source' graph with two inputs, like an exported RNN: y = x W^T + b + h0 (h0: the state)."""
+    framework = "fake"
+
+    def __init__(self, w, b):
+        super().__init__(SourceModel("fake", weights=""))
+        self.w, self.b = w, b
+
+    def input_names(self):
+        return ["x", "h0"]
+
+    def output_names(self):
+        return ["y"]
+
+    def layer_order(self):
+        return ["fc"]
+
+    def run(self, inputs, taps=()):
+        y = inputs["x"] @ self.w.T + self.b + inputs["h0"]
+        return {"y": y, **{t: y for t in taps}}
+
+
+class StateTarget(nn.Module):
+    """The PyTorch side: the state is optional, zeros when not given (as nn.LSTM / Gluon do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.units = 3
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, h=None):
+        return self.fc(x) + (h if h is not None else 0)
+
+
+def _state_case(tmp_path, extra, table_extra=None, inputs=None):
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    np.savez(tmp_path / "w.npz", **{"fc.weight": w, "fc.bias": b})
+    (tmp_path / "t.yaml").write_text("source: numpy\ninput: {shape: [2, 4], layout: NC}\n"
+                                     "rules:\n  - {from: 'fc\\.(?P<p>weight|bias)', to: 'fc.{p}'}\n"
+                                     + (f"parity:\n  extra_inputs: {table_extra}\n" if table_extra else ""))
+    return verify(tmp_path / "w.npz", tmp_path / "t.yaml", StateTarget(), oracle=StateSource(w, b),
+                  extra_inputs=extra, inputs=inputs)
+
+
+def rep_oracle(tmp_path):
+    with np.load(tmp_path / "w.npz") as w:
+        return StateSource(w["fc.weight"], w["fc.bias"])
+
+
+def test_extra_source_inputs_fill_feed_and_shape_expressions(tmp_path):
+    with pytest.raises(ConvertersError, match="parity.extra_inputs"):  # two inputs, one declared: say how
+        _state_case(tmp_path, None)
+    # zeros fed to the source only: the target's default state is zeros too; N and units are computed
+    rep = _state_case(tmp_path, None, "{h0: {shape: [N, units], fill: zeros}}")
+    assert rep.passed and rep.inputs["h0"] == {"shape": [2, 3], "source_shape": [2, 3], "dtype": "float32",
+                                               "fill": "zeros", "fed_to": "source"}
+    # a random state the PyTorch model does not get is a parity failure ...
+    rep = _state_case(tmp_path, {"h0": {"shape": ["d0", 3], "fill": "random"}})
+    assert not rep.passed
+    # ... and passes once fed to it as its second positional argument (verify's option wins over the table)
+    rep = _state_case(tmp_path, {"h0": {"shape": [2, 3], "fill": "random", "target_arg": 1}},
+                      "{h0: {shape: [2, 3], fill: zeros}}")
+    assert rep.passed and rep.inputs["h0"]["fed_to"] == "both"
+    # given inputs holding every input are used as they are
+    h = np.full((2, 3), 7.0, np.float32)
+    rep = _state_case(tmp_path, {"h0": {"shape": [2, 3], "target_arg": 1}},
+                      inputs={"x": np.ones((2, 4), np.float32), "h0": h})
+    assert rep.passed and rep.outputs[0]["max_abs"] < 1e-5
+    # a reference file keeps the extra inputs and replays them
+    from converters.parity.reference import write_reference
+
+    rep = _state_case(tmp_path, {"h0": {"shape": [2, 3], "fill": "random", "target_arg": 1}})
+    meta = write_reference(tmp_path / "w.npz", tmp_path / "t.yaml", tmp_path / "ref.npz", oracle=rep_oracle(tmp_path),
+                           target=StateTarget(), extra_inputs={"h0": {"shape": ["N", "units"], "fill": "random"}},
+                           taps="none")
+    assert meta["input_names"] == ["x", "h0"]
+    with np.load(tmp_path / "ref.npz") as ref:
+        assert ref["input/h0"].shape == (2, 3) and np.abs(ref["input/h0"]).max() > 0
+    replay = verify(tmp_path / "w.npz", tmp_path / "t.yaml", StateTarget(), reference=tmp_path / "ref.npz",
+                    extra_inputs={"h0": {"shape": [2, 3], "target_arg": 1}})
+    assert replay.passed and replay.inputs["h0"]["fed_to"] == "both"
+    with pytest.raises(MappingError, match="hidden_size"):  # a name the model does not have
+        _state_case(tmp_path, {"h0": {"shape": ["hidden_size", 3]}})
+    with pytest.raises(MappingError, match="not among|does not take"):
+        _state_case(tmp_path, {"h0": {"shape": [2, 3]}, "c0": {"shape": [2, 3]}})
+
+
+@pytest.mark.parametrize("extra, message", [  # the JSON schema speaks first where jsonschema is installed
+    ("{h0: {fill: zeros}}", ("shape required", "'shape' is a required")),
+    ("{h0: {shape: [2], fill: noise}}", ("fill is zeros, ones, random", "fill: 'noise'")),
+    ("{h0: {shape: [2], target_arg: 0}}", ("target_arg",)),
+    ("{h0: {shape: ['n +']}}", ("not an expression",)),
+])
+def test_bad_extra_inputs_name_file_and_line(tmp_path, extra, message):
+    table = tmp_path / "t.yaml"
+    table.write_text(f"source: onnx\nrules: []\nparity:\n  extra_inputs: {extra}\n")
+    with pytest.raises(MappingError) as info:
+        spec.load(table)
+    assert "t.yaml:4" in str(info.value) and any(m in str(info.value) for m in message), str(info.value)
+
+
 # ---------------------------------------------------------------------------------- references
 
 def test_reference_files_are_checked(tmp_path):

@@ -21,7 +21,8 @@ from . import transforms as T
 from .templates import compile_template, names_used
 
 TOP_KEYS = {"source", "target", "input", "rules", "ignore", "fill", "init", "include", "description", "notes", "parity"}
-PARITY_KEYS = {"target_input", "source_input", "activations", "outputs", "layers", "tolerance"}
+PARITY_KEYS = {"target_input", "source_input", "activations", "outputs", "layers", "tolerance",
+               "extra_inputs"}
 
 
 class _Dict(dict):
@@ -310,3 +311,7 @@ def _compile_parity(m: Mapping, section, path):
             if not isinstance(chain, list):
                 raise MappingError(f"parity.{key} is a list of transforms", rule=_where(path, chain, section))
             setattr(m, attr, [T.build(t, rule=_where(path, t, chain)) for t in chain])
+    if "extra_inputs" in section:  # checked (shape expressions compiled) now, made by verify
+        from ..parity.inputs import check_extra_inputs
+
+        check_extra_inputs(section["extra_inputs"], where=_where(path, section["extra_inputs"], section))

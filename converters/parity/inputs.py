@@ -220,3 +220,109 @@ def load_inputs(inputs, names: list[str]) -> dict[str, np.ndarray]:
         return dict(zip(names, given.values()))
     raise ConvertersError(f"the inputs hold {sorted(given)} but the model takes {names}",
                           hint="name the arrays after the model's inputs, or give exactly one per input in order")
+
+
+# ---- extra source inputs (initial states and the like) --------------------------------------------
+
+EXTRA_FILLS = ("zeros", "ones", "random")
+EXTRA_KEYS = {"shape", "fill", "target_arg"}
+
+
+def check_extra_inputs(spec, where=None) -> dict:
+    """`parity.extra_inputs` (or verify's `extra_inputs=`), checked: {source input name: {shape,
+    fill, target_arg}}. A shape entry is an integer or an expression (`num_layers * (1 +
+    bidirectional)`, `N`) over the converted model's integer attributes and the main input's
+    dimensions (`d0`, `d1`, ... and by the letters of `input.layout`); compiled here so a typo
+    stops early."""
+    from ..mapping.templates import compile_template
+
+    if not isinstance(spec, dict):
+        raise MappingError("parity.extra_inputs maps source input names to {shape, fill, target_arg}", rule=where)
+    out = {}
+    for name, item in spec.items():
+        if not isinstance(item, dict) or not isinstance(item.get("shape"), list) or set(item) - EXTRA_KEYS:
+            raise MappingError(f"parity.extra_inputs.{name} is {{shape: [...], fill: zeros|ones|random|<number>, "
+                               f"target_arg: <position>}} (shape required)", rule=where)
+        fill = item.get("fill", "zeros")
+        if not (fill in EXTRA_FILLS or (isinstance(fill, (int, float)) and not isinstance(fill, bool))):
+            raise MappingError(f"parity.extra_inputs.{name}.fill is zeros, ones, random or a number, not {fill!r}",
+                               rule=where)
+        arg = item.get("target_arg")
+        if arg is not None and (not isinstance(arg, int) or isinstance(arg, bool) or arg < 1):
+            raise MappingError(f"parity.extra_inputs.{name}.target_arg is a positional index >= 1, not {arg!r}",
+                               rule=where)
+        shape = []
+        for d in item["shape"]:
+            if isinstance(d, int) and not isinstance(d, bool):
+                shape.append(d)
+            elif isinstance(d, str):
+                shape.append(compile_template(d if "{" in d else "{" + d + "}", rule=where))
+            else:
+                raise MappingError(f"parity.extra_inputs.{name}.shape entries are integers or expressions, not {d!r}",
+                                   rule=where)
+        out[str(name)] = {"shape": shape, "shape_text": list(item["shape"]), "fill": fill, "target_arg": arg}
+    return out
+
+
+def merged_extra_inputs(table: dict | None, override: dict | None) -> dict:
+    """The table's `parity.extra_inputs` with verify's `extra_inputs=` winning input by input."""
+    merged = dict(table or {})
+    merged.update(override or {})
+    return check_extra_inputs(merged) if merged else {}
+
+
+def shape_names(model, source_shape, layout: str | None) -> dict:
+    """Names a shape expression may use: the model's own integer/bool attributes (nn.LSTM's
+    num_layers, hidden_size, bidirectional, batch_first) and the main input's dimensions, `d0`,
+    `d1`, ... and by layout letter (`N`, `T`, `C` for NTC)."""
+    names = {k: v for k, v in vars(model).items() if isinstance(v, (int, bool)) and not k.startswith("_")} \
+        if model is not None else {}
+    if source_shape is not None:
+        names.update({f"d{i}": int(d) for i, d in enumerate(source_shape)})
+        if layout and len(layout) == len(source_shape):
+            names.update({letter: int(d) for letter, d in zip(layout, source_shape)})
+    return names
+
+
+def make_extra_inputs(extra: dict, names: dict, seed: int) -> dict[str, np.ndarray]:
+    """The declared extra inputs as arrays: shapes rendered from `names`, filled as declared
+    (random: standard normal from `seed` and the input's position)."""
+    from ..mapping.templates import render
+
+    arrays = {}
+    for i, (name, item) in enumerate(extra.items()):
+        shape = []
+        for d, text in zip(item["shape"], item["shape_text"]):
+            if isinstance(d, int):
+                shape.append(d)
+                continue
+            try:
+                shape.append(int(render(d, names, rule=f"parity.extra_inputs.{name}", template=str(text))))
+            except (MappingError, ValueError) as e:
+                raise MappingError(f"parity.extra_inputs.{name}: shape entry {text!r} cannot be computed "
+                                   f"({getattr(e, 'message', e)}); known names: {', '.join(sorted(names)) or 'none'}",
+                                   hint="give integers (verify's extra_inputs= overrides the table)") from None
+        fill = item["fill"]
+        if fill == "random":
+            a = np.random.default_rng([seed, 1000 + i]).standard_normal(shape)
+        else:
+            a = np.full(shape, {"zeros": 0.0, "ones": 1.0}.get(fill, fill))
+        arrays[name] = a.astype(np.float32)
+    return arrays
+
+
+def target_args(main: list, extra: dict, arrays: dict) -> list:
+    """Positional arguments for the PyTorch model: the main inputs, then each extra input with a
+    `target_arg` at that position; several at one position go in as a tuple (nn.LSTM's (h0, c0))."""
+    args = [arrays[n] for n in main]
+    groups: dict[int, list] = {}
+    for name, item in extra.items():
+        if item["target_arg"] is not None:
+            groups.setdefault(item["target_arg"], []).append(arrays[name])
+    expected = list(range(len(main), len(main) + len(groups)))
+    if sorted(groups) != expected:
+        raise MappingError(f"parity.extra_inputs target_arg positions {sorted(groups)} must follow the "
+                           f"{len(main)} main input(s) without gaps: {expected}")
+    for pos in expected:
+        args.append(groups[pos][0] if len(groups[pos]) == 1 else tuple(groups[pos]))
+    return args

@@ -24,7 +24,8 @@ from .oracles.reference import FORMAT, VERSION
 
 def write_reference(source, mapping, out, *, framework=None, architecture=None, inputs=None, n=2, seed=0,
                     source_python=None, taps="mapped", reader_options=None, input_shape=None,
-                    inputs_convention="source", oracle=None, force=False, target=None, target_kwargs=None) -> dict:
+                    inputs_convention="source", oracle=None, force=False, target=None, target_kwargs=None,
+                    extra_inputs=None) -> dict:
     """Run the source model on the verify inputs and write a reference .npz to `out`.
     taps: "mapped" (source layers the table pairs with modules), "all", "none", or a list.
     Returns the file's __meta__ dict."""
@@ -32,7 +33,7 @@ def write_reference(source, mapping, out, *, framework=None, architecture=None, 
     from ..provenance import sha256_files, source_files
     from ..writer import atomic_output
     from .localise import pairs_from_conversion
-    from .verify import _architecture_from, build_oracle, make_inputs
+    from .verify import _architecture_from, all_inputs, build_oracle
 
     m = mapping if isinstance(mapping, mapping_spec.Mapping) else mapping_spec.load(mapping)
     framework = framework or m.source
@@ -48,7 +49,10 @@ def write_reference(source, mapping, out, *, framework=None, architecture=None, 
                               {"source_python": source_python})
     try:
         names = oracle.input_names()
-        src_in, tgt_in = make_inputs(conv, names, inputs, n, seed, "float32", input_shape, inputs_convention)
+        extra = I.merged_extra_inputs((m.parity or {}).get("extra_inputs"), extra_inputs)
+        model = _target_model(m, target, target_kwargs) if extra else None  # its sizes shape the extra inputs
+        src_in, tgt_in = all_inputs(conv, names, extra, model, inputs, n, seed, "float32", input_shape,
+                                    inputs_convention)
         order = list(oracle.layer_order())
         if taps == "all":
             wanted = order
@@ -83,6 +87,19 @@ def write_reference(source, mapping, out, *, framework=None, architecture=None, 
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **entries)
     return meta
+
+
+def _target_model(m, target, target_kwargs):
+    """The (untrained) target model, or None when the table names none: only its sizes are read."""
+    import torch
+
+    from ..convert import _target_spec
+    from ..target import build_model
+
+    if isinstance(target, torch.nn.Module):
+        return target
+    spec = _target_spec(target, m, target_kwargs)
+    return build_model(spec) if spec is not None else None
 
 
 def cmd_reference(argv) -> int:

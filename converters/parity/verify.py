@@ -47,7 +47,7 @@ ARCHITECTURE_OPTIONS = ("prototxt", "symbol", "architecture")
 def verify(source, mapping, target=None, *, framework=None, architecture=None, inputs=None, n=2, seed=0,
            tolerance=None, localise=True, source_python=None, reference=None, dtype="float32", model=None,
            oracle=None, target_kwargs=None, reader_options=None, input_shape=None, inputs_convention="source",
-           oracle_options=None) -> ParityReport:
+           oracle_options=None, extra_inputs=None) -> ParityReport:
     """Run the source model and the converted model on the same inputs and compare (module docstring).
 
     source: the weight file the conversion reads. mapping: path, shipped name or Mapping.
@@ -62,6 +62,9 @@ def verify(source, mapping, target=None, *, framework=None, architecture=None, i
     dtype: "float32", or "float64" to run the PyTorch side in double precision.
     model: an already converted module (its weights are not touched); oracle: an Oracle to use.
     input_shape: the input shape in the layout of the table's `input:` (when the table has none).
+    extra_inputs: {source input name: {shape, fill, target_arg}}: source inputs beyond the main one
+        (initial RNN states), made from a fill and fed to the source only, or also to the PyTorch
+        model at position `target_arg`; overrides the table's parity.extra_inputs input by input.
     """
     t_start = time.perf_counter()
     m = mapping if isinstance(mapping, mapping_spec.Mapping) else mapping_spec.load(mapping)
@@ -101,8 +104,9 @@ def verify(source, mapping, target=None, *, framework=None, architecture=None, i
     if dtype == "float64":
         model = copy.deepcopy(model).double()
     try:
+        extra = I.merged_extra_inputs((m.parity or {}).get("extra_inputs"), extra_inputs)
         _run(rep, m, conv, model, oracle, arrays, conv_report, tol, inputs, n, seed, dtype, localise,
-             input_shape, inputs_convention)
+             input_shape, inputs_convention, extra)
     finally:
         if own_oracle:
             oracle.close()
@@ -155,21 +159,26 @@ def build_oracle(framework: str, weights, architecture=None, options=None) -> Or
 # ---- the run ------------------------------------------------------------------------------------
 
 def _run(rep, m, conv, model, oracle, arrays, conv_report, tol, inputs, n, seed, dtype, localise, input_shape,
-         inputs_convention):
+         inputs_convention, extra=None):
     names = oracle.input_names()
+    extra = extra or {}
     if inputs is None and hasattr(oracle, "stored_inputs"):  # a reference file answers for its own inputs only
         stored = oracle.target_inputs()
         inputs, inputs_convention = (stored, "target") if stored else (oracle.stored_inputs(), "source")
-    src_in, tgt_in = make_inputs(conv, names, inputs, n, seed, dtype, input_shape, inputs_convention)
+    src_in, tgt_in = all_inputs(conv, names, extra, model, inputs, n, seed, dtype, input_shape, inputs_convention)
+    main = [k for k in names if k not in extra]
     rep.inputs = {k: {"shape": list(tgt_in[k].shape), "source_shape": list(src_in[k].shape),
                       "dtype": str(tgt_in[k].dtype)} for k in names}
+    for k, item in extra.items():
+        rep.inputs[k].update(fill=item["fill"], fed_to="both" if item["target_arg"] is not None else "source")
+    args = _tensors(I.target_args(main, extra, tgt_in))
 
     t0 = time.perf_counter()
     src_out = oracle.run(src_in, [])
     rep.timings["source"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = model(*[torch.from_numpy(np.ascontiguousarray(tgt_in[k])) for k in names])
+        out = model(*args)
     rep.timings["target"] = time.perf_counter() - t0
 
     pairs = match_outputs(out, src_out, (m.parity or {}).get("outputs") or oracle.output_names(), rep.notes)
@@ -181,8 +190,40 @@ def _run(rep, m, conv, model, oracle, arrays, conv_report, tol, inputs, n, seed,
     rep.passed = all(o["passed"] for o in rep.outputs)
     if localise and (localise == "always" or not rep.passed):
         t0 = time.perf_counter()
-        _localise(rep, m, conv, model, oracle, arrays, conv_report, tol, src_in, tgt_in, names)
+        _localise(rep, m, conv, model, oracle, arrays, conv_report, tol, src_in, args)
         rep.timings["localise"] = time.perf_counter() - t0
+
+
+def _tensors(args):
+    return [tuple(_tensors(a)) if isinstance(a, tuple) else torch.from_numpy(np.ascontiguousarray(a)) for a in args]
+
+
+def all_inputs(conv, names, extra, model, inputs, n, seed, dtype, input_shape=None, convention="source"):
+    """make_inputs for the main inputs, plus the declared extra inputs (parity.extra_inputs): taken
+    from `inputs` when it holds every input, else made from their fill. Both dicts hold them all."""
+    unknown = [k for k in extra if k not in names]
+    if unknown:
+        raise MappingError(f"parity.extra_inputs names {unknown}, which the source model does not take; "
+                           f"its inputs are {names}")
+    main = [k for k in names if k not in extra]
+    given_extra = None
+    if inputs is not None and extra:
+        try:
+            every = I.load_inputs(inputs, names)
+        except ConvertersError:
+            every = None
+        if every is not None:
+            given_extra = {k: every[k] for k in extra}
+            inputs = {k: every[k] for k in main}
+    src, tgt = make_inputs(conv, main, inputs, n, seed, dtype, input_shape, convention)
+    if extra:
+        if given_extra is None:
+            first = src[main[0]].shape if main else None
+            given_extra = I.make_extra_inputs(extra, I.shape_names(model, first, conv.source.get("layout")), seed)
+        for k, v in given_extra.items():
+            src[k] = np.ascontiguousarray(v, np.float32)
+            tgt[k] = np.ascontiguousarray(v, np.float64 if dtype == "float64" else np.float32)
+    return src, tgt
 
 
 def make_inputs(conv, names, inputs, n, seed, dtype, input_shape=None, convention="source"):
@@ -190,7 +231,8 @@ def make_inputs(conv, names, inputs, n, seed, dtype, input_shape=None, conventio
     if inputs is None:
         if len(names) != 1:
             raise ConvertersError(f"the model takes {len(names)} inputs {names}; random inputs are made for one",
-                                  hint="give the inputs (--inputs file.npz)")
+                                  hint="give the inputs (--inputs file.npz), or declare the source-only ones "
+                                       "(initial states) in the table's parity.extra_inputs")
         x = conv_target = I.make_target_input(conv, n, seed, "float32", input_shape)
         tgt = {names[0]: conv_target}
         src = {names[0]: I.to_source(conv.source_input, x)}
@@ -247,7 +289,7 @@ def _np(t):
     return t.detach().to(torch.float64).cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def _localise(rep, m, conv, model, oracle, arrays, conv_report, tol, src_in, tgt_in, names):
+def _localise(rep, m, conv, model, oracle, arrays, conv_report, tol, src_in, args):
     pairs = pairs_from_conversion(conv_report, arrays, (m.parity or {}).get("layers"),
                                   dict(model.named_modules()))
     source_order = list(oracle.layer_order())
@@ -258,7 +300,7 @@ def _localise(rep, m, conv, model, oracle, arrays, conv_report, tol, src_in, tgt
     recorder = ActivationRecorder(model, {p.module for p in pairs})
     try:
         with torch.no_grad():
-            model(*[torch.from_numpy(np.ascontiguousarray(tgt_in[k])) for k in names])
+            model(*args)
         resolved = resolve_pairs(pairs, recorder, source_order)
         if not resolved:
             rep.notes.append("no (source layer, module) pair could be tapped on both sides: nothing localised")
