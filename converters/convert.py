@@ -13,14 +13,14 @@ import sys
 import numpy as np
 import torch
 
-from .arrays import ArrayFile
-from .errors import ConvertersError, CoverageError
 from . import provenance as provenance_of
+from .arrays import ArrayFile
+from .errors import ConvertersError, CoverageError, OutputExistsError
 from .initializers import init_tensor
 from .mapping import spec as mapping_spec
-from .mapping.plan import make_plan
 from .mapping.materialise import produce
-from .target import build_model, describe, load_factory, numpy_dtype, to_torch
+from .mapping.plan import make_plan
+from .target import build_model, describe, load_factory, to_torch
 from .writer import output_kind, save_pth, stream_safetensors
 
 
@@ -50,9 +50,7 @@ def convert(source, mapping, target=None, out=None, *, framework=None, target_kw
     target_spec = _target_spec(target, m, target_kwargs)
     if out is not None:
         output_kind(out)
-        if os.path.exists(out) and not force:
-            from .errors import OutputExistsError
-
+        if os.path.exists(out) and not force:  # fail before any work; the writer checks again
             raise OutputExistsError("output exists", file=out, hint="pass --force to overwrite it")
     model = target if isinstance(target, torch.nn.Module) else None
     if model is None and target_spec is not None:

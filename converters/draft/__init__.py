@@ -20,7 +20,6 @@ import tempfile
 import types
 from dataclasses import dataclass, field
 
-from ..errors import ConvertersError
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import torch
 from torch import nn
 
 from ..errors import ConvertersError

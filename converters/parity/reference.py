@@ -16,7 +16,6 @@ import os
 import numpy as np
 
 from .. import __version__
-from ..errors import ConvertersError
 from ..mapping import spec as mapping_spec
 from . import inputs as I
 from .oracles.reference import FORMAT, VERSION
