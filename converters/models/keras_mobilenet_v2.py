@@ -18,11 +18,11 @@ the weight of the new batch, so the same schedule is 0.001 (it matters only when
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .tf_padding import same_pads
 
 # (expansion, filters before alpha, stride) of Keras' blocks 0..16
 BLOCKS = [(1, 16, 1),
@@ -45,13 +45,6 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new_v
 
 
-def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF "SAME" padding of one axis: out = ceil(size/stride), the odd pixel goes after."""
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 class TFSamePad2d(nn.Module):
     """Zero padding that reproduces TensorFlow's padding="same" for a given kernel and stride."""
 
@@ -60,8 +53,8 @@ class TFSamePad2d(nn.Module):
         self.kernel, self.stride = kernel, stride
 
     def forward(self, x):
-        top, bottom = _same_pads(x.shape[-2], self.kernel, self.stride)
-        left, right = _same_pads(x.shape[-1], self.kernel, self.stride)
+        top, bottom = same_pads(x.shape[-2], self.kernel, self.stride)
+        left, right = same_pads(x.shape[-1], self.kernel, self.stride)
         return F.pad(x, (left, right, top, bottom))
 
     def extra_repr(self):
