@@ -32,7 +32,7 @@ def write_reference(source, mapping, out, *, framework=None, architecture=None, 
     from ..provenance import sha256_files, source_files
     from ..writer import atomic_output
     from .localise import pairs_from_conversion
-    from .verify import _architecture_from, all_inputs, build_oracle
+    from .verify import _architecture_from, all_inputs, build_oracle, output_taps
 
     m = mapping if isinstance(mapping, mapping_spec.Mapping) else mapping_spec.load(mapping)
     framework = framework or m.source
@@ -65,8 +65,9 @@ def write_reference(source, mapping, out, *, framework=None, architecture=None, 
             wanted = [name for name in order if name in layers]
         else:
             wanted = list(taps)
-        results = oracle.run(src_in, wanted)
-        outputs = oracle.output_names()
+        as_outputs = output_taps(m, oracle)  # parity.outputs read at inner layers are stored as outputs
+        results = oracle.run(src_in, list(dict.fromkeys(wanted + as_outputs)))
+        outputs = oracle.output_names() + as_outputs
     finally:
         if own:
             oracle.close()

@@ -55,12 +55,16 @@ class CaffeOracle(Oracle):
             raise ConvertersError("caffemodel not found", file=self.weights)
         self.prototxt = _find_prototxt(self.weights, model.architecture)
         self.cv2 = _import_cv2()
+        self.net = self._load_net()
+        self._fetched = None  # the outputs + taps the net was last run for
+        self._inputs = self._declared_inputs()
+
+    def _load_net(self):
         try:
-            self.net = self.cv2.dnn.readNetFromCaffe(str(self.prototxt), str(self.weights))
+            return self.cv2.dnn.readNetFromCaffe(str(self.prototxt), str(self.weights))
         except self.cv2.error as e:
             raise OracleCrashed(f"OpenCV could not load the Caffe net: {_last_lines(str(e))}",
                                 file=self.prototxt) from e
-        self._inputs = self._declared_inputs()
 
     def _declared_inputs(self) -> list[str]:
         from ...readers.caffe import _read_prototxt
@@ -90,6 +94,13 @@ class CaffeOracle(Oracle):
         if missing:
             raise ConvertersError(f"no value for the net input(s) {missing}; the net takes {self._inputs}",
                                   file=self.prototxt)
+        fetch = tuple(outputs + taps)
+        if self._fetched is not None and fetch != self._fetched:
+            # OpenCV fuses layers at the first forward (BatchNorm + Scale + ReLU folded into the
+            # convolution's weights) for the outputs asked then; a later forward asking for a
+            # convolution's own output would get the fused result. A fresh net fuses anew.
+            self.net = self._load_net()
+        self._fetched = fetch
         try:
             for name in self._inputs:
                 blob = np.ascontiguousarray(inputs[name], dtype=np.float32)
