@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tf_padding import same_pads
+from .tf_padding import TFSamePad2d
 
 # (expansion, filters before alpha, stride) of Keras' blocks 0..16
 BLOCKS = [(1, 16, 1),
@@ -43,22 +43,6 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
-
-
-class TFSamePad2d(nn.Module):
-    """Zero padding that reproduces TensorFlow's padding="same" for a given kernel and stride."""
-
-    def __init__(self, kernel: int = 3, stride: int = 2):
-        super().__init__()
-        self.kernel, self.stride = kernel, stride
-
-    def forward(self, x):
-        top, bottom = same_pads(x.shape[-2], self.kernel, self.stride)
-        left, right = same_pads(x.shape[-1], self.kernel, self.stride)
-        return F.pad(x, (left, right, top, bottom))
-
-    def extra_repr(self):
-        return f"kernel={self.kernel}, stride={self.stride}"
 
 
 class KerasCorrectPad(nn.Module):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tf_padding import same_pads
+from .tf_padding import TFSamePad2d
 
 KERAS_BN_EPS = 1e-3
 KERAS_BN_MOMENTUM = 1 - 0.99
@@ -37,22 +37,12 @@ def _bn(channels: int, eps: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=eps, momentum=KERAS_BN_MOMENTUM)
 
 
-class TFSameMaxPool2d(nn.Module):
-    """MaxPooling2D(padding="same"): out = ceil(in/stride), the odd padding pixel bottom/right,
-    padded cells ignored (padded with -inf)."""
+class TFSameMaxPool2d(nn.Sequential):
+    """MaxPooling2D(padding="same"): TF's padding (odd pixel bottom/right) with -inf, then an
+    unpadded max-pool."""
 
     def __init__(self, kernel: int = 3, stride: int = 2):
-        super().__init__()
-        self.kernel, self.stride = kernel, stride
-
-    def forward(self, x):
-        top, bottom = same_pads(x.shape[-2], self.kernel, self.stride)
-        left, right = same_pads(x.shape[-1], self.kernel, self.stride)
-        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
-        return F.max_pool2d(x, self.kernel, self.stride)
-
-    def extra_repr(self):
-        return f"kernel={self.kernel}, stride={self.stride}"
+        super().__init__(TFSamePad2d(kernel, stride, value=float("-inf")), nn.MaxPool2d(kernel, stride))
 
 
 class SeparableConv2d(nn.Module):
