@@ -161,33 +161,6 @@ def checksum(arrays) -> tuple[int, int, int]:
     return count, nbytes, total % (1 << 64)
 
 
-# ---------------------------------------------------------------------------- protobuf wire bits
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def field_header(number: int, length: int) -> bytes:
-    """Key and length of a length-delimited field (wire type 2); the payload follows."""
-    return varint(number << 3 | 2) + varint(length)
-
-
-def len_field(number: int, payload: bytes) -> bytes:
-    return field_header(number, len(payload)) + payload
-
-
-def varint_field(number: int, value: int) -> bytes:
-    return varint(number << 3) + varint(value)
-
-
 def fmt_mb(n) -> str:
     return "-" if n is None else f"{n / MB:,.0f}"
 

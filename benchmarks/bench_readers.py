@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -38,6 +39,23 @@ FORMATS = ("caffe", "tensorflow", "mxnet", "onnx")
 N_BIG, N_SMALL, COLS = 64, 8, 1024
 CAFFE_PROTO = B.ROOT / "fixtures" / "caffe" / "proto" / "caffe.proto"
 ONNX_PROTO_LIMIT = 2_000_000_000 - (64 << 20)  # protobuf's 2 GB message limit, with headroom
+
+
+@functools.lru_cache(maxsize=None)
+def _caffe_fixtures():
+    """fixtures/caffe/make_fixtures.py: its protobuf wire encoders and its out-of-process protoc."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("caffe_make_fixtures", CAFFE_PROTO.parents[1] / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def field_header(number: int, length: int) -> bytes:
+    """Key and length of a length-delimited field whose payload is streamed after it."""
+    wire = _caffe_fixtures()
+    return wire.key(number, 2) + wire.varint(length)
 
 
 # ---------------------------------------------------------------------------------- the arrays
@@ -79,27 +97,29 @@ def build_caffe(path: Path, arrays) -> None:
     caffe::WriteProtoToBinaryFile writes them. Streamed, so building needs one tensor of memory."""
     weights = [(n, s, seed) for n, s, seed in arrays if n.endswith("_weight")]
     biases = {n[: -len("_bias")]: (s, seed) for n, s, seed in arrays if n.endswith("_bias")}
+    wire = _caffe_fixtures()
     with open(path, "wb") as fh:
-        fh.write(B.len_field(1, b"benchmark"))
+        fh.write(wire.len_field(1, b"benchmark"))
         for name, shape, seed in weights:
             layer = name[: -len("_weight")]
             blobs = [make_array(shape, seed)]
             if layer in biases:
                 blobs.append(make_array(*biases[layer]))
-            head = (B.len_field(1, layer.encode()) + B.len_field(2, b"InnerProduct") + B.len_field(3, b"data")
-                    + B.len_field(4, layer.encode()) + B.len_field(117, B.varint_field(1, shape[0])))
+            head = (wire.len_field(1, layer.encode()) + wire.len_field(2, b"InnerProduct")
+                    + wire.len_field(3, b"data") + wire.len_field(4, layer.encode())
+                    + wire.len_field(117, wire.key(1, 0) + wire.varint(shape[0])))
             parts = []
             for arr in blobs:
-                dims = b"".join(B.varint(d) for d in arr.shape)
-                shape_field = B.len_field(7, B.len_field(1, dims))
-                data_head = B.field_header(5, arr.nbytes)
+                dims = b"".join(wire.varint(d) for d in arr.shape)
+                shape_field = wire.len_field(7, wire.len_field(1, dims))
+                data_head = field_header(5, arr.nbytes)
                 parts.append((shape_field + data_head, arr))
             blob_lens = [len(h) + a.nbytes for h, a in parts]
-            layer_len = len(head) + sum(len(B.field_header(7, n)) + n for n in blob_lens)
-            fh.write(B.field_header(100, layer_len))
+            layer_len = len(head) + sum(len(field_header(7, n)) + n for n in blob_lens)
+            fh.write(field_header(100, layer_len))
             fh.write(head)
             for (h, arr), n in zip(parts, blob_lens):
-                fh.write(B.field_header(7, n))
+                fh.write(field_header(7, n))
                 fh.write(h)
                 fh.write(memoryview(arr.astype("<f4", copy=False).reshape(-1)).cast("B"))
 
@@ -187,10 +207,7 @@ def caffe_pb2(workdir: Path):
     if (out / "caffe_pb2.py").exists():
         sys.path.insert(0, str(out))
         return importlib.import_module("caffe_pb2")
-    spec = importlib.util.spec_from_file_location("caffe_make_fixtures", CAFFE_PROTO.parents[1] / "make_fixtures.py")
-    fixtures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fixtures)
-    return fixtures.compile_caffe_proto(out)  # protoc in a subprocess: in-process it can crash beside upb
+    return _caffe_fixtures().compile_caffe_proto(out)  # protoc out of process: in-process it can crash beside upb
 
 
 def child_reader(spec: dict, load: bool) -> dict:
