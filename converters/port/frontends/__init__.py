@@ -1,0 +1,1 @@
+"""Frontends: one module per source format, each `build_graph(...) -> port.graph.Graph`."""

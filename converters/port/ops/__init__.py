@@ -1,0 +1,1 @@
+"""Emitters: one module per op family, each turning canonical nodes into PyTorch code."""
