@@ -1,7 +1,11 @@
 """The PyTorch side: import the target model a mapping names and describe its tensors."""
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import os
+import sys
 
 import numpy as np
 import torch
@@ -9,6 +13,7 @@ import torch
 from .arrays import BFLOAT16
 from .errors import ConvertersError
 from .mapping.plan import TargetTensor
+from .mapping.spec import is_file_target
 
 _TORCH_TO_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
                    torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
@@ -35,15 +40,21 @@ def to_torch(arr: np.ndarray) -> torch.Tensor:
 
 
 def load_factory(spec: str):
-    """`package.module:callable` -> the callable (the only code a mapping can make us import)."""
-    module_name, _, attr = str(spec).partition(":")
-    if not module_name or not attr:
-        raise ConvertersError(f"target {spec!r} is not of the form package.module:callable")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConvertersError(f"cannot import target module {module_name!r}: {e}",
-                              hint="install the package that provides the model") from None
+    """`package.module:callable` or `file.py:callable` -> the callable (the only code a mapping can
+    make us import). A relative file path is relative to the current directory; tables resolve
+    theirs against the table's own directory when loaded (mapping/spec.py)."""
+    if is_file_target(spec):
+        module_name, _, attr = str(spec).rpartition(":")
+        obj = _import_file(module_name)
+    else:
+        module_name, _, attr = str(spec).partition(":")
+        if not module_name or not attr:
+            raise ConvertersError(f"target {spec!r} is not of the form package.module:callable")
+        try:
+            obj = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ConvertersError(f"cannot import target module {module_name!r}: {e}",
+                                  hint="install the package that provides the model") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -52,6 +63,23 @@ def load_factory(spec: str):
     if not callable(obj):
         raise ConvertersError(f"target {spec!r} is not callable")
     return obj
+
+
+def _import_file(path: str):
+    """Execute a model file under a module name unique to its path (re-read on every load)."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise ConvertersError(f"target file {path} does not exist", file=path)
+    name = "_converters_target_" + hashlib.sha256(path.encode()).hexdigest()[:16]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a broken file may raise anything at import
+        del sys.modules[name]
+        raise ConvertersError(f"cannot import target file: {type(e).__name__}: {e}", file=path) from None
+    return module
 
 
 def build_model(target: dict, *, meta: bool = False) -> torch.nn.Module:

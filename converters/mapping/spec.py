@@ -243,6 +243,11 @@ def _regex(text, where):
         raise MappingError(f"invalid regular expression {text!r}: {e}", rule=where) from None
 
 
+def is_file_target(spec) -> bool:
+    """`path/to/model.py:Class` (a generated module, `convert port`) rather than `package.module:callable`."""
+    return str(spec).rpartition(":")[0].endswith(".py")
+
+
 def _compile_into(m: Mapping, data: dict, path: Path):
     m.source = data.get("source")
     m.description = data.get("description", "")
@@ -250,6 +255,9 @@ def _compile_into(m: Mapping, data: dict, path: Path):
     if isinstance(target, str):
         target = {"model": target}
     m.target = dict(target) if target else None
+    if m.target and is_file_target(m.target.get("model")):  # `model.py:Class`: beside the table
+        file, _, attr = m.target["model"].rpartition(":")
+        m.target["model"] = f"{(path.parent / file).resolve()}:{attr}"
     m.input = dict(data["input"]) if data.get("input") else None
     for item in data.get("rules") or []:
         m.rules.append(_compile_rule(item, path))
