@@ -24,6 +24,8 @@ from ._binary import FileView
 from ._protowire import FIXED32, FIXED64, LEN, VARINT, f32, f64, iter_fields, packed_varints, read_varint, text
 
 NAME = "caffe"
+OPTIONS = {"prototxt": (str, bool)}
+"""Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
 
 # Blob roles and layouts by layer type: index -> role, and the layout of blob 0.
 _ROLES = {

@@ -28,6 +28,8 @@ from ..errors import FormatError, MissingDependencyError, TruncatedError, Unsupp
 from ._binary import FileView
 
 NAME = "keras"
+OPTIONS = {"config": str, "allow_external": bool}
+"""Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
 _WEIGHTS_MEMBER = "model.weights.h5"

@@ -33,6 +33,8 @@ from ._binary import FileView
 from ._mxnet_symbol import build_layers, load_symbol, weight_layout
 
 NAME = "mxnet"
+OPTIONS = {"symbol": (str, bool), "strip_prefix": bool}
+"""Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
 LIST_MAGIC = 0x112
 V1_MAGIC, V2_MAGIC, V3_MAGIC = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
 _ENCODINGS = {V1_MAGIC: "V1", V2_MAGIC: "V2", V3_MAGIC: "V3"}

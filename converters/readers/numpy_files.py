@@ -16,6 +16,8 @@ from ..errors import FormatError, UnsupportedError
 from ._binary import FileView
 
 NAME = "numpy"
+OPTIONS = {"allow_pickle": bool, "encoding": str}
+"""Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
 _NPY_MAGIC = b"\x93NUMPY"
 
 

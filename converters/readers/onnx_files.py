@@ -29,6 +29,8 @@ from . import _protowire as pw
 from ._binary import FileView
 
 NAME = "onnx"
+OPTIONS = {"allow_outside": bool, "subgraphs": bool}
+"""Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
 
 # TensorProto field numbers
 T_DIMS, T_DATA_TYPE, T_FLOAT, T_INT32, T_STRING, T_INT64, T_NAME, T_RAW, T_DOUBLE, T_UINT64 = (

@@ -29,6 +29,8 @@ from ._tf_objects import OBJECT_GRAPH_KEY, describe_keys, layout_for, parse_obje
 from ._tf_types import DT_STRING, DTYPES, dtype_name, tensor_shape
 
 NAME = "tensorflow"
+OPTIONS = {"names": str}
+"""Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
 _SHARD_RE = re.compile(r"^(?P<prefix>.*)\.data-\d{5}-of-\d{5}$")
 
 

@@ -24,6 +24,8 @@ from ..arrays import BFLOAT16, ArrayFile, ArrayHandle, role_from_name
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 
 NAME = "torch"
+OPTIONS = {"key": str}
+"""Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
 EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
 # torch's legacy serialisation writes this number (as a pickled LONG1) before anything else
 _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
