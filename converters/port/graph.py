@@ -47,7 +47,8 @@ Canonical ops and their attributes (all required unless a default is given):
     split           axis, sizes (list): one output per size
     slice           axis, start, stop, step (1)
     flatten         start_dim (1): of the tensor as stored in the module (frontends permute first)
-    reshape         shape: tuple as torch.reshape takes it (-1 allowed once; 0 already resolved)
+    reshape         shape: tuple as torch.reshape takes it (-1 allowed once); 0 copies the input's dim
+                    at that index (Caffe/ONNX), so a batch dim stays free
     transpose       perm
     squeeze         axes;  unsqueeze: axes
     pad             pads: per dim of the tensor a (begin, end) pair; mode constant|reflect|replicate; value
@@ -59,7 +60,8 @@ Canonical ops and their attributes (all required unless a default is given):
     reduce          kind mean|sum|max|min, axes, keepdims
     clip            min, max (None for unbounded)
     identity        (dropout in inference, Keras InputLayer, ...)
-    constant        a graph constant: param value (registered as a buffer); no inputs
+    constant        a graph constant: param value (registered as a buffer); attrs shape (tuple),
+                    dtype ('float32'); no inputs
     lstm | gru      input_size, hidden_size, num_layers (1), bidirectional (False), batch_first,
                     return_sequences (bool), go_backwards (False); params weight_ih_l0 ... with
                     the gate transforms; outputs [sequence or last step] (+ states when the source
@@ -67,9 +69,15 @@ Canonical ops and their attributes (all required unless a default is given):
 
 An op a frontend cannot express exactly stops with `UnsupportedOpError` naming op, layer and
 file: a port never approximates silently.
+
+Emitters (port/ops/__init__.py: `@emits`, `Ctx`, `Emitted`, `helper`) are the other side of
+this contract. Changes since the first version: reshape 0 = copy the input dim; constant
+carries its shape; `sanitise` also avoids Python keywords and the names the generated file
+imports (torch, nn, F, math, self).
 """
 from __future__ import annotations
 
+import keyword
 import re
 from dataclasses import dataclass, field
 
@@ -181,7 +189,8 @@ def sanitise(name: str, taken: set | None = None) -> str:
     ident = re.sub(r"\W+", "_", name).strip("_") or "layer"
     if ident[0].isdigit():
         ident = "l_" + ident
-    if ident in {"forward", "training", "eval", "train", "to", "type", "float", "half", "cuda", "cpu"}:
+    if keyword.iskeyword(ident) or ident in {"forward", "training", "eval", "train", "to", "type", "float", "half",
+                                             "cuda", "cpu", "torch", "nn", "F", "math", "self", "super"}:
         ident += "_"
     if taken is not None:
         base, n = ident, 1
