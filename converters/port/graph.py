@@ -65,7 +65,9 @@ Canonical ops and their attributes (all required unless a default is given):
     lstm | gru      input_size, hidden_size, num_layers (1), bidirectional (False), batch_first,
                     return_sequences (bool), go_backwards (False); params weight_ih_l0 ... with
                     the gate transforms; outputs [sequence or last step] (+ states when the source
-                    returns them)
+                    returns them); merge_mode ('concat'|sum|mul|ave, two-way), state_format ('keras':
+                    last layer's (batch, hidden) h(, c) per direction | 'stacked': torch's h_n(, c_n));
+                    inputs beyond the sequence: initial h0 (, c0) in torch's stacked form (ops/rnn.py)
 
 An op a frontend cannot express exactly stops with `UnsupportedOpError` naming op, layer and
 file: a port never approximates silently.
