@@ -73,7 +73,8 @@ An op a frontend cannot express exactly stops with `UnsupportedOpError` naming o
 file: a port never approximates silently.
 
 Emitters (port/ops/__init__.py: `@emits`, `Ctx`, `Emitted`, `helper`) are the other side of
-this contract. Changes since the first version: reshape 0 = copy the input dim; constant
+this contract; frontends/__init__.py gives the frontend signature. Changes since the first
+version: Graph.reader_options and Graph.notes; reshape 0 = copy the input dim; constant
 carries its shape; `sanitise` also avoids Python keywords and the names the generated file
 imports (torch, nn, F, math, self).
 """
@@ -154,6 +155,8 @@ class Graph:
     input_conventions: dict = field(default_factory=dict)  # extra table `input:` keys (channels, mean, ...)
     extra_inputs: dict = field(default_factory=dict)       # table `parity.extra_inputs` (MXNet labels, ...)
     unused_arrays: dict = field(default_factory=dict)      # source array -> why no node uses it (table ignore)
+    reader_options: dict = field(default_factory=dict)     # converters.read options for source_files[0] (prototxt=...)
+    notes: list = field(default_factory=list)              # facts for the table's notes (what the file does not record, ...)
 
     def check(self) -> None:
         """Every tensor defined before use, ops known, names unique: frontends call this last."""
