@@ -23,6 +23,9 @@ INVERTIBLE = [
     ({"unsqueeze": 0}, (4, 3)),
     ({"flip": {"axis": 1}}, (8, 3, 3, 3)),
     ({"flatten_order": {"h": 2, "w": 3, "c": 4}}, (5, 24)),
+    ({"flatten_order": {"h": 2, "w": 3, "c": 4, "order": "hwc_to_whc"}}, (5, 24)),
+    ("tf_conv1d_as_2d", (5, 3, 4)),
+    ({"tf_conv1d_as_2d": "1k"}, (5, 3, 4)),
     ({"gates": {"from": "zrh", "to": "rzh"}}, (12, 5)),
     ({"gate_add": {"gates": "ifjo", "gate": "f", "value": 1.0}}, (8,)),
     ({"scale": 2.5}, (3,)),
@@ -79,6 +82,34 @@ def test_flatten_order_makes_nhwc_dense_equal_nchw_dense():
     np.testing.assert_allclose(weight @ fmap.reshape(-1), keras, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("perm,order", [((0, 3, 2, 1), "hwc_to_whc"), ((0, 2, 3, 1), None),
+                                        ((0, 1, 3, 2), "hwc_to_cwh")])
+def test_flatten_order_any_port_permute(perm, order):
+    """A port that permutes its NCHW map before flattening (facenet-pytorch: (0, 3, 2, 1)) needs
+    the Keras (h, w, c) features in its own order; (0, 2, 3, 1) is Keras' order: no reorder."""
+    torch = pytest.importorskip("torch")
+    h, w, c, out = 3, 4, 5, 6
+    kernel = rng.standard_normal((h * w * c, out)).astype(np.float32)
+    fmap = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    keras = fmap[0].transpose(1, 2, 0).reshape(-1) @ kernel
+    chain = [build("tf_dense")] + ([build({"flatten_order": {"h": h, "w": w, "c": c, "order": order}})] if order else [])
+    weight = torch.from_numpy(np.ascontiguousarray(chain_apply(chain, kernel)))
+    port = torch.from_numpy(fmap).permute(*perm).reshape(1, -1) @ weight.T
+    np.testing.assert_allclose(port[0].numpy(), keras, rtol=1e-5, atol=1e-5)
+
+
+def test_tf_conv1d_as_2d_runs_like_keras_conv1d():
+    """Keras Conv1D (K, I, O) run as torch Conv2d with a (K, 1) kernel over (N, I, L, 1)."""
+    torch = pytest.importorskip("torch")
+    k, i, o, length = 5, 3, 4, 11
+    kernel = rng.standard_normal((k, i, o)).astype(np.float32)
+    x = rng.standard_normal((1, i, length)).astype(np.float32)
+    ref = torch.nn.functional.conv1d(torch.from_numpy(x), torch.from_numpy(build("tf_conv").apply(kernel).copy()))
+    w2 = torch.from_numpy(np.ascontiguousarray(build("tf_conv1d_as_2d").apply(kernel)))
+    got = torch.nn.functional.conv2d(torch.from_numpy(x)[..., None], w2)[..., 0]
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_split_concat_take_and_bias_pairs():
     x = rng.standard_normal((6, 4)).astype(np.float32)
     parts = build({"split": {"axis": 0, "parts": 3}}).apply(x)
@@ -126,6 +157,7 @@ def test_slice_inverse_scatters_into_zeros_and_constant_and_cast():
     ("tf_depthwise", (3, 3, 4), "4-d"),
     ({"reshape": [5, -1]}, (2, 3), "cannot reshape"),
     ({"flatten_order": {"h": 2, "w": 2, "c": 2}}, (4, 9), "h\\*w\\*c"),
+    ("tf_conv1d_as_2d", (3, 3, 4, 8), "3-d"),
     ({"gates": {"from": "ifco", "to": "ifco"}}, (10, 3), "does not split"),
     ({"squeeze": {"axis": 0}}, (2, 3), "not 1"),
 ])

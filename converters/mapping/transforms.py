@@ -154,6 +154,34 @@ class TfConv(Transform):
 REGISTRY["tf_conv_transpose"] = TfConv
 
 
+@transform("tf_conv1d_as_2d")
+class TfConv1dAs2d(Transform):
+    """Keras/TF Conv1D kernel (K, I, O) -> PyTorch Conv2d weight (O, I, K, 1) for a port that runs
+    the sequence as an image of width 1 (`kernel: k1`, default) or height 1 (`kernel: 1k`, (O, I, 1, K))."""
+
+    def __init__(self, kernel="k1", rule=None):
+        super().__init__(rule)
+        self.kernel = str(kernel)
+        if self.kernel not in ("k1", "1k"):
+            raise self.error(f"kernel must be k1 (K x 1) or 1k (1 x K), not {kernel!r}")
+
+    def shape(self, s):
+        if len(s) != 3:
+            raise self.error("needs a 3-d (K, I, O) Conv1D kernel", s)
+        k, i, o = s
+        return (o, i, k, 1) if self.kernel == "k1" else (o, i, 1, k)
+
+    def apply(self, a):
+        return np.transpose(a, (2, 1, 0)).reshape(self.shape(a.shape))
+
+    def inverse(self, in_shape):
+        o, i, k = in_shape[2], in_shape[1], in_shape[0]
+        return _Chain([Reshape([o, i, k], self.rule), Permute([2, 1, 0], self.rule)], self.rule)
+
+    def args(self):
+        return {} if self.kernel == "k1" else {"kernel": self.kernel}
+
+
 @transform("tf_dense")
 class TfDense(Transpose):
     """TF/Keras dense kernel (in, out) -> PyTorch Linear weight (out, in)."""
@@ -308,18 +336,22 @@ class Flip(Transform):
 
 @transform("flatten_order")
 class FlattenOrder(Transform):
-    """Reorder the flattened-feature axis of a dense weight from (h, w, c) to (c, h, w) order.
+    """Reorder the flattened-feature axis of a dense weight from one (h, w, c) order to another.
 
     A Keras Flatten after an NHWC feature map enumerates features h-major, c-minor; PyTorch's
     flatten of NCHW is c-major. Apply after tf_dense (the axis is 1 of (out, features)).
-    `order: chw_to_hwc` goes the other way.
+    `order` is `<from>_to_<to>` with each side a permutation of h, w, c: `hwc_to_chw` (default),
+    `chw_to_hwc`, or e.g. `hwc_to_whc` for a port that permutes NCHW to (N, W, H, C) first.
     """
 
     def __init__(self, h, w, c, axis=1, order="hwc_to_chw", rule=None):
         super().__init__(rule)
         self.h, self.w, self.c, self.axis, self.order = int(h), int(w), int(c), int(axis), order
-        if order not in ("hwc_to_chw", "chw_to_hwc"):
-            raise self.error(f"order must be hwc_to_chw or chw_to_hwc, not {order!r}")
+        src, _, dst = str(order).partition("_to_")
+        if sorted(src) != ["c", "h", "w"] or sorted(dst) != ["c", "h", "w"]:
+            raise self.error(f"order must be <from>_to_<to>, each a permutation of h, w, c (e.g. hwc_to_chw), "
+                             f"not {order!r}")
+        self.src, self.dst = src, dst
 
     def shape(self, s):
         ax = _axis(self.axis, len(s), self, s)
@@ -330,18 +362,15 @@ class FlattenOrder(Transform):
     def apply(self, a):
         ax = _axis(self.axis, a.ndim, self, a.shape)
         pre, post = a.shape[:ax], a.shape[ax + 1:]
-        if self.order == "hwc_to_chw":
-            src, perm = (self.h, self.w, self.c), (2, 0, 1)
-        else:
-            src, perm = (self.c, self.h, self.w), (1, 2, 0)
+        size = {"h": self.h, "w": self.w, "c": self.c}
+        src, perm = tuple(size[k] for k in self.src), tuple(self.src.index(k) for k in self.dst)
         n = len(pre)
         b = a.reshape(*pre, *src, *post)
         b = np.transpose(b, [*range(n), *(n + p for p in perm), *range(n + 3, b.ndim)])
         return b.reshape(a.shape)
 
     def inverse(self, in_shape):
-        return FlattenOrder(self.h, self.w, self.c, self.axis,
-                            "chw_to_hwc" if self.order == "hwc_to_chw" else "hwc_to_chw", self.rule)
+        return FlattenOrder(self.h, self.w, self.c, self.axis, f"{self.dst}_to_{self.src}", self.rule)
 
     def args(self):
         return {"h": self.h, "w": self.w, "c": self.c, "axis": self.axis, "order": self.order}
