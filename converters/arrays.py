@@ -176,6 +176,12 @@ class ArrayFile(Mapping):
         return f"<ArrayFile {self.framework} {self.path!r}: {len(self)} arrays, {self.nbytes} bytes>"
 
 
+def c_contiguous(arr) -> np.ndarray:
+    """`arr` as a C-contiguous array of the same shape; np.ascontiguousarray would turn 0-d into (1,)."""
+    arr = np.asarray(arr)
+    return arr if arr.flags.c_contiguous else np.array(arr, order="C")
+
+
 def role_from_name(name: str) -> str | None:
     """Role guessed from the conventional variable names most frameworks share."""
     low = name.lower().rsplit("/", 1)[-1].rsplit(".", 1)[-1].rsplit(":", 1)[-1]

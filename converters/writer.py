@@ -9,12 +9,14 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
+from .arrays import c_contiguous
 from .errors import ConvertersError, OutputExistsError
 from .readers.safetensors import _DTYPES as _ST_DTYPES
 
@@ -24,24 +26,75 @@ _SHA_PLACEHOLDER = "0" * 64
 
 @contextlib.contextmanager
 def atomic_output(path, force: bool = False):
-    """Yield a temporary path; on success it replaces `path`, on any failure it is removed."""
+    """Yield a temporary path; on success it replaces `path`, on any failure it is removed.
+
+    The temporary file is `.<name>.<pid>.<random>.partial` beside the output; partials of the same
+    output left by a process that no longer runs (kill -9, SIGTERM, power loss) are removed first.
+    The output gets the mode of the file it replaces, or 0666 minus the umask when new.
+    """
     path = os.fspath(path)
-    if os.path.exists(path) and not force:
+    if os.path.lexists(path) and not force:  # lexists: a dangling symlink is an existing path too
         raise OutputExistsError("output exists", file=path, hint="pass --force to overwrite it")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ConvertersError("output directory does not exist", file=directory)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
+    remove_stale_partials(path)
+    mode = _output_mode(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".partial", dir=directory)
     os.close(fd)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_partials(path) -> list[str]:
+    """Delete `.<name>.<pid>.*.partial` files beside `path` whose writing process is gone."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".partial")):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # alive under another user (or not a pid we can judge): leave it
+    return True
+
+
+def _output_mode(path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)  # --force keeps the replaced file's mode
+    except OSError:
+        umask = os.umask(0o22)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def output_kind(path) -> str:
@@ -89,7 +142,7 @@ def stream_safetensors(entries, path, provenance: dict, force: bool = False, pro
         fh.write(len(blob).to_bytes(8, "little"))
         fh.write(blob)
         for name, shape, dtype, produce in entries:
-            arr = np.ascontiguousarray(produce())
+            arr = c_contiguous(produce())
             if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
                 raise ConvertersError(f"produced {arr.dtype}{list(arr.shape)}, planned {np.dtype(dtype)}{list(shape)}",
                                       array=name)

@@ -94,14 +94,14 @@ def test_interrupted_write_leaves_no_output(tmp_path, monkeypatch):
 
     out = tmp_path / "pnet.safetensors"
     calls = {"n": 0}
-    real = np.ascontiguousarray
+    real = writer.c_contiguous
 
     def fail_midway(a, *args, **kw):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
         return real(a, *args, **kw)
-    monkeypatch.setattr(writer.np, "ascontiguousarray", fail_midway)
+    monkeypatch.setattr(writer, "c_contiguous", fail_midway)
     with pytest.raises(KeyboardInterrupt):
         convert(CAFFE, TABLE, out=out)
     assert os.listdir(tmp_path) == []
