@@ -33,7 +33,8 @@ Canonical ops and their attributes (all required unless a default is given):
     activation      kind: relu | relu6 | leaky_relu (negative_slope) | elu (alpha) | selu | gelu
                     (approximate 'none'|'tanh') | sigmoid | tanh | hard_sigmoid (alpha, beta: y =
                     clip(alpha*x + beta, 0, 1), Keras' 0.2/0.5 differs from torch's 1/6) |
-                    hard_swish | silu | softplus | softsign | exp | abs | neg | sqrt | linear
+                    hard_swish | silu | softplus | softsign | exp | abs | neg | sqrt | linear |
+                    power (power, scale, shift: y = (shift + scale*x) ** power, Caffe Power)
     prelu           num_parameters; param weight (num_parameters,); axis (1)
     softmax         axis, log (False)
     pool            kind (max|avg), dims, kernel, stride, padding, ceil_mode, count_include_pad
@@ -74,7 +75,7 @@ file: a port never approximates silently.
 
 Emitters (port/ops/__init__.py: `@emits`, `Ctx`, `Emitted`, `helper`) are the other side of
 this contract; frontends/__init__.py gives the frontend signature. Changes since the first
-version: Graph.reader_options and Graph.notes; reshape 0 = copy the input dim; constant
+version: Graph.reader_options and Graph.notes; activation kind power; reshape 0 = copy the input dim; constant
 carries its shape; `sanitise` also avoids Python keywords and the names the generated file
 imports (torch, nn, F, math, self).
 """

@@ -1,0 +1,85 @@
+"""Lay out generated statements as `ruff format` (black style, 88 columns) would, by construction.
+
+Generated code is simple: assignments and calls whose arguments are names, literals and calls.
+A statement that fits stays on one line; otherwise its outermost call's arguments go on one
+indented line, or one per line with a trailing comma when that does not fit either (recursively).
+tests/test_port_core.py checks the result with `ruff format --check`.
+"""
+from __future__ import annotations
+
+import ast
+
+WIDTH = 88
+STEP = "    "
+
+
+def py(value) -> str:
+    """A Python literal in the formatter's spelling (double quotes, tuples, -inf as float())."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, float):
+        if value != value:
+            return 'float("nan")'
+        if value in (float("inf"), float("-inf")):
+            return 'float("inf")' if value > 0 else '-float("inf")'
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        return "(" + ", ".join(py(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, list):
+        return "[" + ", ".join(py(v) for v in value) + "]"
+    raise TypeError(f"no literal for {type(value).__name__}")
+
+
+def statement(stmt: str, indent: str) -> list[str]:
+    """One statement -> its formatted lines (each with `indent`)."""
+    if len(indent) + len(stmt) <= WIDTH:
+        return [indent + stmt]
+    tree = ast.parse(stmt).body[0]
+    value = getattr(tree, "value", None)
+    if not isinstance(value, (ast.Call, ast.BinOp, ast.Tuple)):
+        return [indent + stmt]  # nothing to split; generated code does not produce this
+    head = stmt[:_offset(stmt, value)]
+    return _split(head, value, stmt, indent, "")
+
+
+def _offset(text: str, node) -> int:
+    lines = text.split("\n")
+    return sum(len(line) + 1 for line in lines[: node.lineno - 1]) + node.col_offset
+
+
+def _segment(text: str, node) -> str:
+    return ast.get_source_segment(text, node)
+
+
+def _split(head: str, node, text: str, indent: str, tail: str) -> list[str]:
+    """`head` + the expression `node` (+ `tail`), broken at the expression's own brackets."""
+    inner = indent + STEP
+    if isinstance(node, ast.Call):
+        opener = head + _segment(text, node.func) + "("
+        items = [_segment(text, a) for a in node.args]
+        items += [f"{k.arg}={_segment(text, k.value)}" if k.arg else f"**{_segment(text, k.value)}"
+                  for k in node.keywords]
+        nodes = list(node.args) + [k.value for k in node.keywords]
+        prefixes = [""] * len(node.args) + [f"{k.arg}=" if k.arg else "**" for k in node.keywords]
+        closer = ")"
+    elif isinstance(node, (ast.Tuple, ast.List)):
+        opener, closer = head + ("(" if isinstance(node, ast.Tuple) else "["), ")" if isinstance(node, ast.Tuple) else "]"
+        items = [_segment(text, e) for e in node.elts]
+        nodes, prefixes = list(node.elts), [""] * len(node.elts)
+    else:  # a binary expression: parenthesised, on one line
+        return [indent + head + "(", inner + _segment(text, node), indent + ")" + tail]
+    joined = ", ".join(items)
+    if len(inner) + len(joined) <= WIDTH and not (isinstance(node, ast.Tuple) and len(items) == 1):
+        return [indent + opener, inner + joined, indent + closer + tail]
+    lines = [indent + opener]
+    for item, sub, prefix in zip(items, nodes, prefixes):
+        if len(inner) + len(item) + 1 <= WIDTH or not isinstance(sub, (ast.Call, ast.Tuple, ast.List)):
+            lines.append(inner + item + ",")
+        else:
+            lines += _split(prefix, sub, text, inner, ",")
+    lines.append(indent + closer + tail)
+    return lines
