@@ -1,0 +1,998 @@
+"""ONNX frontend: an ONNX graph (as `readers.onnx_files` parses it) -> a port `Graph`.
+
+ONNX is channels-first already, so nodes map one to one onto canonical ops; the work is in
+resolving what ONNX leaves to run time:
+
+* Shapes: the reader exposes only the graph inputs' and outputs' shapes, so this module
+  propagates shapes itself (ints, or symbols for unknown dims: `N` for a batch dim). Conv/Linear
+  sizes come from the weights; `Shape -> Gather/Slice -> Concat -> Reshape` chains fold to
+  constants when the dims they read are known (a symbolic batch becomes `-1`).
+* Constants (initializers, Constant nodes) stay source arrays: `Reshape`/`Unsqueeze`/`Squeeze`/
+  `Transpose`/`Cast` of a constant fold into the Param's transform chain; a constant read as
+  data becomes a `constant` node (a buffer) filled by the table. Constants read as attributes
+  (shapes, axes, Clip bounds, Resize scales) are recorded in `Graph.unused_arrays` with why.
+* MatMul(x, W) + Add(b) (tf2onnx/keras2onnx/Paddle2ONNX dense) becomes one `linear` with both
+  Params; Gemm's alpha/beta and transB fold into the weight transforms.
+* Softmax before opset 13 coerces the input to 2-d at `axis`: emitted as flatten, softmax, reshape.
+* An op, attribute value or mode PyTorch cannot compute exactly stops with `UnsupportedOpError`.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...mapping.transforms import build as build_transform, chain_apply, chain_shape
+from ..graph import Graph, GraphInput, Node, Param, PortError, UnsupportedOpError
+
+_BIG = 2 ** 62  # ONNX Slice ends given as INT64_MAX / INT32_MAX mean "to the end"
+_LAYOUTS = {2: "NC", 3: "NCL", 4: "NCHW", 5: "NCDHW"}
+
+
+@dataclass
+class _Const:
+    """A constant tensor: one source array through a transform chain, or a folded value."""
+
+    shape: tuple
+    dtype: np.dtype
+    source: str | None = None
+    transforms: list = field(default_factory=list)
+    _value: np.ndarray | None = None
+
+    def value(self, f) -> np.ndarray:
+        if self._value is None:
+            chain = [build_transform(t) for t in self.transforms]
+            self._value = np.asarray(chain_apply(chain, f[self.source].numpy()))
+        return self._value
+
+    def derive(self, transform) -> "_Const":
+        shape, dtype = chain_shape([build_transform(transform)], self.shape, self.dtype)
+        chain = self.transforms + [transform]
+        if self.source and all(_shape_only(t) for t in chain):  # reshape chains collapse to one
+            chain = [] if tuple(shape) == tuple(self.source_shape) else [{"reshape": list(shape)}]
+        out = _Const(tuple(shape), np.dtype(dtype), self.source, chain)
+        out.source_shape = self.source_shape
+        return out
+
+    @property
+    def source_shape(self):
+        return getattr(self, "_source_shape", self.shape if not self.transforms else None)
+
+    @source_shape.setter
+    def source_shape(self, value):
+        self._source_shape = value
+
+
+def _shape_only(t) -> bool:
+    key = t if isinstance(t, str) else next(iter(t))
+    return key in ("reshape", "squeeze", "unsqueeze")
+
+
+class _Builder:
+    """State of one conversion: shapes, constants, emitted nodes, which arrays were used how."""
+
+    def __init__(self, f, path, opset: int):
+        self.f, self.path, self.opset = f, path, opset
+        self.shapes: dict[str, tuple] = {}
+        self.consts: dict[str, _Const] = {}
+        self.shapevals: dict[str, list] = {}     # folded integer tensors (may hold symbols)
+        self.runtime: set[str] = set()           # tensors forward() computes
+        self.nodes: list[Node] = []
+        self.node_names: set[str] = set()
+        self.const_nodes: dict[str, str] = {}    # const tensor -> constant node output
+        self.used: set[str] = set()
+        self.folded: dict[str, str] = {}         # source array -> why no Param reads it
+        self.consumers: dict[str, list] = {}
+        self._sym = itertools.count()
+        self.layer = None
+
+    # ----- errors and symbols
+
+    def unsupported(self, what: str, hint: str | None = None):
+        L = self.layer
+        return UnsupportedOpError(f"{L.type} ({what})" if what else L.type, L.name, self.path, hint=hint)
+
+    def symbol(self) -> str:
+        return f"?{next(self._sym)}"
+
+    # ----- tensors
+
+    def shape(self, t: str) -> tuple:
+        if t in self.shapes:
+            return self.shapes[t]
+        if t in self.consts:
+            return self.consts[t].shape
+        if t in self.shapevals:
+            return (len(self.shapevals[t]),)
+        raise PortError(f"layer {self.layer.name!r}: no shape known for tensor {t!r}", file=self.path)
+
+    def is_const(self, t: str) -> bool:
+        return t in self.consts or t in self.shapevals
+
+    def ints(self, t: str, what: str) -> list:
+        """An integer constant (or folded shape) as a list; symbols stay strings."""
+        if t in self.shapevals:
+            return list(self.shapevals[t])
+        if t in self.consts:
+            self.note_folded(t, f"{what} of {self.layer.name}")
+            return [int(v) for v in np.asarray(self.consts[t].value(self.f)).reshape(-1)]
+        raise self.unsupported(f"{what} computed at run time from {t!r}",
+                               hint="only constant shapes, axes and sizes can be ported")
+
+    def floats(self, t: str, what: str) -> list:
+        if t not in self.consts:
+            raise self.unsupported(f"{what} computed at run time from {t!r}", hint="only constant values can be ported")
+        self.note_folded(t, f"{what} of {self.layer.name}")
+        return [float(v) for v in np.asarray(self.consts[t].value(self.f)).reshape(-1)]
+
+    def note_folded(self, t: str, why: str):
+        c = self.consts.get(t)
+        if c is not None and c.source:
+            self.folded.setdefault(c.source, f"read as {why} (an attribute of the emitted code)")
+
+    def tensor(self, t: str) -> str:
+        """A tensor forward() can read: runtime tensors as is, constants as a buffer node."""
+        if t in self.runtime:
+            return t
+        if t in self.consts:
+            if t not in self.const_nodes:
+                out = f"{t}__const"
+                self.emit(f"const:{t}", "constant", [], [out], {"shape": self.consts[t].shape},
+                          {"value": self.param(t)}, source_op="Constant", shape=self.consts[t].shape)
+                self.const_nodes[t] = out
+            return self.const_nodes[t]
+        if t in self.shapevals:
+            raise self.unsupported(f"a shape computed from {t!r} is used as data",
+                                   hint="only shape arithmetic that folds into Reshape/Resize/... is ported")
+        raise PortError(f"layer {self.layer.name!r} reads {t!r}, which no earlier node produces", file=self.path)
+
+    def param(self, t: str, extra: list = ()) -> Param:
+        c = self.consts.get(t)
+        if c is None:
+            raise self.unsupported(f"input {t!r} must be a constant (initializer or Constant node)")
+        if c.source is None:
+            raise self.unsupported(f"constant {t!r} is computed from other constants",
+                                   hint="fold it with onnx-simplifier (onnxsim) first")
+        self.used.add(c.source)
+        return Param(source=c.source, transforms=list(c.transforms) + list(extra))
+
+    def emit(self, name, op, inputs, outputs, attrs=None, params=None, *, source_op=None, shape=None):
+        base, n = name, 1
+        while name in self.node_names:
+            n += 1
+            name = f"{base}/{n}"
+        self.node_names.add(name)
+        self.nodes.append(Node(name, op, list(inputs), list(outputs), dict(attrs or {}), dict(params or {}),
+                               source_op or (self.layer.type if self.layer else "")))
+        for o in outputs:
+            self.runtime.add(o)
+        if shape is not None:
+            self.shapes[outputs[0]] = tuple(shape)
+        return name
+
+
+# =========================================================================== helpers
+
+def _attr(L, key, default=None):
+    return L.params.get(key, default)
+
+
+def _inputs(L) -> list:
+    return list(L.inputs)
+
+
+def _opt(L, i):
+    """The i-th input name, or None when absent or empty (ONNX optional inputs)."""
+    return L.inputs[i] if len(L.inputs) > i and L.inputs[i] else None
+
+
+def _axis(axis: int, ndim: int) -> int:
+    return axis + ndim if axis < 0 else axis
+
+
+def _prod(dims):
+    out = 1
+    for d in dims:
+        if not isinstance(d, int):
+            return None
+        out *= d
+    return out
+
+
+def _torch_shape(b: _Builder, dims: list, what: str) -> tuple:
+    """A target shape with symbols -> what torch.reshape takes: one unknown becomes -1."""
+    unknown = [i for i, d in enumerate(dims) if not isinstance(d, int) or d == -1]
+    if len(unknown) > 1:
+        raise b.unsupported(f"{what} {dims} has several dims unknown before run time",
+                            hint="give the input shape (--input-shape) so they can be resolved")
+    return tuple(-1 if i in unknown else int(d) for i, d in enumerate(dims))
+
+
+def _pairs(pads: list, n: int) -> tuple:
+    """ONNX pads [b1..bn, e1..en] -> ((b1, e1), ..., (bn, en))."""
+    pads = list(pads) if pads else [0] * (2 * n)
+    return tuple((int(pads[i]), int(pads[i + n])) for i in range(n))
+
+
+def _window_out(size, k, s, d, pad, ceil_mode=False):
+    if not isinstance(size, int):
+        return None
+    eff = d * (k - 1) + 1
+    num = size + pad[0] + pad[1] - eff
+    out = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (out - 1) * s >= size + pad[0]:  # the last window must start inside the input
+        out -= 1
+    return out
+
+
+def _auto_pad(b, L, spatial, kernel, strides, dilations, pads):
+    """Resolve auto_pad into (padding, out spatial dims); SAME_UPPER may stay 'same' (run time)."""
+    mode = _attr(L, "auto_pad", "NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    n = len(kernel)
+    if mode in ("NOTSET", ""):
+        return _pairs(pads, n)
+    if mode == "VALID":
+        return tuple((0, 0) for _ in range(n))
+    if mode not in ("SAME_UPPER", "SAME_LOWER"):
+        raise b.unsupported(f"auto_pad {mode!r}")
+    out = []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        if not isinstance(size, int):
+            if s == 1:
+                total = d * (k - 1)
+            elif mode == "SAME_UPPER":
+                return "same"
+            else:
+                raise b.unsupported("auto_pad SAME_LOWER with stride > 1 on an input of unknown size",
+                                    hint="give the input shape (--input-shape)")
+        else:
+            total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        out.append((small, big) if mode == "SAME_UPPER" else (big, small))
+    return tuple(out)
+
+
+def _out_spatial(b, spatial, kernel, strides, dilations, padding, ceil_mode=False):
+    dims = []
+    for i, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations)):
+        if padding == "same":
+            o = -(-size // s) if isinstance(size, int) else None
+        else:
+            o = _window_out(size, k, s, d, padding[i], ceil_mode)
+        dims.append(o if o is not None else b.symbol())
+    return dims
+
+
+# =========================================================================== handlers
+
+HANDLERS = {}
+
+
+def handles(*ops):
+    def register(fn):
+        for op in ops:
+            HANDLERS[op] = fn
+        return fn
+    return register
+
+
+@handles("Conv")
+def _conv(b: _Builder, L):
+    x, w = L.inputs[0], L.inputs[1]
+    wshape = b.shape(w)
+    n = len(wshape) - 2
+    kernel = tuple(_attr(L, "kernel_shape") or wshape[2:])
+    strides = tuple(_attr(L, "strides") or [1] * n)
+    dilations = tuple(_attr(L, "dilations") or [1] * n)
+    group = int(_attr(L, "group", 1))
+    xs = b.shape(x)
+    padding = _auto_pad(b, L, xs[2:], kernel, strides, dilations, _attr(L, "pads"))
+    bias = _opt(L, 2)
+    params = {"weight": b.param(w)}
+    if bias:
+        params["bias"] = b.param(bias)
+    name, out_t = L.name, L.outputs[0]
+    add = None if bias else _fusable_bias_add(b, out_t, int(wshape[0]), channel_axis=1, ndim=n + 2)
+    if add is not None:  # Paddle2ONNX: Conv, then Add(Reshape(bias, [1, C, 1, 1]))
+        add_layer, const = add
+        params["bias"] = _bias_param(b, const, int(wshape[0]))
+        b.skip.add(add_layer.name)
+        bias, out_t = const, add_layer.outputs[0]
+    attrs = {"dims": n, "in_channels": int(wshape[1]) * group, "out_channels": int(wshape[0]),
+             "kernel": kernel, "stride": strides, "dilation": dilations, "groups": group,
+             "padding": padding, "bias": bool(bias), "padding_value": 0.0}
+    out = (xs[0], int(wshape[0]), *_out_spatial(b, xs[2:], kernel, strides, dilations, padding))
+    b.emit(name, "conv", [b.tensor(x)], [out_t], attrs, params, shape=out)
+
+
+@handles("ConvTranspose")
+def _conv_transpose(b: _Builder, L):
+    x, w = L.inputs[0], L.inputs[1]
+    wshape = b.shape(w)
+    n = len(wshape) - 2
+    kernel = tuple(_attr(L, "kernel_shape") or wshape[2:])
+    strides = tuple(_attr(L, "strides") or [1] * n)
+    dilations = tuple(_attr(L, "dilations") or [1] * n)
+    group = int(_attr(L, "group", 1))
+    if _attr(L, "output_shape") is not None or _attr(L, "auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
+        raise b.unsupported("output_shape / auto_pad SAME", hint="re-export with explicit pads")
+    pads = _pairs(_attr(L, "pads"), n) if _attr(L, "auto_pad", "NOTSET") != "VALID" else ((0, 0),) * n
+    if any(p0 != p1 for p0, p1 in pads):
+        raise b.unsupported(f"asymmetric pads {pads}", hint="nn.ConvTranspose pads both sides equally")
+    out_pad = tuple(_attr(L, "output_padding") or [0] * n)
+    bias = _opt(L, 2)
+    params = {"weight": b.param(w)}
+    if bias:
+        params["bias"] = b.param(bias)
+    xs = b.shape(x)
+    spatial = [(s - 1) * st - 2 * p[0] + d * (k - 1) + op + 1 if isinstance(s, int) else b.symbol()
+               for s, st, p, d, k, op in zip(xs[2:], strides, pads, dilations, kernel, out_pad)]
+    attrs = {"dims": n, "in_channels": int(wshape[0]), "out_channels": int(wshape[1]) * group, "kernel": kernel,
+             "stride": strides, "dilation": dilations, "groups": group, "padding": tuple(p[0] for p in pads),
+             "output_padding": out_pad, "bias": bool(bias)}
+    b.emit(L.name, "conv_transpose", [b.tensor(x)], L.outputs[:1], attrs, params,
+           shape=(xs[0], attrs["out_channels"], *spatial))
+
+
+@handles("Gemm")
+def _gemm(b: _Builder, L):
+    a, w = L.inputs[0], L.inputs[1]
+    if int(_attr(L, "transA", 0)):
+        raise b.unsupported("transA=1")
+    if w not in b.consts:
+        raise b.unsupported("B is not a constant")
+    wshape = b.shape(w)
+    trans_b = int(_attr(L, "transB", 0))
+    out_f, in_f = (wshape[0], wshape[1]) if trans_b else (wshape[1], wshape[0])
+    alpha, beta = float(_attr(L, "alpha", 1.0)), float(_attr(L, "beta", 1.0))
+    extra = ([] if trans_b else ["transpose"]) + ([] if alpha == 1.0 else [{"scale": alpha}])
+    params = {"weight": b.param(w, extra)}
+    c = _opt(L, 2)
+    if c is not None and beta != 0.0:
+        params["bias"] = _bias_param(b, c, out_f, beta)
+    attrs = {"in_features": int(in_f), "out_features": int(out_f), "bias": "bias" in params}
+    b.emit(L.name, "linear", [b.tensor(a)], L.outputs[:1], attrs, params, shape=(b.shape(a)[0], out_f))
+
+
+def _bias_param(b, c, out_f, scale=1.0) -> Param:
+    cshape = b.shape(c)
+    if _prod(cshape) != out_f:
+        raise b.unsupported(f"bias of shape {list(cshape)} does not have one value per output ({out_f})")
+    if tuple(cshape) != (out_f,):
+        b.consts[c] = b.consts[c].derive({"reshape": [out_f]})
+    return b.param(c, [] if scale == 1.0 else [{"scale": scale}])
+
+
+@handles("MatMul")
+def _matmul(b: _Builder, L):
+    x, w = L.inputs
+    if x in b.consts:
+        raise b.unsupported("a constant left operand", hint="only x @ W with a constant W becomes nn.Linear")
+    if w not in b.consts:
+        xs, ws = b.shape(x), b.shape(w)
+        out = (*xs[:-1], ws[-1])
+        b.emit(L.name, "matmul", [b.tensor(x), b.tensor(w)], L.outputs, {}, shape=out)
+        return
+    wshape = b.shape(w)
+    if len(wshape) != 2:
+        raise b.unsupported(f"a {len(wshape)}-d constant right operand")
+    in_f, out_f = wshape
+    params = {"weight": b.param(w, ["transpose"])}
+    out_t = L.outputs[0]
+    add = _fusable_bias_add(b, out_t, out_f)
+    name = L.name
+    if add is not None:
+        add_layer, const = add
+        params["bias"] = _bias_param(b, const, out_f)
+        b.skip.add(add_layer.name)
+        out_t = add_layer.outputs[0]
+        name = f"{L.name}+{add_layer.name}"
+    attrs = {"in_features": int(in_f), "out_features": int(out_f), "bias": "bias" in params}
+    b.emit(name, "linear", [b.tensor(x)], [out_t], attrs, params, shape=(*b.shape(x)[:-1], out_f))
+
+
+def _fusable_bias_add(b, t, out_f, channel_axis=-1, ndim=None):
+    """The Add right after a MatMul (Conv) that adds a constant vector of one value per output
+    feature (channel), if the MatMul (Conv) feeds only that Add."""
+    users = b.consumers.get(t, [])
+    if len(users) != 1 or t in b.graph_outputs:
+        return None
+    add = users[0]
+    if add.type != "Add" or len(add.inputs) != 2:
+        return None
+    other = add.inputs[1] if add.inputs[0] == t else add.inputs[0]
+    if other not in b.consts or _prod(b.shape(other)) != out_f:
+        return None
+    cs = b.shape(other)
+    if channel_axis == -1 and cs[-1:] != (out_f,):
+        return None
+    if channel_axis == 1 and not (len(cs) == ndim and cs[1] == out_f or len(cs) == ndim - 1 and cs[0] == out_f):
+        return None
+    return add, other
+
+
+@handles("BatchNormalization")
+def _batchnorm(b: _Builder, L):
+    if int(_attr(L, "training_mode", 0)):
+        raise b.unsupported("training_mode=1")
+    x = L.inputs[0]
+    xs = b.shape(x)
+    scale, bias, mean, var = L.inputs[1:5]
+    c = int(b.shape(scale)[0])
+    params = {"weight": b.param(scale), "bias": b.param(bias), "running_mean": b.param(mean),
+              "running_var": b.param(var)}
+    attrs = {"dims": max(len(xs) - 2, 1), "num_features": c, "eps": float(_attr(L, "epsilon", 1e-5)), "affine": True}
+    b.emit(L.name, "batchnorm", [b.tensor(x)], L.outputs[:1], attrs, params, shape=xs)
+
+
+_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hard_swish", "Softplus": "softplus",
+                "Softsign": "softsign", "Exp": "exp", "Abs": "abs", "Neg": "neg", "Sqrt": "sqrt"}
+
+
+@handles(*_ACTIVATIONS, "LeakyRelu", "Elu", "HardSigmoid", "Selu", "Gelu")
+def _activation(b: _Builder, L):
+    op = L.type
+    attrs = {"kind": _ACTIVATIONS.get(op)}
+    if op == "LeakyRelu":
+        attrs = {"kind": "leaky_relu", "negative_slope": float(_attr(L, "alpha", 0.01))}
+    elif op == "Elu":
+        attrs = {"kind": "elu", "alpha": float(_attr(L, "alpha", 1.0))}
+    elif op == "HardSigmoid":
+        attrs = {"kind": "hard_sigmoid", "alpha": float(_attr(L, "alpha", 0.2)), "beta": float(_attr(L, "beta", 0.5))}
+    elif op == "Selu":
+        if not (np.isclose(_attr(L, "alpha", 1.67326319), 1.67326319) and np.isclose(_attr(L, "gamma", 1.05070102),
+                                                                                    1.05070102)):
+            raise b.unsupported("non-default alpha/gamma", hint="torch's selu has fixed constants")
+        attrs = {"kind": "selu"}
+    elif op == "Gelu":
+        approx = _attr(L, "approximate", "none")
+        attrs = {"kind": "gelu", "approximate": approx.decode() if isinstance(approx, bytes) else approx}
+    x = L.inputs[0]
+    b.emit(L.name, "activation", [b.tensor(x)], L.outputs[:1], attrs, shape=b.shape(x))
+
+
+@handles("PRelu")
+def _prelu(b: _Builder, L):
+    x, slope = L.inputs
+    xs, ss = b.shape(x), b.shape(slope)
+    n = _prod(ss)
+    channels = xs[1] if len(xs) > 1 else None
+    # a slope per channel: (C,), (C,1,1), (1,C,1,1) ...; or one slope for everything
+    squeezed = [d for d in ss if d != 1]
+    per_channel = n == channels and len(squeezed) == 1 and len(ss) >= len(xs) - 1 and ss[len(ss) - (len(xs) - 1)] == n
+    if not (n == 1 or per_channel):
+        raise b.unsupported(f"slope of shape {list(ss)} on an input of shape {list(xs)}",
+                            hint="nn.PReLU has one slope or one per channel (axis 1)")
+    extra = [] if tuple(ss) == (n,) else [{"reshape": [n]}]
+    b.emit(L.name, "prelu", [b.tensor(x)], L.outputs[:1], {"num_parameters": n, "axis": 1},
+           {"weight": b.param(slope, extra)}, shape=xs)
+
+
+@handles("Softmax", "LogSoftmax")
+def _softmax(b: _Builder, L):
+    x = L.inputs[0]
+    xs = b.shape(x)
+    nd = len(xs)
+    log = L.type == "LogSoftmax"
+    if b.opset >= 13:
+        axis = _axis(int(_attr(L, "axis", -1)), nd)
+    else:
+        axis = _axis(int(_attr(L, "axis", 1)), nd)
+        if axis != nd - 1:  # coerced to 2-d: softmax over all of axis..end together
+            flat = f"{L.outputs[0]}__2d"
+            b.emit(f"{L.name}/flatten", "flatten", [b.tensor(x)], [flat], {"start_dim": axis},
+                   shape=(*xs[:axis], _prod(xs[axis:]) or b.symbol()))
+            soft = f"{L.outputs[0]}__soft"
+            b.emit(L.name, "softmax", [flat], [soft], {"axis": axis, "log": log}, shape=b.shape(flat))
+            b.emit(f"{L.name}/reshape", "reshape", [soft], L.outputs[:1],
+                   {"shape": _torch_shape(b, list(xs), "shape")}, shape=xs)
+            return
+    b.emit(L.name, "softmax", [b.tensor(x)], L.outputs[:1], {"axis": axis, "log": log}, shape=xs)
+
+
+@handles("MaxPool", "AveragePool")
+def _pool(b: _Builder, L):
+    if len(L.outputs) > 1 and L.outputs[1] and b.consumers.get(L.outputs[1]):
+        raise b.unsupported("the indices output is used")
+    x = L.inputs[0]
+    xs = b.shape(x)
+    kernel = tuple(_attr(L, "kernel_shape"))
+    n = len(kernel)
+    strides = tuple(_attr(L, "strides") or [1] * n)
+    dilations = tuple(_attr(L, "dilations") or [1] * n)
+    ceil_mode = bool(_attr(L, "ceil_mode", 0))
+    padding = _auto_pad(b, L, xs[2:], kernel, strides, dilations, _attr(L, "pads"))
+    kind = "max" if L.type == "MaxPool" else "avg"
+    attrs = {"kind": kind, "dims": n, "kernel": kernel, "stride": strides, "padding": padding,
+             "ceil_mode": ceil_mode, "dilation": dilations}
+    if kind == "avg":
+        attrs["count_include_pad"] = bool(_attr(L, "count_include_pad", 0))
+        if padding == "same" and attrs["count_include_pad"]:
+            raise b.unsupported("auto_pad SAME with count_include_pad=1")
+    out = (*xs[:2], *_out_spatial(b, xs[2:], kernel, strides, dilations, padding, ceil_mode))
+    b.emit(L.name, "pool", [b.tensor(x)], L.outputs[:1], attrs, shape=out)
+
+
+@handles("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(b: _Builder, L):
+    x = L.inputs[0]
+    xs = b.shape(x)
+    kind = "avg" if L.type == "GlobalAveragePool" else "max"
+    b.emit(L.name, "global_pool", [b.tensor(x)], L.outputs[:1], {"kind": kind, "keepdims": True},
+           shape=(*xs[:2], *[1] * (len(xs) - 2)))
+
+
+def _broadcast(b, shapes):
+    nd = max(len(s) for s in shapes)
+    out = []
+    for i in range(nd):
+        dims = [s[i - nd + len(s)] for s in shapes if i - nd + len(s) >= 0]
+        known = [d for d in dims if isinstance(d, int) and d != 1]
+        sym = [d for d in dims if not isinstance(d, int)]
+        out.append(known[0] if known else (sym[0] if sym else 1))
+    return tuple(out)
+
+
+_ELTWISE = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min", "Sum": "add"}
+
+
+@handles(*_ELTWISE)
+def _eltwise(b: _Builder, L):
+    if all(b.is_const(t) for t in L.inputs) and L.type in ("Add", "Sub", "Mul", "Div"):
+        return _fold_arith(b, L)
+    shapes = [b.shape(t) for t in L.inputs]
+    attrs = {"coeffs": None} if _ELTWISE[L.type] == "add" else {}
+    b.emit(L.name, _ELTWISE[L.type], [b.tensor(t) for t in L.inputs], L.outputs[:1], attrs,
+           shape=_broadcast(b, shapes))
+
+
+def _fold_arith(b, L):
+    """Integer arithmetic on folded shapes (Shape -> Gather -> Mul ...): computed here."""
+    vals = [b.ints(t, "operand") for t in L.inputs]
+    if any(not isinstance(v, int) for vs in vals for v in vs) or any(b.consts.get(t) is not None and
+                                                                    b.consts[t].dtype.kind == "f" for t in L.inputs):
+        raise b.unsupported("arithmetic between constants or unknown dims",
+                            hint="fold constants with onnx-simplifier (onnxsim) first")
+    a, c = (np.array(v, dtype=np.int64) for v in vals)
+    fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.floor_divide}[L.type]
+    b.shapevals[L.outputs[0]] = [int(v) for v in np.atleast_1d(fn(a, c))]
+
+
+@handles("Concat")
+def _concat(b: _Builder, L):
+    ins = [t for t in L.inputs if t]
+    if all(b.is_const(t) for t in ins) and all(b.shapevals.get(t) is not None or b.consts[t].dtype.kind in "iu"
+                                              for t in ins):
+        b.shapevals[L.outputs[0]] = [v for t in ins for v in b.ints(t, "shape part")]
+        return
+    shapes = [b.shape(t) for t in ins]
+    nd = len(shapes[0])
+    axis = _axis(int(_attr(L, "axis")), nd)
+    sizes = [s[axis] for s in shapes]
+    total = sum(sizes) if all(isinstance(s, int) for s in sizes) else b.symbol()
+    out = tuple(total if i == axis else d for i, d in enumerate(shapes[0]))
+    b.emit(L.name, "concat", [b.tensor(t) for t in ins], L.outputs[:1], {"axis": axis}, shape=out)
+
+
+@handles("Split")
+def _split(b: _Builder, L):
+    x = L.inputs[0]
+    xs = b.shape(x)
+    axis = _axis(int(_attr(L, "axis", 0)), len(xs))
+    sizes = _attr(L, "split")
+    if sizes is None and _opt(L, 1):
+        sizes = b.ints(L.inputs[1], "split sizes")
+    n = len(L.outputs)
+    if sizes is None:
+        dim = xs[axis]
+        if not isinstance(dim, int):
+            raise b.unsupported("equal split of a dim unknown before run time")
+        n = int(_attr(L, "num_outputs", n))
+        part = -(-dim // n)
+        sizes = [min(part, dim - i * part) for i in range(n)]
+    sizes = [int(s) for s in sizes]
+    b.emit(L.name, "split", [b.tensor(x)], L.outputs, {"axis": axis, "sizes": sizes})
+    for o, s in zip(L.outputs, sizes):
+        b.shapes[o] = tuple(s if i == axis else d for i, d in enumerate(xs))
+
+
+@handles("Slice")
+def _slice(b: _Builder, L):
+    x = L.inputs[0]
+    if b.opset < 10:
+        starts, ends = _attr(L, "starts"), _attr(L, "ends")
+        axes, steps = _attr(L, "axes"), None
+    else:
+        starts, ends = b.ints(L.inputs[1], "starts"), b.ints(L.inputs[2], "ends")
+        axes = b.ints(_opt(L, 3), "axes") if _opt(L, 3) else None
+        steps = b.ints(_opt(L, 4), "steps") if _opt(L, 4) else None
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    if x in b.shapevals:
+        vals = b.shapevals[x]
+        (s, e, st), = zip(starts, ends, steps)
+        b.shapevals[L.outputs[0]] = vals[s:None if e >= _BIG // 4 else e:st]
+        return
+    xs = list(b.shape(x))
+    cur = b.tensor(x)
+    for k, (s, e, ax, st) in enumerate(zip(starts, ends, axes, steps)):
+        ax = _axis(int(ax), len(xs))
+        if st <= 0:
+            raise b.unsupported(f"step {st}", hint="torch slicing takes positive steps only")
+        stop = None if e >= 2 ** 31 - 1 else int(e)
+        if isinstance(xs[ax], int):
+            xs[ax] = len(range(*slice(int(s), stop, int(st)).indices(xs[ax])))
+        else:
+            xs[ax] = b.symbol()
+        last = k == len(starts) - 1
+        out = L.outputs[0] if last else f"{L.outputs[0]}__{k}"
+        b.emit(L.name if last else f"{L.name}/{k}", "slice", [cur], [out],
+               {"axis": ax, "start": int(s), "stop": stop, "step": int(st)}, shape=xs)
+        cur = out
+
+
+def _resolve_reshape(b, xs, target, allowzero=False):
+    dims = []
+    for i, d in enumerate(target):
+        if d == 0 and not allowzero:
+            dims.append(xs[i])
+        else:
+            dims.append(d)
+    shape = _torch_shape(b, dims, "shape")
+    out = list(dims)
+    if -1 in shape:
+        known = _prod([d for d in shape if d != -1])
+        total = _prod(xs)
+        out[shape.index(-1)] = total // known if total is not None and known else (
+            xs[0] if not isinstance(xs[0], int) and shape.index(-1) == 0 else b.symbol())
+    return shape, tuple(out)
+
+
+@handles("Reshape")
+def _reshape(b: _Builder, L):
+    x = L.inputs[0]
+    if b.opset >= 5:
+        target = b.ints(L.inputs[1], "target shape")
+    else:
+        target = list(_attr(L, "shape"))
+    if x in b.consts:
+        shape, out = _resolve_reshape(b, b.shape(x), target, bool(_attr(L, "allowzero", 0)))
+        b.consts[L.outputs[0]] = b.consts[x].derive({"reshape": list(shape)})
+        return
+    xs = b.shape(x)
+    shape, out = _resolve_reshape(b, xs, target, bool(_attr(L, "allowzero", 0)))
+    b.emit(L.name, "reshape", [b.tensor(x)], L.outputs[:1], {"shape": shape}, shape=out)
+
+
+@handles("Flatten")
+def _flatten(b: _Builder, L):
+    x = L.inputs[0]
+    xs = b.shape(x)
+    axis = _axis(int(_attr(L, "axis", 1)), len(xs))
+    tail = _prod(xs[axis:])
+    if axis == 1:
+        b.emit(L.name, "flatten", [b.tensor(x)], L.outputs[:1], {"start_dim": 1},
+               shape=(xs[0], tail if tail is not None else b.symbol()))
+        return
+    head = _prod(xs[:axis])
+    dims = [head if head is not None else b.symbol(), tail if tail is not None else b.symbol()]
+    shape = _torch_shape(b, dims, "flattened shape")
+    b.emit(L.name, "reshape", [b.tensor(x)], L.outputs[:1], {"shape": shape}, shape=tuple(dims))
+
+
+@handles("Transpose")
+def _transpose(b: _Builder, L):
+    x = L.inputs[0]
+    xs = b.shape(x)
+    perm = tuple(int(p) for p in (_attr(L, "perm") or range(len(xs) - 1, -1, -1)))
+    if x in b.consts:
+        b.consts[L.outputs[0]] = b.consts[x].derive({"permute": list(perm)})
+        return
+    b.emit(L.name, "transpose", [b.tensor(x)], L.outputs[:1], {"perm": perm}, shape=tuple(xs[p] for p in perm))
+
+
+def _axes_of(b, L, what):
+    if b.opset >= 13 and _opt(L, 1):
+        return b.ints(L.inputs[1], what)
+    return _attr(L, "axes")
+
+
+@handles("Squeeze")
+def _squeeze(b: _Builder, L):
+    x = L.inputs[0]
+    xs = b.shape(x)
+    axes = _axes_of(b, L, "axes")
+    if axes is None:
+        if any(not isinstance(d, int) for d in xs):
+            raise b.unsupported("Squeeze without axes on dims unknown before run time")
+        axes = [i for i, d in enumerate(xs) if d == 1]
+    axes = sorted(_axis(int(a), len(xs)) for a in axes)
+    if x in b.shapevals:
+        b.shapevals[L.outputs[0]] = list(b.shapevals[x])
+        return
+    if x in b.consts:
+        c = b.consts[x]
+        for a in reversed(axes):
+            c = c.derive({"squeeze": a})
+        b.consts[L.outputs[0]] = c
+        return
+    out = tuple(d for i, d in enumerate(xs) if i not in axes)
+    b.emit(L.name, "squeeze", [b.tensor(x)], L.outputs[:1], {"axes": tuple(axes)}, shape=out)
+
+
+@handles("Unsqueeze")
+def _unsqueeze(b: _Builder, L):
+    x = L.inputs[0]
+    xs = b.shape(x)
+    axes = sorted(_axis(int(a), len(xs) + len(_axes_of(b, L, "axes"))) for a in _axes_of(b, L, "axes"))
+    if x in b.shapevals:
+        b.shapevals[L.outputs[0]] = list(b.shapevals[x])
+        return
+    if x in b.consts:
+        c = b.consts[x]
+        for a in axes:
+            c = c.derive({"unsqueeze": a})
+        b.consts[L.outputs[0]] = c
+        return
+    out = list(xs)
+    for a in axes:
+        out.insert(a, 1)
+    b.emit(L.name, "unsqueeze", [b.tensor(x)], L.outputs[:1], {"axes": tuple(axes)}, shape=out)
+
+
+@handles("Pad")
+def _pad(b: _Builder, L):
+    x = L.inputs[0]
+    xs = b.shape(x)
+    mode = _attr(L, "mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in ("constant", "reflect", "edge"):
+        raise b.unsupported(f"mode {mode!r}")
+    if b.opset < 11:
+        pads, value = _attr(L, "pads"), float(_attr(L, "value", 0.0))
+    else:
+        pads = b.ints(L.inputs[1], "pads")
+        value = b.floats(L.inputs[2], "pad value")[0] if _opt(L, 2) else 0.0
+    nd = len(xs)
+    axes = b.ints(L.inputs[3], "axes") if b.opset >= 18 and _opt(L, 3) else list(range(nd))
+    pairs = [(0, 0)] * nd
+    for k, a in enumerate(axes):
+        pairs[_axis(int(a), nd)] = (int(pads[k]), int(pads[k + len(axes)]))
+    if any(p < 0 for pair in pairs for p in pair):
+        raise b.unsupported("negative pads (cropping)")
+    out = tuple(d + p0 + p1 if isinstance(d, int) else b.symbol() for d, (p0, p1) in zip(xs, pairs))
+    b.emit(L.name, "pad", [b.tensor(x)], L.outputs[:1],
+           {"pads": tuple(pairs), "mode": {"edge": "replicate"}.get(mode, mode), "value": value}, shape=out)
+
+
+@handles("Resize", "Upsample")
+def _resize(b: _Builder, L):
+    x = L.inputs[0]
+    xs = b.shape(x)
+    nd = len(xs)
+    text = lambda k, d: (lambda v: v.decode() if isinstance(v, bytes) else v)(_attr(L, k, d))  # noqa: E731
+    mode = text("mode", "nearest")
+    if L.type == "Upsample":
+        coord = "asymmetric"
+        scales = _attr(L, "scales") or b.floats(L.inputs[1], "scales")
+        sizes = None
+    else:
+        coord = text("coordinate_transformation_mode", "half_pixel" if b.opset >= 11 else "asymmetric")
+        if b.opset < 11:
+            scales, sizes = b.floats(L.inputs[1], "scales"), None
+        else:
+            s_in, z_in = _opt(L, 2), _opt(L, 3)
+            scales = b.floats(s_in, "scales") if s_in and _prod(b.shape(s_in)) else None
+            sizes = b.ints(z_in, "sizes") if z_in else None
+        if _opt(L, 1):
+            b.note_folded(L.inputs[1], f"roi of {L.name}")
+    if scales is not None and (len(scales) != nd or scales[0] != 1 or scales[1] != 1):
+        raise b.unsupported(f"scales {scales} (only spatial dims can be resized)")
+    if sizes is not None and (len(sizes) != nd or sizes[:2] != list(xs[:2])):
+        raise b.unsupported(f"sizes {sizes} (only spatial dims can be resized)")
+    if mode == "nearest":
+        nearest_mode = text("nearest_mode", "round_prefer_floor")
+        if L.type == "Upsample" or (coord == "asymmetric" and nearest_mode == "floor"):
+            attrs = {"mode": "nearest", "align_corners": False, "half_pixel": False}
+        else:
+            raise b.unsupported(f"nearest with coordinate_transformation_mode {coord!r} and nearest_mode "
+                                f"{nearest_mode!r}", hint="torch's nearest is asymmetric + floor")
+    elif mode in ("linear", "bilinear") and nd == 4 and L.type == "Resize":
+        if coord == "align_corners":
+            attrs = {"mode": "bilinear", "align_corners": True, "half_pixel": False}
+        elif coord in ("half_pixel", "pytorch_half_pixel"):
+            attrs = {"mode": "bilinear", "align_corners": False, "half_pixel": True}
+        else:
+            raise b.unsupported(f"linear with coordinate_transformation_mode {coord!r}",
+                                hint="torch's bilinear is align_corners or half_pixel")
+    else:
+        raise b.unsupported(f"mode {mode!r} on a {nd}-d input (coordinate mode {coord!r})")
+    if text("keep_aspect_ratio_policy", "stretch") != "stretch" or _opt(L, 4):
+        raise b.unsupported("keep_aspect_ratio_policy / antialias")
+    if sizes is not None:
+        attrs.update(scale=None, size=tuple(int(s) for s in sizes[2:]))
+        out = tuple(sizes)
+    else:
+        attrs.update(scale=tuple(float(s) for s in scales[2:]), size=None)
+        out = (*xs[:2], *[int(np.floor(d * s)) if isinstance(d, int) else b.symbol() for d, s in zip(xs[2:], scales[2:])])
+    b.emit(L.name, "upsample", [b.tensor(x)], L.outputs[:1], attrs, shape=out)
+
+
+@handles("Clip")
+def _clip(b: _Builder, L):
+    x = L.inputs[0]
+    if b.opset < 11:
+        lo, hi = _attr(L, "min"), _attr(L, "max")
+    else:
+        lo = b.floats(L.inputs[1], "min")[0] if _opt(L, 1) else None
+        hi = b.floats(L.inputs[2], "max")[0] if _opt(L, 2) else None
+    attrs = {"min": None if lo is None else float(lo), "max": None if hi is None else float(hi)}
+    b.emit(L.name, "clip", [b.tensor(x)], L.outputs[:1], attrs, shape=b.shape(x))
+
+
+@handles("Dropout", "Identity")
+def _identity(b: _Builder, L):
+    x = L.inputs[0]
+    if len(L.outputs) > 1 and L.outputs[1] and b.consumers.get(L.outputs[1]):
+        raise b.unsupported("the mask output is used")
+    if x in b.consts:
+        b.consts[L.outputs[0]] = b.consts[x]
+        return
+    if x in b.shapevals:
+        b.shapevals[L.outputs[0]] = b.shapevals[x]
+        return
+    b.emit(L.name, "identity", [b.tensor(x)], L.outputs[:1], shape=b.shape(x))
+
+
+@handles("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")
+def _reduce(b: _Builder, L):
+    x = L.inputs[0]
+    xs = b.shape(x)
+    axes = _attr(L, "axes")
+    input_axes = b.opset >= 18 or (L.type == "ReduceSum" and b.opset >= 13)
+    if input_axes and _opt(L, 1):
+        axes = b.ints(L.inputs[1], "axes")
+    if not axes:
+        if input_axes and int(_attr(L, "noop_with_empty_axes", 0)):
+            return _identity(b, L)
+        axes = list(range(len(xs)))
+    axes = tuple(sorted(_axis(int(a), len(xs)) for a in axes))
+    keep = bool(_attr(L, "keepdims", 1))
+    out = tuple(1 if i in axes else d for i, d in enumerate(xs) if keep or i not in axes)
+    b.emit(L.name, "reduce", [b.tensor(x)], L.outputs[:1],
+           {"kind": L.type[len("Reduce"):].lower(), "axes": axes, "keepdims": keep}, shape=out)
+
+
+@handles("Shape")
+def _shape(b: _Builder, L):
+    dims = list(b.shape(L.inputs[0]))
+    start, end = _attr(L, "start", 0), _attr(L, "end")
+    b.shapevals[L.outputs[0]] = dims[start:end]
+
+
+@handles("Gather")
+def _gather(b: _Builder, L):
+    x, idx = L.inputs
+    if not b.is_const(x) or not b.is_const(idx) or int(_attr(L, "axis", 0)) != 0:
+        raise b.unsupported("Gather on data computed at run time",
+                            hint="only Gather on folded shapes (Shape -> Gather) is ported")
+    vals, ids = b.ints(x, "gathered values"), b.ints(idx, "indices")
+    b.shapevals[L.outputs[0]] = [vals[i] for i in ids]
+
+
+@handles("Cast")
+def _cast(b: _Builder, L):
+    x = L.inputs[0]
+    if x in b.shapevals:
+        b.shapevals[L.outputs[0]] = list(b.shapevals[x])
+        return
+    if x in b.consts:
+        c = b.consts[x]
+        if c.dtype.kind in "iu" or int(_attr(L, "to")) in (6, 7):
+            b.shapevals[L.outputs[0]] = b.ints(x, "cast value")
+            return
+        b.consts[L.outputs[0]] = c.derive({"cast": "float32"}) if int(_attr(L, "to")) == 1 else c
+        return
+    if int(_attr(L, "to")) != 1:
+        raise b.unsupported(f"cast of run-time data to data_type {_attr(L, 'to')}")
+    b.emit(L.name, "identity", [b.tensor(x)], L.outputs[:1], shape=b.shape(x))
+
+
+@handles("Constant")
+def _constant(b: _Builder, L):
+    out = L.outputs[0]
+    if out not in b.consts:
+        raise b.unsupported("a Constant the reader exposes no array for (sparse or string?)")
+
+
+# =========================================================================== driver
+
+_FOLD_FIRST = {"Constant", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Identity", "Cast"}
+
+def _graph_inputs(b, f, input_shapes):
+    inputs = []
+    for k, spec in enumerate(f.meta["graph"]["inputs"]):
+        name = spec["name"]
+        given = input_shapes.get(name) if isinstance(input_shapes, dict) else (input_shapes if k == 0 else None)
+        raw = list(given) if given is not None else list(spec.get("shape") or [])
+        if not raw:
+            raise PortError(f"graph input {name!r} has no shape", file=b.path,
+                            hint="give it with --input-shape")
+        dims = []
+        for i, d in enumerate(raw):
+            if i == 0 and len(raw) > 1:  # the batch stays symbolic: the module takes any batch size
+                dims.append("N")
+            elif isinstance(d, int) and d > 0:
+                dims.append(d)
+            else:
+                dims.append("N" if i == 0 else b.symbol())
+        b.shapes[name] = tuple(dims)
+        b.runtime.add(name)
+        dtype = spec.get("dtype", "float32")
+        layout = _LAYOUTS.get(len(dims), "")
+        shown = [d if isinstance(d, int) and d > 0 else None for d in raw]
+        if len(raw) > 1 and shown[0] is None:
+            shown[0] = 1
+        inputs.append(GraphInput(name, tuple(shown), dtype,
+                                 source_layout=layout))
+    return inputs
+
+
+def build_graph(path, *, name: str | None = None, input_shapes=None, file=None, **_options) -> Graph:
+    """The port Graph of an ONNX model. input_shapes: a shape for the first input, or
+    {input name: shape}, for graphs whose inputs have symbolic dims."""
+    import os
+
+    from ...readers import onnx_files
+
+    f = file if file is not None else onnx_files.open(path)
+    path = os.fspath(path)
+    opset = int(f.meta.get("opset_import", {}).get("ai.onnx") or 1)
+    b = _Builder(f, path, opset)
+    b.skip = set()
+    b.graph_outputs = [o["name"] for o in f.meta["graph"]["outputs"]]
+    layers = list(f.layers.values())  # top-level nodes first; If/Loop/Scan bodies (after them) are refused
+    for a in f.values():
+        if a.meta.get("subgraph_of"):
+            continue
+        b.consts[a.name] = _Const(tuple(a.shape), np.dtype(a.dtype), source=a.name)
+    inputs = _graph_inputs(b, f, input_shapes)
+    for L in layers:
+        for t in L.inputs:
+            if t:
+                b.consumers.setdefault(t, []).append(L)
+    for L in layers:  # constant subgraphs first, so fusions can look ahead at folded biases
+        if L.type in _FOLD_FIRST and all(b.is_const(t) for t in L.inputs if t):
+            b.layer = L
+            HANDLERS[L.type](b, L)
+            b.skip.add(L.name)
+    for L in layers:
+        if L.name in b.skip:
+            continue
+        b.layer = L
+        if L.type not in HANDLERS:
+            raise UnsupportedOpError(L.type, L.name, path)
+        HANDLERS[L.type](b, L)
+    b.layer = None
+    for o in b.graph_outputs:
+        if o not in b.runtime:
+            raise PortError(f"graph output {o!r} is a constant or is not computed", file=path)
+    unused = {}
+    for a in f.values():
+        if a.name not in b.used:
+            unused[a.name] = b.folded.get(a.name, "no emitted layer reads it (dead constant or folded shape input)")
+    graph = Graph(name=name or _model_name(f, path), framework="onnx", source_files=[path], inputs=inputs,
+                  outputs=list(b.graph_outputs), nodes=b.nodes,
+                  output_layouts={o: _LAYOUTS.get(len(b.shapes.get(o, ())), "") for o in b.graph_outputs},
+                  output_names={o: o for o in b.graph_outputs}, unused_arrays=unused)
+    graph.shapes = dict(b.shapes)
+    graph.check()
+    return graph
+
+
+def _model_name(f, path) -> str:
+    import os
+
+    return f.meta.get("graph", {}).get("name") or os.path.splitext(os.path.basename(path))[0]
