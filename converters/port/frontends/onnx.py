@@ -915,7 +915,7 @@ def _graph_inputs(b, f, input_shapes):
     inputs = []
     for k, spec in enumerate(f.meta["graph"]["inputs"]):
         name = spec["name"]
-        given = input_shapes.get(name) if isinstance(input_shapes, dict) else (input_shapes if k == 0 else None)
+        given = (input_shapes or {}).get(name)
         raw = list(given) if given is not None else list(spec.get("shape") or [])
         if not raw:
             raise PortError(f"graph input {name!r} has no shape", file=b.path,
@@ -940,15 +940,23 @@ def _graph_inputs(b, f, input_shapes):
     return inputs
 
 
-def build_graph(path, *, name: str | None = None, input_shapes=None, file=None, **_options) -> Graph:
-    """The port Graph of an ONNX model. input_shapes: a shape for the first input, or
-    {input name: shape}, for graphs whose inputs have symbolic dims."""
+def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None) -> Graph:
+    """The port Graph of an ONNX model (frontends/__init__.py gives the contract). input_shapes:
+    {input name: shape} for graphs whose inputs have symbolic dims (the batch stays free)."""
     import os
 
     from ...readers import onnx_files
 
-    f = file if file is not None else onnx_files.open(path)
-    path = os.fspath(path)
+    path = os.fspath(sources[0])
+    options = dict(reader_options or {})
+    f = onnx_files.open(path, **options)
+    try:
+        return _build(f, path, options, outputs, input_shapes)
+    finally:
+        f.close()
+
+
+def _build(f, path, options, outputs, input_shapes) -> Graph:
     opset = int(f.meta.get("opset_import", {}).get("ai.onnx") or 1)
     b = _Builder(f, path, opset)
     b.skip = set()
@@ -959,6 +967,8 @@ def build_graph(path, *, name: str | None = None, input_shapes=None, file=None, 
             continue
         b.consts[a.name] = _Const(tuple(a.shape), np.dtype(a.dtype), source=a.name)
     inputs = _graph_inputs(b, f, input_shapes)
+    if outputs:
+        b.graph_outputs = list(outputs)
     for L in layers:
         for t in L.inputs:
             if t:
@@ -983,11 +993,10 @@ def build_graph(path, *, name: str | None = None, input_shapes=None, file=None, 
     for a in f.values():
         if a.name not in b.used:
             unused[a.name] = b.folded.get(a.name, "no emitted layer reads it (dead constant or folded shape input)")
-    graph = Graph(name=name or _model_name(f, path), framework="onnx", source_files=[path], inputs=inputs,
+    graph = Graph(name=_model_name(f, path), framework="onnx", source_files=[path], inputs=inputs,
                   outputs=list(b.graph_outputs), nodes=b.nodes,
                   output_layouts={o: _LAYOUTS.get(len(b.shapes.get(o, ())), "") for o in b.graph_outputs},
-                  output_names={o: o for o in b.graph_outputs}, unused_arrays=unused)
-    graph.shapes = dict(b.shapes)
+                  output_names={o: o for o in b.graph_outputs}, unused_arrays=unused, reader_options=options)
     graph.check()
     return graph
 
