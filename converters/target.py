@@ -14,6 +14,7 @@ from .arrays import BFLOAT16
 from .errors import ConvertersError
 from .mapping.plan import TargetTensor
 from .mapping.spec import is_file_target
+from .target_policy import check_factory, check_kwargs, check_module_name
 
 _TORCH_TO_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
                    torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
@@ -50,6 +51,7 @@ def load_factory(spec: str):
         module_name, _, attr = str(spec).partition(":")
         if not module_name or not attr:
             raise ConvertersError(f"target {spec!r} is not of the form package.module:callable")
+        check_module_name(module_name, spec)
         try:
             obj = importlib.import_module(module_name)
         except ImportError as e:
@@ -60,8 +62,7 @@ def load_factory(spec: str):
             obj = getattr(obj, part)
         except AttributeError:
             raise ConvertersError(f"{module_name} has no {attr!r}") from None
-    if not callable(obj):
-        raise ConvertersError(f"target {spec!r} is not callable")
+    check_factory(obj, spec)  # a model class or factory, nothing else (target_policy.py)
     return obj
 
 
@@ -86,6 +87,7 @@ def build_model(target: dict, *, meta: bool = False) -> torch.nn.Module:
     """Instantiate the mapping's target; meta=True builds it without memory for its tensors."""
     factory = load_factory(target["model"])
     kwargs = dict(target.get("kwargs") or {})
+    check_kwargs(kwargs, target["model"])
     try:
         if meta:
             with torch.device("meta"):

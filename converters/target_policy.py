@@ -28,6 +28,8 @@ _MAX_KWARGS_DEPTH = 16
 
 def check_module_name(module_name: str, spec) -> None:
     """Refuse standard-library modules by name, so not even their import runs."""
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        raise ConvertersError(f"target {spec!r} is not of the form package.module:callable")
     top = module_name.split(".")[0]
     if top in sys.stdlib_module_names or top in _REFUSED_TOP:
         raise ConvertersError(f"target {spec!r} is in the Python standard library, not a model",
@@ -38,6 +40,8 @@ def check_factory(obj, spec) -> None:
     """`obj` (resolved from `spec`) is an nn.Module class or a factory declared to return one."""
     import torch
 
+    if any(part.startswith("__") for part in str(spec).rpartition(":")[2].split(".")):
+        raise ConvertersError(f"target {spec!r} reaches through a dunder attribute", hint=_HINT)
     if inspect.isclass(obj):
         if not issubclass(obj, torch.nn.Module):
             raise ConvertersError(f"target {spec!r} is the class {obj.__qualname__}, not a torch.nn.Module "
