@@ -36,6 +36,17 @@ class Draft:
     report: object = None
     problems: list = field(default_factory=list)
 
+    @property
+    def unsure(self) -> list:
+        """What the draft is not sure of: low-confidence pairs, ambiguous and unmatched layers. Empty
+        means every rule is at least medium confidence and nothing is left open."""
+        out = [f"low confidence ({p.confidence:.2f}, decided by {p.decided_by}): {p.source.name} -> {p.target.name}"
+               for p in self.matching.pairs if p.confidence < 0.7]
+        out += [f"ambiguous: {s.name}" for s, _, _ in self.matching.ambiguous]
+        out += [f"unmatched source: {n}" for n, _, _ in self.matching.unmatched_sources]
+        out += [f"unmatched target: {n}" for n, _, _ in self.matching.unmatched_targets]
+        return out
+
     def rules_for_module(self, module: str) -> list:
         """The written rules (line, from, to) that fill tensors of `module` (for verify's verdict)."""
         out = []
@@ -82,10 +93,14 @@ def draft(source, target, *, framework=None, target_kwargs=None, out=None, input
 
         raise OutputExistsError("output exists", file=out, hint="pass --force to overwrite it")
 
-    hint, input_section = _input_hint(arrays, fw, input_shape)
+    hint, input_section = _input_hint(arrays, fw, input_shape, model)
     tr = trace.trace(model, hint)
-    if "shape" not in input_section and tr.input_shape and len(tr.input_shape) == 4 and fw not in ("keras", "tensorflow"):
-        input_section = {"shape": list(tr.input_shape), "layout": "NCHW"}  # the traced input (NCHW source)
+    if "shape" not in input_section and tr.input_shape:  # the traced input, in the source's layout
+        from .signals import NHWC_FRAMEWORKS
+
+        input_section = {**_section(list(tr.input_shape), fw in NHWC_FRAMEWORKS, model, from_target=True),
+                         "_note": "the shape the target was traced with: no input is declared in the source, "
+                                  "check it"}
     matching = match.match(arrays, model, tr, fw)
     file_index = {n: i for i, n in enumerate(arrays)}
     order = {pr.source: (p.source.position, file_index[pr.source]) for p in matching.pairs for pr in p.proposals}
@@ -120,41 +135,79 @@ def _write(text, out) -> str:
     return os.fspath(out)
 
 
-def _input_hint(arrays, framework, input_shape):
-    """(dummy NCHW/NTC shape for the trace or None, the table's `input:` section)."""
-    import ast
-
+def _input_hint(arrays, framework, input_shape, model=None):
+    """(dummy input shape for the trace, in the target's layout, or None; the table's `input:`
+    section, in the source's layout). `input_shape` is the target's (NCHW, NCL, (N, L), ...)."""
     from .signals import NHWC_FRAMEWORKS
 
-    shape = None
+    nhwc = framework in NHWC_FRAMEWORKS
     if input_shape:
         shape = [int(d) for d in input_shape]
-    else:
-        for layer in (getattr(arrays, "layers", {}) or {}).values():
-            if layer.type == "InputLayer":
-                raw = layer.params.get("batch_shape") or layer.params.get("batch_input_shape")
-                raw = ast.literal_eval(raw) if isinstance(raw, str) else raw
-                if raw:
-                    shape = [1 if d is None else d for d in raw]
-                break
-        if shape is None and isinstance(arrays.meta.get("input"), (dict, str)):
-            raw = arrays.meta["input"]
+        return tuple(shape), _section(shape, nhwc, model, from_target=True)
+    shape = _declared_input(arrays)
+    if not shape:
+        return None, ({"layout": "NHWC"} if nhwc else {})
+    if any(d is None for d in shape):
+        sec = _section([1 if d is None else d for d in shape], nhwc, model, from_target=False)
+        sec.pop("shape", None)
+        return None, sec
+    sec = _section(shape, nhwc, model, from_target=False)
+    return _to_target(shape, sec.get("layout")), sec
+
+
+def _declared_input(arrays):
+    """The input shape the source's graph declares (Keras InputLayer, Caffe input_dim, ONNX
+    graph input), None dims kept as None; or None."""
+    import ast
+
+    for layer in (getattr(arrays, "layers", {}) or {}).values():
+        if layer.type == "InputLayer":
+            raw = layer.params.get("batch_shape") or layer.params.get("batch_input_shape")
             raw = ast.literal_eval(raw) if isinstance(raw, str) else raw
-            if isinstance(raw, dict) and len(raw) == 1:
-                shape = list(next(iter(raw.values())))
-    section = {}
-    nhwc = framework in NHWC_FRAMEWORKS
-    if shape and len(shape) == 4:
-        section = {"shape": shape, "layout": "NHWC" if nhwc and not input_shape else "NCHW"}
-        if any(d is None for d in shape):
-            return None, {"layout": section["layout"]}
-        hint = (shape[0], shape[3], shape[1], shape[2]) if section["layout"] == "NHWC" else tuple(shape)
-        return hint, section
-    if shape and len(shape) == 3:
-        if any(d is None for d in shape):
-            return None, {"layout": "NTC"}
-        return tuple(shape), {"layout": "NTC"}
-    return None, ({"layout": "NHWC"} if nhwc else {})
+            if raw:
+                return [1 if i == 0 and d is None else d for i, d in enumerate(raw)]
+            return None
+    raw = arrays.meta.get("input")
+    if isinstance(raw, (dict, str)):
+        raw = ast.literal_eval(raw) if isinstance(raw, str) else raw
+        if isinstance(raw, dict) and len(raw) == 1:
+            return [d if isinstance(d, int) and d > 0 else None for d in next(iter(raw.values()))] or None
+    return None
+
+
+def _first_module(model):
+    if model is None:
+        return None
+    return next((m for m in model.modules() if not list(m.children()) and any(True for _ in m.parameters())), None)
+
+
+def _section(shape, nhwc, model, from_target) -> dict:
+    """`input:` for a shape given in the target's (from_target) or the source's layout."""
+    from torch import nn
+
+    n = len(shape)
+    first = _first_module(model)
+    if n == 4:
+        if not nhwc:
+            return {"shape": list(shape), "layout": "NCHW"}
+        return {"shape": [shape[0], shape[2], shape[3], shape[1]] if from_target else list(shape), "layout": "NHWC"}
+    if n == 3:
+        if isinstance(first, nn.Conv1d):
+            if not nhwc:
+                return {"shape": list(shape), "layout": "NCL"}
+            return {"shape": [shape[0], shape[2], shape[1]] if from_target else list(shape), "layout": "NLC"}
+        return {"shape": list(shape), "layout": "NTC"}
+    if n == 2:
+        return {"shape": list(shape), "layout": "NC"}
+    return {"shape": list(shape)}  # 1-d or >= 5-d: no layout the parity inputs know
+
+
+def _to_target(shape, layout):
+    if layout == "NHWC":
+        return (shape[0], shape[3], shape[1], shape[2])
+    if layout == "NLC":
+        return (shape[0], shape[2], shape[1])
+    return tuple(shape)
 
 
 def _stats(arrays, model, matching, tr, rules) -> dict:
@@ -162,14 +215,14 @@ def _stats(arrays, model, matching, tr, rules) -> dict:
     matched_targets = {t for p in matching.pairs for pr in p.proposals for t in pr.targets}
     matched_sources = {pr.source for p in matching.pairs for pr in p.proposals} | {
         w for p in matching.pairs for pr in p.proposals for w in pr.with_}
-    has_graph = bool(getattr(arrays, "layers", None))
     return {
         "total_sources": len(arrays), "matched_sources": len(matched_sources), "ignored": len(matching.ignored),
         "unmatched_sources": len(matching.unmatched_sources), "total_targets": len(sd),
         "matched_targets": len(matched_targets), "filled": len({n for n, _, _ in matching.fills}),
         "unmatched_targets": len(matching.unmatched_targets), "ambiguous": len(matching.ambiguous),
         "rules": len(rules),
-        "order_source": "graph order" if has_graph else "file order",
+        "order_source": {"graph": "graph order", "file": "file order",
+                         "alphabetical": "alphabetical file order"}[matching.order],
         "order_target": "execution order (" + tr.why + ")" if tr.how == "trace" else "registration order",
     }
 
@@ -182,5 +235,3 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
-
-from . import cli as _cli  # noqa: E402,F401  (registers the `draft` subcommand)

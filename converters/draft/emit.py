@@ -353,6 +353,9 @@ def write(matching, *, source_path, framework, target_spec, input_section, rules
     if input_section:
         add("input:")
         for k, v in input_section.items():
+            if k.startswith("_"):
+                add(f"  # {v}")
+                continue
             add(f"  {k}: {flow(v) if isinstance(v, (list, dict)) else v}")
         add("  # channels (RGB/BGR), range, mean and std are not recorded in weights: add them if you know them")
     add("rules:")

@@ -25,6 +25,8 @@ class SourceUnit:
     arrays: list  # ArrayHandle, in file order
     position: int
     rnn: tuple | None = None  # (layer index, reverse) for per-direction RNN arrays
+    merged: str | None = None  # how arrays of another graph node joined this unit
+    graph: dict | None = None  # the source's layers (for walks along the graph)
 
     def slots(self) -> dict:
         return _source_slots(self)
@@ -53,6 +55,7 @@ class Proposal:
     why: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     pair: object = None
+    unsure: bool = False  # a transform the draft could not confirm (caps the pair's confidence)
 
 
 @dataclass
@@ -75,10 +78,12 @@ class Matching:
     ignored: list = field(default_factory=list)  # (array name, role, reason)
     fills: list = field(default_factory=list)  # (target name, value, why)
     notes: list = field(default_factory=list)  # file-level remarks (BGR, trace fallback, ...)
+    order: str = "graph"  # what the source order is: graph, file or alphabetical (order_kind)
 
 
 # ---- source side --------------------------------------------------------------------------------
 
+_METRIC = re.compile(r"(?:^|/)(?:keras_api/)?metrics/|(?:^|/)metrics?_(?:total|count)(?:/|$)")
 _RNN_ARRAY = re.compile(r"(?P<unit>.*?)(?P<g>[ih])2h[_.]?(?P<t>weight|bias)")
 
 
@@ -100,6 +105,12 @@ def source_units(arrays) -> tuple[list, list]:
             ignored.append((name, h.meta.get("role") or "optimizer",
                             "training state saved with a compiled model (optimizer slots, iteration counter)"))
             continue
+        if _METRIC.search(name):
+            ignored.append((name, "metric", "metric state saved with a compiled model (totals, counts)"))
+            continue
+        if h.meta.get("role") == "constant" and (h.ndim == 0 or h.dtype.kind != "f"):
+            ignored.append((name, "constant", "a graph constant (shape, axis or index values), not a weight"))
+            continue
         m = _RNN_ARRAY.fullmatch(name) if not h.meta.get("layer_type") in S.SOURCE_KIND else None
         key = ("rnn", m.group("unit")) if m else ("layer", h.meta.get("layer") or _layer_from_name(name))
         groups.setdefault(key, []).append(h)
@@ -114,7 +125,79 @@ def source_units(arrays) -> tuple[list, list]:
         else:
             units.append(SourceUnit(key, types[(what, key)], S.source_kind(types[(what, key)], hs), hs, pos))
     units.sort(key=lambda u: (u.position, [arrays_index(arrays, h.name) for h in u.arrays][:1]))
-    return _merge_caffe_scale(units), ignored
+    for u in units:
+        u.graph = getattr(arrays, "layers", None) or None
+    return _merge_split_bias(_merge_caffe_scale(units), arrays), ignored
+
+
+_WEIGHTED = ("conv", "depthwise", "dense")
+
+
+def _merge_split_bias(units: list, arrays) -> list:
+    """A bias added by its own graph node (ONNX MatMul + Add from tf2onnx/keras2onnx, TF Conv2D +
+    BiasAdd in frozen graphs) joins the weighted layer whose output that node takes: one unit, so
+    the real bias is mapped instead of the target's bias being filled with 0."""
+    layers = getattr(arrays, "layers", None) or {}
+    if not layers:
+        return units
+    producer = {o.split(":")[0]: name for name, lay in layers.items() for o in (lay.outputs or [name])}
+    by_layer = {h.meta.get("layer"): u for u in units for h in u.arrays if h.meta.get("layer")}
+    readers: dict = {}
+    for name, lay in layers.items():
+        for inp in lay.inputs:
+            readers.setdefault(inp.split(":")[0].lstrip("^"), []).append(lay)
+    out = []
+    for u in units:
+        layer = _adding_node(u, layers, readers)
+        host = None
+        for inp in (layer.inputs if layer is not None else ()):
+            cand = by_layer.get(producer.get(_through_identity(inp, layers)))
+            if cand is not None and cand is not u and cand.kind in _WEIGHTED and not any(
+                    S.role_of(h) == "bias" for h in cand.arrays):
+                host = cand
+                break
+        if host is None:
+            out.append(u)
+            continue
+        host.arrays = host.arrays + u.arrays
+        host.merged = f"its bias is added by the next graph node {layer.name} ({layer.type})"
+    return out
+
+
+_ADDS = ("Add", "AddV2", "BiasAdd", "BiasAddV1")
+
+
+def _adding_node(u, layers, readers):
+    """The Add/BiasAdd node that adds unit `u`'s one 1-d float array, when `u` is nothing else."""
+    if u.kind != "other" or len(u.arrays) != 1:
+        return None
+    h = u.arrays[0]
+    if h.ndim != 1 or h.dtype.kind != "f" or S.role_of(h) not in ("bias", "constant", "other", None):
+        return None
+    layer = layers.get(h.meta.get("layer"))
+    if layer is not None and layer.type in _ADDS:
+        return layer
+    name = h.meta.get("layer") or h.name
+    for _ in range(4):  # a frozen graph's Const -> Identity -> Add
+        users = readers.get(name, [])
+        if len(users) != 1:
+            return None
+        if users[0].type in _ADDS:
+            return users[0]
+        if users[0].type not in ("Identity", "ReadVariableOp"):
+            return None
+        name = users[0].name
+    return None
+
+
+def _through_identity(inp, layers):
+    name = inp.split(":")[0].lstrip("^")
+    for _ in range(4):
+        lay = layers.get(name)
+        if lay is None or lay.type not in ("Identity",) or len(lay.inputs) != 1:
+            return name
+        name = lay.inputs[0].split(":")[0].lstrip("^")
+    return name
 
 
 def arrays_index(arrays, name) -> int:
@@ -192,7 +275,7 @@ def target_units(model, order: list) -> list:
         prefix = f"{name}." if name else ""
         local = [n for n, _ in mod.named_parameters(recurse=False)] + \
                 [n for n, b in mod.named_buffers(recurse=False) if b is not None]
-        if kind in ("lstm", "gru", "rnn"):
+        if kind in ("lstm", "gru", "rnn") and hasattr(mod, "num_layers"):
             for k in range(mod.num_layers):
                 for rev in ([False, True] if mod.bidirectional else [False]):
                     sfx = f"_l{k}" + ("_reverse" if rev else "")
@@ -234,12 +317,7 @@ def propose(s: SourceUnit, t: TargetUnit, framework: str, tr) -> tuple[list, lis
         if len(chain) == 1 and isinstance(chain[0], dict) and "permute" in chain[0]:
             p.notes.append("layout unknown: the axis permutation was inferred from shapes alone")
         if s.kind == "dense" and role == "weight" and framework in S.NHWC_FRAMEWORKS and tr is not None:
-            chw = tr.flatten_source(t.name)
-            if chw is not None:
-                c, hh, ww = chw
-                p.transforms.append({"flatten_order": {"h": hh, "w": ww, "c": c}})
-                p.why.append(f"follows a flatten of a {hh}x{ww}x{c} map: NHWC (h, w, c) -> NCHW (c, h, w) "
-                             f"feature order")
+            _flatten_step(p, s, t, tr)
         if role in ("running_mean", "running_var") and "_factor" in slots:
             p.with_ = [slots["_factor"].name]
             p.transforms.append("caffe_bn_stat")
@@ -262,6 +340,89 @@ def propose(s: SourceUnit, t: TargetUnit, framework: str, tr) -> tuple[list, lis
         else:
             return None
     return props, fills, remarks
+
+
+_LETTERS = ("chw", "cwh", "hcw", "hwc", "wch", "whc")
+
+
+def _sequence(letters: str, chw) -> list:
+    """The NCHW flat index of each feature when a (C, H, W) map is flattened in `letters` order."""
+    import numpy as np
+
+    c, h, w = chw
+    grid = np.arange(c * h * w).reshape(c, h, w)
+    return np.transpose(grid, ["chw".index(k) for k in letters]).reshape(-1).tolist()
+
+
+def source_flatten_letters(s) -> tuple[str | None, str]:
+    """The order (a permutation of h, w, c) in which the source flattens the map feeding dense
+    unit `s`, from its graph: Flatten after channels-last maps is (h, w, c); Keras Permute layers
+    before it reorder that. (None, why) when the graph does not tell."""
+    graph = s.graph or {}
+    layer = graph.get(s.arrays[0].meta.get("layer")) if s.arrays else None
+    if layer is None:
+        return "hwc", "assumed (h, w, c): a channels-last Flatten (the file records no graph)"
+    letters, cur, steps = None, layer, 0
+    while steps < 32:
+        steps += 1
+        if len(cur.inputs) != 1 or cur.inputs[0] not in graph:
+            return None, f"cannot follow the graph back from {layer.name}"
+        cur = graph[cur.inputs[0]]
+        if cur.params.get("data_format") == "channels_first":
+            return None, f"{cur.name} is channels_first"
+        if cur.type == "Flatten":
+            letters = "hwc"
+            continue
+        if letters is None and cur.type in ("Dropout", "Activation", "ReLU", "SpatialDropout2D"):
+            continue
+        if letters is None:
+            return None, f"{layer.name} does not follow a Flatten ({cur.name} is a {cur.type})"
+        if cur.type == "Permute":
+            dims = [int(d) for d in cur.params.get("dims", ())]
+            if sorted(dims) != [1, 2, 3]:
+                return None, f"{cur.name} permutes {dims}"
+            # Permute((2, 1, 3)) on (h, w, c) makes (w, h, c): the letters before it, reordered
+            before = "hwc"
+            letters = "".join(before[d - 1] for d in dims) if letters == "hwc" else None
+            if letters is None:
+                return None, "several Permute layers"
+            continue
+        if cur.type in ("Dropout", "Activation", "ReLU", "SpatialDropout2D", "BatchNormalization"):
+            continue
+        return letters, f"from the graph: {'Flatten' if letters == 'hwc' else 'Permute + Flatten'} of a " \
+                        f"channels-last map flattens ({', '.join(letters)})"
+    return None, "graph too deep to follow"
+
+
+def _flatten_step(p, s, t, tr):
+    """Reorder a dense kernel's features when a flattened map feeds it: the source's flatten order
+    from its graph, the target's from a traced probe (every permute of the forward counts)."""
+    chw = tr.flatten_source(t.name)
+    if chw is None:
+        return
+    c, hh, ww = chw
+    src, src_why = source_flatten_letters(s)
+    order = tr.feature_order(t.name)
+    tgt = next((k for k in _LETTERS if order is not None and _sequence(k, chw) == order), None)
+    if src is None or tgt is None:
+        guess = "hwc_to_chw"
+        p.transforms.append({"flatten_order": {"h": hh, "w": ww, "c": c}})
+        p.why.append(f"follows a flatten of a {hh}x{ww}x{c} map; {guess} is a guess")
+        p.notes.append("cannot tell the feature order: " + (src_why if src is None else
+                       "the traced forward between the map and this layer is not a plain permutation") +
+                       "; hwc_to_chw assumed")
+        p.unsure = True
+        return
+    if _sequence(src, chw) == _sequence(tgt, chw):
+        p.why.append(f"follows a flatten of a {hh}x{ww}x{c} map: the source flattens ({', '.join(src)}) "
+                     f"and the traced target feeds its features in the same order: no reorder")
+        return
+    spec = {"h": hh, "w": ww, "c": c}
+    if f"{src}_to_{tgt}" != "hwc_to_chw":
+        spec["order"] = f"{src}_to_{tgt}"
+    p.transforms.append({"flatten_order": spec})
+    p.why.append(f"follows a flatten of a {hh}x{ww}x{c} map: source {src_why}; the traced target feeds "
+                 f"({', '.join(tgt)})")
 
 
 def _propose_rnn(s, t, framework):
@@ -310,8 +471,17 @@ def _propose_rnn(s, t, framework):
 # ---- alignment ----------------------------------------------------------------------------------
 
 def _score(s, t) -> float:
-    sim = S.name_similarity(_unit_name(s), _unit_name(t))
+    sim = _sim(s, t)
     return 1000 + round(400 * sim)  # integers: ties must be exact
+
+
+def _sim(s, t) -> float:
+    """Name similarity of a source and a target unit: the best of the source layer's name and the
+    layer part of its array names (an ONNX node is named 'Conv:y' but its arrays 'branch.conv.weight')."""
+    if s.rnn is not None or t.rnn is not None:
+        return S.name_similarity(_unit_name(s), _unit_name(t))
+    names = dict.fromkeys([s.name, *(_layer_from_name(h.name) for h in s.arrays)])
+    return max(S.name_similarity(n, t.name) for n in names)
 
 
 def _unit_name(u) -> str:
@@ -385,10 +555,29 @@ def align(src: list, tgt: list, compat: dict) -> tuple[list, set]:
 
 # ---- the whole matching ---------------------------------------------------------------------------
 
+def order_kind(arrays) -> str:
+    """What the source's order is worth: 'graph' (a recorded graph: a topological order), 'file'
+    (the order arrays were written), or 'alphabetical' (sorted names, as TF checkpoint bundles
+    always are: no execution order at all)."""
+    if getattr(arrays, "layers", None):
+        return "graph"
+    names = list(arrays)
+    return "alphabetical" if len(names) > 2 and names == sorted(names) else "file"
+
+
+def _natural(name: str) -> list:
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.findall(r"\d+|[A-Za-z]+", name.lower())]
+
+
 def match(arrays, model, tr, framework: str) -> Matching:
     result = Matching()
     src, ignored = source_units(arrays)
     result.ignored = ignored
+    result.order = order_kind(arrays)
+    if result.order == "alphabetical":  # numbers as numbers at least: conv2 before conv10
+        src.sort(key=lambda u: _natural(u.name))
+        result.notes.append("The file lists arrays alphabetically (no graph): layer order is only guessed from "
+                            "the names' numbers, so pairs decided by order alone are low confidence.")
     tgt = target_units(model, tr.order)
     proposals, compat = {}, {}
     for i, s in enumerate(src):
@@ -397,16 +586,23 @@ def match(arrays, model, tr, framework: str) -> Matching:
             if p is not None:
                 proposals[(i, j)] = p
                 compat[(i, j)] = _score(s, t)
-    pairs, certain = align(src, tgt, compat)
     used_s, used_t = set(), set()
+    for (i, j) in _name_anchors(src, tgt, compat):  # names first: order is only a fallback
+        result.pairs.append(_make_pair(src, tgt, i, j, proposals, compat, "name"))
+        used_s.add(i)
+        used_t.add(j)
+    rest = {k: v for k, v in compat.items() if k[0] not in used_s and k[1] not in used_t}
+    pairs, certain = align(src, tgt, rest)
     for (i, j) in pairs:
         if (i, j) not in certain:
             continue
-        result.pairs.append(_make_pair(src, tgt, i, j, proposals, compat, "order"))
+        result.pairs.append(_make_pair(src, tgt, i, j, proposals, compat, "order:" + result.order))
         used_s.add(i)
         used_t.add(j)
     _second_pass(src, tgt, proposals, compat, used_s, used_t, result)
+    _folded_batchnorm(src, tgt, framework, tr, used_s, used_t, result)
     result.pairs.sort(key=lambda p: p.source.position)
+    withheld = _withhold_zero_fills(result.pairs, [s for i, s in enumerate(src) if i not in used_s])
     for p in result.pairs:
         result.fills += p.fills
     ambiguous_sources = {a[0].name for a in result.ambiguous}
@@ -414,7 +610,7 @@ def match(arrays, model, tr, framework: str) -> Matching:
         if i in used_s:
             continue
         why = ("ambiguous: see the candidates above" if s.name in ambiguous_sources else
-               _why_unmatched_source(s, tgt, i, compat, used_t))
+               _why_unmatched_source(s, tgt, i, compat, used_t, framework))
         result.unmatched_sources += [(h.name, why, s) for h in s.arrays]
     for j, t in enumerate(tgt):
         if j in used_t:
@@ -424,12 +620,107 @@ def match(arrays, model, tr, framework: str) -> Matching:
         why = "no source layer fits it" if not any(b == j for (_, b) in compat) else \
             "its candidates were matched elsewhere or are ambiguous"
         for name in t.tensors.values():
+            if name in withheld:
+                continue
             if name.endswith("num_batches_tracked"):
                 result.fills.append((name, 0, "a PyTorch-only training counter"))
             else:
                 result.unmatched_targets.append((name, f"{t.module_type} {list(t.shapes[name])}: {why}", t))
+    result.unmatched_targets += [(n, why, pair.target) for n, (why, pair) in withheld.items()]
     _notes(result, framework, tr)
     return result
+
+
+def _folded_batchnorm(src, tgt, framework, tr, used_s, used_t, result):
+    """A target conv + BatchNorm where the source has one conv with a bias (torch.onnx, OpenCV and
+    TFLite fold BatchNorm into the conv before export): the conv's weight fills the target conv,
+    its bias the BatchNorm's beta (or the conv's bias), and the BatchNorm becomes the identity."""
+    by_name = {t.name: j for j, t in enumerate(tgt)}
+    owning = [c.name for c in tr.calls if c.owns_tensors]
+    for j, bn in enumerate(tgt):
+        if j in used_t or bn.kind != "bn" or bn.name not in owning:
+            continue
+        k = owning.index(bn.name)
+        jc = by_name.get(owning[k - 1]) if k else None
+        if jc is None or jc in used_t or tgt[jc].kind != "conv":
+            continue
+        conv = tgt[jc]
+        cands = []
+        for i, s in enumerate(src):
+            if i in used_s or s.kind != "conv":
+                continue
+            slots = s.slots()
+            if set(slots) != {"weight", "bias"}:
+                continue
+            fit = S.fit(slots["weight"], framework, s.kind, conv.shapes[conv.tensors["weight"]])
+            if fit is not None and (slots["bias"].shape[0],) == bn.shapes[bn.tensors["bias"]]:
+                cands.append((i, fit))
+        if len(cands) != 1:
+            continue
+        i, (chain, why) = cands[0]
+        s = src[i]
+        slots = s.slots()
+        bias_to = conv.tensors.get("bias") or bn.tensors["bias"]
+        props = [Proposal(slots["weight"].name, [conv.tensors["weight"]], list(chain), why=[why] if chain else []),
+                 Proposal(slots["bias"].name, [bias_to], [], why=["the folded conv's bias"])]
+        eps = getattr(bn.module, "eps", 1e-5)
+        fills = [(bn.tensors["weight"], 1, "BatchNorm folded into the source conv: identity gamma"),
+                 (bn.tensors["running_mean"], 0, "BatchNorm folded into the source conv: identity mean"),
+                 (bn.tensors["running_var"], float(1 - eps), f"BatchNorm folded into the source conv: var = 1 - eps "
+                                                            f"makes it the identity")]
+        if bias_to != bn.tensors["bias"]:
+            fills.append((bn.tensors["bias"], 0, "BatchNorm folded into the source conv: identity beta"))
+        fills += [(n, 0, "a PyTorch-only training counter") for r, n in bn.tensors.items() if r == "num_batches_tracked"]
+        pair = Pair(s, conv, "shape (folded BatchNorm)", 0.6, [
+            f"kind {s.type or s.kind} -> {conv.module_type} + {bn.module_type}",
+            f"the source has no BatchNorm before {bn.name}: folded into its conv; {bn.name} proposed as identity",
+            "the only remaining source conv with a bias that fits"], props, fills)
+        for p in props:
+            p.pair = pair
+            p.notes.append(f"BatchNorm folded: {bn.name} is filled as the identity and {bias_to} gets the conv's bias; "
+                           f"the PyTorch model computes the same but its BatchNorm holds no trained statistics")
+        result.pairs.append(pair)
+        used_s.add(i)
+        used_t.update({j, jc})
+
+
+def _withhold_zero_fills(pairs, unmatched_units) -> dict:
+    """A target bias the draft would fill with 0 while the file holds an unmatched array of that
+    shape is not filled: the array may be that bias (a split layer the graph did not join).
+    Returns {target name: (reason, pair)}; the fills are taken off their pairs."""
+    spare = [h for u in unmatched_units for h in u.arrays if S.role_of(h) in ("bias", "other", None) and h.ndim == 1]
+    withheld = {}
+    for pair in pairs:
+        keep = []
+        for name, value, why in pair.fills:
+            shape = pair.target.shapes.get(name)
+            cands = [h.name for h in spare if value == 0 and shape is not None and tuple(h.shape) == tuple(shape)]
+            if cands and not name.endswith("num_batches_tracked"):
+                withheld[name] = (f"not filled with 0: unmatched source array(s) of this shape may be its bias "
+                                  f"({', '.join(cands[:4])}); map one or fill it on purpose", pair)
+                pair.evidence.append(f"{name} left open: the file holds candidate bias arrays")
+                pair.confidence = min(pair.confidence, 0.6)
+            else:
+                keep.append((name, value, why))
+        pair.fills = keep
+    return withheld
+
+
+def _name_anchors(src, tgt, compat) -> list:
+    """Compatible pairs whose normalised names agree, one-to-one: decided before any order is
+    consulted (two same-shaped branches listed in another order must not be crossed)."""
+    named = [(i, j) for (i, j) in compat if _sim(src[i], tgt[j]) >= 1.0]
+    per_s, per_t = {}, {}
+    for i, j in named:
+        per_s[i] = per_s.get(i, 0) + 1
+        per_t[j] = per_t.get(j, 0) + 1
+    return sorted((i, j) for i, j in named if per_s[i] == 1 and per_t[j] == 1)
+
+
+_ORDER_CONFIDENCE = {"graph": 0.6, "file": 0.45, "alphabetical": 0.3}
+_ORDER_WHY = {"graph": "source graph order = execution order", "file": "source file order = execution order "
+              "(no graph: the file's order may not be the execution order)",
+              "alphabetical": "alphabetical file order, numbers sorted as numbers = execution order (a guess)"}
 
 
 def _make_pair(src, tgt, i, j, proposals, compat, fallback_signal, extra_evidence=()):
@@ -437,7 +728,7 @@ def _make_pair(src, tgt, i, j, proposals, compat, fallback_signal, extra_evidenc
     props, fills, remarks = proposals[(i, j)]
     n_t = sum(1 for (a, _) in compat if a == i)
     n_s = sum(1 for (_, b) in compat if b == j)
-    sim = S.name_similarity(_unit_name(s), _unit_name(t))
+    sim = _sim(s, t)
     evidence = [f"kind {s.type or s.kind} -> {t.module_type}"]
     if n_t == 1 and n_s == 1:
         decided, conf = "shape", 0.95
@@ -445,16 +736,25 @@ def _make_pair(src, tgt, i, j, proposals, compat, fallback_signal, extra_evidenc
     elif sim >= 1.0:
         decided, conf = "name", 0.95
         evidence.append(f"names agree ({_unit_name(s)} ~ {_unit_name(t)})")
-    else:
-        decided = fallback_signal
-        conf = 0.85 if fallback_signal == "order" else 0.6
-        evidence.append(f"{n_t} target candidate(s) of this shape, {n_s} source candidate(s); "
-                        f"{'source order = execution order' if fallback_signal == 'order' else fallback_signal}")
+    elif fallback_signal.startswith("order"):
+        kind = fallback_signal.split(":", 1)[1]
+        decided = "order"
+        conf = _ORDER_CONFIDENCE[kind] + (0.15 if sim >= 0.5 and kind == "graph" else 0.0)
+        evidence.append(f"{n_t} target candidate(s) of this shape, {n_s} source candidate(s); {_ORDER_WHY[kind]}")
         if sim > 0:
             evidence.append(f"names partly agree ({sim:.2f})")
+    else:
+        decided, conf = fallback_signal, 0.6
+        evidence.append(f"{n_t} target candidate(s) of this shape, {n_s} source candidate(s); {fallback_signal}")
+        if sim > 0:
+            evidence.append(f"names partly agree ({sim:.2f})")
+    if s.merged:
+        evidence.append(s.merged)
     evidence += list(extra_evidence) + remarks
     if any(p.notes for p in props):
         conf -= 0.2
+    if any(p.unsure for p in props):
+        conf = min(conf, 0.5)
     pair = Pair(s, t, decided, round(conf, 2), evidence, props, fills)
     for p in props:
         p.pair = pair
@@ -473,11 +773,11 @@ def _second_pass(src, tgt, proposals, compat, used_s, used_t, result):
             cands = [j for (a, j) in compat if a == i and j not in used_t]
             if not cands:
                 continue
-            named = [j for j in cands if S.name_similarity(_unit_name(s), _unit_name(tgt[j])) >= 1.0]
+            named = [j for j in cands if _sim(s, tgt[j]) >= 1.0]
             rivals = lambda j: [a for (a, b) in compat if b == j and a not in used_s]  # noqa: E731
             pick, how = None, None
             if len(named) == 1 and len([a for a in rivals(named[0])
-                                        if S.name_similarity(_unit_name(src[a]), _unit_name(tgt[named[0]])) >= 1.0]) == 1:
+                                        if _sim(src[a], tgt[named[0]]) >= 1.0]) == 1:
                 pick, how = named[0], "name"
             elif len(cands) == 1 and rivals(cands[0]) == [i]:
                 pick, how = cands[0], "shape (out of order)"
@@ -497,15 +797,38 @@ def _second_pass(src, tgt, proposals, compat, used_s, used_t, result):
                                      "one out"))
 
 
-def _why_unmatched_source(s, tgt, i, compat, used_t) -> str:
+def _why_unmatched_source(s, tgt, i, compat, used_t, framework) -> str:
     if not any(a == i for (a, _) in compat):
         same_kind = [t for t in tgt if t.kind in S.COMPATIBLE.get(s.kind, ())]
         if s.kind in ("separable", "other", "scale"):
             return f"no rule kind for a {s.type or s.kind} layer yet"
         if not same_kind:
             return f"the target has no {s.kind} module"
-        return f"no {s.kind} module of the target has these shapes"
+        return _why_no_fit(s, same_kind, framework)
     return "its candidates were matched to other layers"
+
+
+def _why_no_fit(s, same_kind, framework) -> str:
+    """The true reason no module of the right kind takes unit `s`: same sizes in an order no
+    preset gives (ambiguous layout), a tensor the target lacks, or really no such shapes."""
+    import itertools
+
+    slots = {k: h for k, h in s.slots().items() if not k.startswith("_")}
+    for t in same_kind:
+        missing = [k for k in slots if k not in t.tensors]
+        w, tw = slots.get("weight"), t.tensors.get("weight")
+        if w is None or tw is None:
+            continue
+        shape = t.shapes[tw]
+        if sorted(w.shape) == sorted(shape) and tuple(w.shape) != tuple(shape):
+            perms = [p for p in itertools.permutations(range(w.ndim)) if tuple(w.shape[i] for i in p) == tuple(shape)]
+            if len(perms) > 1:
+                return (f"ambiguous layout: {w.name} {list(w.shape)} fits {t.name} {list(shape)} under "
+                        f"{len(perms)} axis orders and no layout preset says which")
+        if missing and S.fit(w, framework, s.kind, shape) is not None:
+            return f"{t.name} ({t.module_type}) fits its weight but has no {', '.join(missing)} for " + \
+                   ", ".join(slots[k].name for k in missing)
+    return f"no {s.kind} module of the target has these shapes"
 
 
 def output_order(arrays, result, tr) -> list | None:

@@ -135,9 +135,9 @@ def target_kind(module) -> str:
         return "bn"
     if isinstance(module, nn.PReLU):
         return "prelu"
-    if isinstance(module, nn.LSTM):
+    if isinstance(module, (nn.LSTM, nn.LSTMCell)):
         return "lstm"
-    if isinstance(module, nn.GRU):
+    if isinstance(module, (nn.GRU, nn.GRUCell)):
         return "gru"
     if isinstance(module, nn.RNN):
         return "rnn"
@@ -161,6 +161,15 @@ def layout_presets(handle, framework: str, kind: str, target_module=None) -> lis
         out.append((["tf_depthwise"], "depthwise kernel (H, W, C, M) -> (C*M, 1, H, W) for groups=C"))
     if layout in ("HWIO", "KIO", "DHWIO") or (layout is None and nhwc and kind == "conv" and handle.ndim >= 3):
         out.append((["tf_conv"], f"{layout or 'TF'} kernel -> O, I, spatial (PyTorch)"))
+        if handle.ndim == 3:
+            out.append((["tf_conv1d_as_2d"], "Conv1D kernel (K, I, O) -> Conv2d (O, I, K, 1): the port runs the "
+                                             "sequence as a width-1 image"))
+            out.append(([{"tf_conv1d_as_2d": "1k"}], "Conv1D kernel (K, I, O) -> Conv2d (O, I, 1, K): the port runs "
+                                                     "the sequence as a height-1 image"))
+    if layout in ("OIW",) and handle.ndim == 3:
+        out.append(([{"unsqueeze": 3}], "Conv1d weight (O, I, K) -> Conv2d (O, I, K, 1)"))
+    if kind == "prelu" and handle.ndim > 1:
+        out.append(([{"reshape": [-1]}], f"PReLU slopes {list(handle.shape)} (one per channel) -> (C,)"))
     if layout == "IO" or (layout is None and nhwc and kind == "dense" and handle.ndim == 2):
         out.append((["tf_dense"], "dense kernel (in, out) -> (out, in)"))
     out.append(([], "same layout"))

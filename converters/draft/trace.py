@@ -37,23 +37,74 @@ class Trace:
     not_called: list = field(default_factory=list)
     outputs: list = field(default_factory=list)  # shapes of the model's outputs, flattened
 
+    model: object = None  # the traced module (for probes)
+
     def flatten_source(self, module_name: str) -> tuple | None:
         """(C, H, W) when the module's first call got a flattened NCHW map with H*W > 1 (what a
         Flatten right before a dense layer does), else None."""
+        found = self._flatten_call(module_name)
+        return found[1] if found else None
+
+    def _flatten_call(self, module_name):
         idx = next((i for i, c in enumerate(self.calls) if c.name == module_name), None)
         if idx is None or not self.calls[idx].in_shape or len(self.calls[idx].in_shape) != 2:
             return None
         features = self.calls[idx].in_shape[1]
-        for c in reversed(self.calls[:idx]):
-            shape = c.out_shape
+        for k in range(idx - 1, -1, -1):
+            shape = self.calls[k].out_shape
             if not shape:
                 continue
             if len(shape) == 4:
                 _, ch, h, w = shape
-                return (ch, h, w) if ch * h * w == features and h * w > 1 else None
-            if c.owns_tensors or _per_sample(shape) != features:
+                return (k, (ch, h, w)) if ch * h * w == features and h * w > 1 else None
+            if self.calls[k].owns_tensors or _per_sample(shape) != features:
                 return None  # another weighted layer, or a reshape to another size, came between
         return None
+
+    def feature_order(self, module_name: str) -> list | None:
+        """Which element of the flattened NCHW map (c*H*W + h*W + w) each input feature of the dense
+        module carries, found by running the model again with that map replaced by 1..n: it sees
+        every permute/view/reshape of the forward, functional ones included. None when the values
+        do not arrive as a permutation (an op in between changed them) or nothing runs."""
+        found = self._flatten_call(module_name)
+        if found is None or self.model is None or self.input_shape is None:
+            return None
+        k, (ch, h, w) = found
+        producer = self.calls[k].name
+        nth = sum(1 for c in self.calls[:k] if c.name == producer)
+        modules = dict(self.model.named_modules())
+        seen, got = {"n": 0}, {}
+
+        def replace(module, args, out):
+            seen["n"] += 1
+            if seen["n"] - 1 == nth and isinstance(out, torch.Tensor) and out.dim() == 4:
+                codes = torch.arange(1, ch * h * w + 1, dtype=out.dtype).reshape(1, ch, h, w)
+                return codes.expand_as(out).clone()
+            return out
+
+        def capture(module, args):
+            got.setdefault("x", args[0].detach().clone() if args and isinstance(args[0], torch.Tensor) else None)
+
+        hooks = [modules[producer].register_forward_hook(replace), modules[module_name].register_forward_pre_hook(capture)]
+        try:
+            with torch.no_grad():
+                was = self.model.training
+                self.model.eval()
+                self.model(torch.zeros(self.input_shape))
+                self.model.train(was)
+        except Exception:  # the probe is evidence only: no answer is "cannot tell"
+            return None
+        finally:
+            for hk in hooks:
+                hk.remove()
+        x = got.get("x")
+        if x is None or x.dim() != 2 or x.shape[1] != ch * h * w:
+            return None
+        vals = x[0].double()
+        idx = vals.round().long() - 1
+        if not torch.equal(vals, (idx + 1).double()) or sorted(idx.tolist()) != list(range(ch * h * w)):
+            return None
+        return idx.tolist()
 
 
 def _shapes(out) -> list:
@@ -98,6 +149,9 @@ def candidate_inputs(model: nn.Module, hint: tuple | None = None):
         yield torch.zeros((1, first.in_features))
     elif isinstance(first, nn.RNNBase):
         yield torch.zeros((2, 3, first.input_size))
+    elif isinstance(first, nn.RNNCellBase):  # a cell looped over time by the forward, or one step
+        yield torch.zeros((2, 3, first.input_size))
+        yield torch.zeros((2, first.input_size))
     elif isinstance(first, nn.Embedding):
         yield torch.zeros((1, 8), dtype=torch.long)
     elif isinstance(first, nn.modules.batchnorm._NormBase):
@@ -140,6 +194,6 @@ def trace(model: nn.Module, hint: tuple | None = None) -> Trace:
                 order.append(c.name)
         not_called = [n for n in owning if n not in seen]
         return Trace(order + not_called, calls, tuple(x.shape), "trace",
-                     f"traced with a dummy input of shape {list(x.shape)}", not_called, _shapes(result))
+                     f"traced with a dummy input of shape {list(x.shape)}", not_called, _shapes(result), model)
     why = "no dummy input ran the module (" + "; ".join(errors[-2:]) + ")" if errors else "no input to try"
     return Trace(owning, [], None, "registration", why + "; registration order used instead", [])
