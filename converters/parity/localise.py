@@ -7,9 +7,15 @@ weights (pooling, activations). Forward hooks record every module call of the Py
 execution order; the oracle returns the source activations of the paired layers ("taps"); pairs
 are compared in PyTorch execution order, and the first one over tolerance is the first divergent
 layer. Frameworks fuse activations into the layer before (Keras `Conv2D(activation="relu")`,
-OpenCV conv + ReLU): a source activation is therefore compared with the paired module's output
-and with the outputs of the weight-free or activation modules run right after it, and the
-closest one counts.
+OpenCV conv + ReLU): a source activation is therefore compared with the paired module's output,
+with that output put through the activation the oracle says the layer fuses (a port may apply it
+as a function, not a module), and with the outputs of the weight-free or activation modules run
+right after it, and the closest one counts.
+
+A differing row is blamed only when it can be: a row whose shapes are a permutation of each other
+compares differently laid-out arrays, and a row followed by an agreeing row that depends on it
+(found by running the PyTorch model once more with that module's output as the only tensor that
+requires grad) did not really diverge; both are reported as undecided ("cannot tell").
 """
 from __future__ import annotations
 
@@ -143,15 +149,17 @@ def resolve_pairs(pairs: list[Pair], recorder: ActivationRecorder, source_order:
     return sorted(by_layer.values(), key=lambda pi: pi[1])
 
 
-def compare_layers(resolved, recorder, source_acts: dict, to_target, tol: Tolerance) -> list[dict]:
-    """Per-layer metrics in execution order; each row records which module output matched best."""
+def compare_layers(resolved, recorder, source_acts: dict, to_target, tol: Tolerance, fused=None) -> list[dict]:
+    """Per-layer metrics in execution order; each row records which module output matched best.
+    to_target(source layer, array) carries a source activation to the PyTorch convention; fused
+    maps source layers to the activation they apply inside (see module docstring)."""
     rows = []
     for p, index in resolved:
         if p.source_layer not in source_acts:
             continue
-        ref = to_target(np.asarray(source_acts[p.source_layer]))
+        ref = to_target(p.source_layer, np.asarray(source_acts[p.source_layer]))
         best = None
-        for name, value in recorder.candidates(index):
+        for name, value in _with_fused(recorder.candidates(index), (fused or {}).get(p.source_layer)):
             m = compare(ref, value.to(torch.float64).cpu().numpy(), tol, name=p.source_layer)
             m["module"], m["compared_with"] = p.module, name
             if best is None or _better(m, best):
@@ -160,6 +168,93 @@ def compare_layers(resolved, recorder, source_acts: dict, to_target, tol: Tolera
                     module_type=type(recorder.modules.get(p.module)).__name__)
         rows.append(best)
     return rows
+
+
+FUSED = {"relu": torch.relu, "relu6": lambda x: torch.clamp(x, 0, 6), "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+         "elu": torch.nn.functional.elu, "selu": torch.selu, "softplus": torch.nn.functional.softplus,
+         "softsign": torch.nn.functional.softsign, "silu": torch.nn.functional.silu,
+         "swish": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu, "exponential": torch.exp,
+         "softmax": lambda x: torch.softmax(x, dim=1 if x.dim() > 2 else -1)}
+
+
+def _with_fused(candidates, activation):
+    """The candidates, plus the module's own output through the layer's fused activation."""
+    fn = FUSED.get(activation or "")
+    if fn is None:
+        return candidates
+    name, value = candidates[0]
+    return candidates + [(f"{name}+{activation}", fn(value.to(torch.float64)))]
+
+
+def judge_layers(rows: list[dict], model: nn.Module, args, limit: int = 20):
+    """(first divergent row or None, undecided rows before it): see the module docstring."""
+    unsure = []
+    for i, row in enumerate(rows):
+        row.pop("unsure", None)
+        if row["passed"]:
+            continue
+        reason = _laid_out_differently(row)
+        if reason is None:
+            agreeing = [r for r in rows[i + 1:] if r["passed"]]
+            if agreeing and len(unsure) >= limit:
+                reason = "not checked"
+            elif agreeing:
+                depends = downstream_of(model, args, row.get("module", ""), [r["compared_with"].split("+")[0] for r in agreeing])
+                later = [r for r, d in zip(agreeing, depends) if d is not False]
+                if later:
+                    reason = f"{later[0]['name']}, computed from it, agrees"
+        if reason is None:
+            return row, unsure
+        row["unsure"] = reason
+        unsure.append(row)
+    return None, unsure
+
+
+def _laid_out_differently(row) -> str | None:
+    shape, got = row.get("shape") or [], row.get("got_shape") or []
+    if shape != got and sorted(shape) == sorted(got):
+        return f"the source activation {shape} and the module's {got} are laid out differently"
+    return None
+
+
+def downstream_of(model: nn.Module, args, module_name: str, later: list[str]) -> list:
+    """For each module in `later`: does its (last) output depend on `module_name`'s output? True,
+    False, or None when that cannot be found out (the output is not a float tensor, the forward
+    fails with grad on)."""
+    modules = dict(model.named_modules())
+    source = modules.get(module_name.split("+")[0])
+    if source is None or not later:
+        return [None] * len(later)
+    marks: dict[str, bool] = {}
+
+    def mark_source(_m, _i, out):
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            return out.detach().requires_grad_().clone()
+        return None
+
+    def recorder(name):
+        def hook(_m, _i, out):
+            t = first_tensor(out)
+            if t is not None:
+                marks[name] = bool(t.requires_grad)
+        return hook
+
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    handles = [source.register_forward_hook(mark_source)]
+    handles += [modules[n].register_forward_hook(recorder(n)) for n in dict.fromkeys(later) if n in modules]
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            model(*args)
+    except Exception:  # the question has no answer then; the caller stays undecided
+        return [None] * len(later)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        for h in handles:
+            h.remove()
+    return [marks.get(n) for n in later]
 
 
 def _better(a: dict, b: dict) -> bool:
@@ -174,8 +269,9 @@ def _better(a: dict, b: dict) -> bool:
 
 # ---- likely causes ------------------------------------------------------------------------------
 
-def likely_causes(row: dict, previous: list[dict], model: nn.Module) -> list[str]:
-    """What usually breaks at a layer like this one (design.md, "Facts that decide correctness")."""
+def likely_causes(row: dict, previous: list[dict], model: nn.Module, source_eps: dict | None = None) -> list[str]:
+    """What usually breaks at a layer like this one (design.md, "Facts that decide correctness").
+    source_eps: {source BatchNorm layer: the eps its file records} (the conversion report's bn_eps)."""
     module = dict(model.named_modules()).get(row["module"])
     causes = []
     if row.get("got_shape") != row.get("shape"):
@@ -196,8 +292,7 @@ def likely_causes(row: dict, previous: list[dict], model: nn.Module) -> list[str
         if getattr(module, "groups", 1) > 1:
             causes.append("depthwise kernel layout (TF (H, W, C, M) -> (C*M, 1, H, W), tf_depthwise) and groups")
     elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-        causes.append(f"BatchNorm eps: the module uses {module.eps:g}; Keras/TF and MXNet symbols use 1e-3, "
-                      "Caffe and PyTorch 1e-5")
+        causes.append(_eps_cause(module.eps, (source_eps or {}).get(row.get("name"))))
         causes.append("Caffe's BatchNorm scale factor (third blob) not divided out; MXNet fix_gamma=True "
                       "(gamma is 1 whatever the file holds); mean and variance swapped")
     elif isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
@@ -217,3 +312,13 @@ def likely_causes(row: dict, previous: list[dict], model: nn.Module) -> list[str
     if not causes or first_weighted and not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         causes.append("input conventions: layout (NHWC vs NCHW), channel order, range, mean/std")
     return causes
+
+
+def _eps_cause(module_eps: float, source_eps) -> str:
+    if source_eps is None:
+        return (f"BatchNorm eps: the module uses {module_eps:g}; Keras/TF and MXNet symbols default to 1e-3, "
+                "Caffe, Gluon and PyTorch to 1e-5")
+    if np.isclose(module_eps, source_eps, rtol=1e-6, atol=0):
+        return f"BatchNorm eps: the module and the source file agree ({module_eps:g})"
+    return (f"BatchNorm eps: the module uses {module_eps:g}, the source file {float(source_eps):g} "
+            f"(build the module with eps={float(source_eps):g})")

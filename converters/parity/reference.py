@@ -1,4 +1,4 @@
-"""`convert reference`: record the source model's answers where its framework runs, for a
+"""`convert reference` (converters/cli/reference.py): record the source model's answers where its framework runs, for a
 verify where it does not (`convert verify --reference ref.npz`).
 
 The file format is described in converters/parity/oracles/reference.py. Inputs are made exactly
@@ -8,7 +8,6 @@ a verify against the file can still name the first divergent layer.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -16,9 +15,8 @@ import os
 import numpy as np
 
 from .. import __version__
-from ..mapping import spec as mapping_spec
-from . import inputs as I
 from .oracles.reference import FORMAT, VERSION
+from .setup import ParitySetup
 
 
 def write_reference(source, mapping, out, *, framework=None, architecture=None, inputs=None, n=2, seed=0,
@@ -28,56 +26,41 @@ def write_reference(source, mapping, out, *, framework=None, architecture=None, 
     """Run the source model on the verify inputs and write a reference .npz to `out`.
     taps: "mapped" (source layers the table pairs with modules), "all", "none", or a list.
     Returns the file's __meta__ dict."""
-    from ..convert import _open, convert
-    from ..provenance import sha256_files, source_files
-    from ..writer import atomic_output
-    from .localise import pairs_from_conversion
-    from .verify import _architecture_from, all_inputs, build_oracle, output_taps
+    setup = ParitySetup.create(source, mapping, target, framework=framework, architecture=architecture,
+                               inputs=inputs, n=n, seed=seed, source_python=source_python, target_kwargs=target_kwargs,
+                               reader_options=reader_options, input_shape=input_shape,
+                               inputs_convention=inputs_convention, extra_inputs=extra_inputs)
+    return write_reference_setup(setup, out, taps=taps, oracle=oracle, force=force)
 
-    m = mapping if isinstance(mapping, mapping_spec.Mapping) else mapping_spec.load(mapping)
-    framework = framework or m.source
-    reader_options = dict(reader_options or {})
+
+def write_reference_setup(setup: ParitySetup, out, *, taps="mapped", oracle=None, force=False) -> dict:
+    """`write_reference` for a resolved set-up."""
+    from ..writer import atomic_output
+    from .verify import oracle_for, output_taps
+
     if os.path.exists(out) and not force:
         from ..errors import OutputExistsError
 
         raise OutputExistsError("output exists", file=out, hint="pass --force to overwrite it")
-    conv = I.Conventions.from_mapping(m)
     own = oracle is None
     if oracle is None:
-        oracle = build_oracle(framework, source, architecture or _architecture_from(reader_options),
-                              {"source_python": source_python})
+        oracle = oracle_for(setup.source_model())
     try:
         names = oracle.input_names()
-        extra = I.merged_extra_inputs((m.parity or {}).get("extra_inputs"), extra_inputs)
-        model = _target_model(m, target, target_kwargs) if extra else None  # its sizes shape the extra inputs
-        src_in, tgt_in = all_inputs(conv, names, extra, model, inputs, n, seed, "float32", input_shape,
-                                    inputs_convention)
-        order = list(oracle.layer_order())
-        if taps == "all":
-            wanted = order
-        elif taps == "none":
-            wanted = []
-        elif taps == "mapped":
-            arrays = _open(source, framework, reader_options)
-            _, rep = convert(arrays, m, target, framework=framework, target_kwargs=target_kwargs, dry_run=True,
-                             allow_unused=True, allow_missing=True)
-            layers = {p.source_layer for p in pairs_from_conversion(rep, arrays, (m.parity or {}).get("layers"))}
-            wanted = [name for name in order if name in layers]
-        else:
-            wanted = list(taps)
-        as_outputs = output_taps(m, oracle)  # parity.outputs read at inner layers are stored as outputs
+        model = _target_model(setup) if setup.inputs.extra else None  # its sizes shape the extra inputs
+        src_in, tgt_in = setup.make_inputs(names, model)
+        wanted = _wanted_taps(setup, oracle, taps)
+        as_outputs = output_taps(setup, oracle)  # parity.outputs read at inner layers are stored as outputs
         results = oracle.run(src_in, list(dict.fromkeys(wanted + as_outputs)))
         outputs = oracle.output_names() + as_outputs
+        main_layouts = {k: setup.conventions.source.get("layout") for k in names}
+        layouts = oracle.activation_layouts(outputs + wanted, main_layouts) or {}
+        fused = oracle.fused_activations(wanted) or {}
     finally:
         if own:
             oracle.close()
-    meta = {"format": FORMAT, "version": VERSION, "framework": framework,
-            "source_file": os.path.basename(os.fspath(source)),
-            "source_sha256": sha256_files(source_files(source)) if source_files(source) else "",
-            "mapping": os.path.basename(m.path), "mapping_sha256": m.sha256, "seed": seed, "n": n,
-            "input_names": names, "output_names": outputs, "layer_order": wanted,
-            "tool": f"converters {__version__}",
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    meta = _meta(setup, names, outputs, wanted)
+    meta.update(activation_layouts={k: v for k, v in layouts.items() if v}, fused_activations=fused)
     entries = {"__meta__": np.array(json.dumps(meta))}
     entries.update({f"input/{k}": v for k, v in src_in.items()})
     entries.update({f"target_input/{k}": v for k, v in tgt_in.items()})
@@ -89,38 +72,44 @@ def write_reference(source, mapping, out, *, framework=None, architecture=None, 
     return meta
 
 
-def _target_model(m, target, target_kwargs):
+def _wanted_taps(setup: ParitySetup, oracle, taps) -> list:
+    from ..convert import convert
+    from .localise import pairs_from_conversion
+
+    order = list(oracle.layer_order())
+    if taps == "all":
+        return order
+    if taps == "none":
+        return []
+    if taps != "mapped":
+        return list(taps)
+    arrays = setup.open_arrays()
+    _, rep = convert(arrays, setup.mapping, setup.target, framework=setup.framework or None,
+                     target_kwargs=setup.target_kwargs, dry_run=True, allow_unused=True, allow_missing=True)
+    layers = {p.source_layer for p in pairs_from_conversion(rep, arrays, setup.parity("layers"))}
+    return [name for name in order if name in layers]
+
+
+def _meta(setup: ParitySetup, names, outputs, wanted) -> dict:
+    from ..provenance import sha256_files, source_files
+
+    source, m = setup.source_path, setup.mapping
+    return {"format": FORMAT, "version": VERSION, "framework": setup.framework,
+            "source_file": os.path.basename(os.fspath(source)),
+            "source_sha256": sha256_files(source_files(source)) if source_files(source) else "",
+            "mapping": os.path.basename(m.path), "mapping_sha256": m.sha256, "seed": setup.inputs.seed,
+            "n": setup.inputs.n, "input_names": names, "output_names": outputs, "layer_order": wanted,
+            "tool": f"converters {__version__}",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _target_model(setup: ParitySetup):
     """The (untrained) target model, or None when the table names none: only its sizes are read."""
     import torch
 
-    from ..convert import _target_spec
-    from ..target import build_model
+    from ..target import build_model, resolve_target
 
-    if isinstance(target, torch.nn.Module):
-        return target
-    spec = _target_spec(target, m, target_kwargs)
+    if isinstance(setup.target, torch.nn.Module):
+        return setup.target
+    spec = resolve_target(setup.target, setup.mapping, setup.target_kwargs)
     return build_model(spec) if spec is not None else None
-
-
-def cmd_reference(argv) -> int:
-    from .verify import _options, add_common_arguments
-
-    p = argparse.ArgumentParser(prog="convert reference", description="Run the source model in its own framework "
-                                "and write its inputs, outputs and paired-layer activations to a reference .npz, "
-                                "for `convert verify --reference` where the framework is not installed.")
-    add_common_arguments(p)
-    p.add_argument("output", help="the reference .npz to write")
-    p.add_argument("--taps", default="mapped", help="mapped (default), all, none, or a comma-separated list of layers")
-    p.add_argument("--target", help="package.module:callable (to pair layers when the table names no target)")
-    p.add_argument("--target-kwargs", type=json.loads, default=None)
-    p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    args = p.parse_args(argv)
-    taps = args.taps if args.taps in ("mapped", "all", "none") else [t for t in args.taps.split(",") if t]
-    meta = write_reference(args.input, args.map, args.output, framework=args.framework, architecture=args.architecture,
-                           inputs=args.inputs, n=args.n, seed=args.seed, source_python=args.source_python, taps=taps,
-                           reader_options=_options(args.option), input_shape=args.input_shape,
-                           inputs_convention=args.inputs_convention, force=args.force, target=args.target,
-                           target_kwargs=args.target_kwargs)
-    print(f"wrote {args.output}: {len(meta['input_names'])} input(s), {len(meta['output_names'])} output(s), "
-          f"{len(meta['layer_order'])} tapped layer(s)")
-    return 0

@@ -25,6 +25,7 @@ class ParityReport:
     timings: dict = field(default_factory=dict)     # seconds: convert, source, target, localise, total
     notes: list = field(default_factory=list)       # things the reader should know (unmatched taps, extra outputs)
     localised: bool = False                         # activations were compared
+    undetermined: bool = False                      # layers differ, but none can be named first (see notes)
 
     @property
     def exit_code(self) -> int:
@@ -51,6 +52,9 @@ class ParityReport:
                          f"({m.get('module_type', '')}): " + "; ".join(m.get("reasons") or []))
             lines.append("likely causes to check:")
             lines.extend(f"  - {c}" for c in fd.get("likely_causes") or [])
+        elif self.localised and not self.passed and self.undetermined:
+            lines.append("first divergent layer: cannot tell (the differing layers are contradicted by later "
+                         "ones or laid out differently; see the notes)")
         elif self.localised and not self.passed:
             lines.append("every compared layer agrees; the difference arises after the last paired layer "
                          "(output head, softmax, outputs matched in the wrong order?)")
@@ -67,7 +71,7 @@ class ParityReport:
         return {"passed": self.passed, "verdict": self.verdict(), "source": self.source, "mapping": self.mapping,
                 "framework": self.framework, "tolerance": self.tolerance, "inputs": self.inputs,
                 "outputs": self.outputs, "first_divergent": self.first_divergent, "layers": self.layers,
-                "localised": self.localised, "conventions": self.conventions, "timings": self.timings,
+                "localised": self.localised, "undetermined": self.undetermined, "conventions": self.conventions, "timings": self.timings,
                 "notes": self.notes}
 
     def to_json(self, path=None, indent=1) -> str:
@@ -132,9 +136,10 @@ def _fmt(v, digits=3):
 
 
 def _row_cells(r):
+    verdict = "ok" if r.get("passed") else "DIFF?" if r.get("unsure") else "DIFF"
     return [r.get("name", ""), r.get("module", "") or "", "x".join(map(str, r.get("shape") or [])),
             _fmt(r.get("max_abs")), _fmt(r.get("atol")), _fmt(r.get("max_rel")),
-            _fmt(r.get("cosine"), 7), _fmt(r.get("topk_agree")), "ok" if r.get("passed") else "DIFF"]
+            _fmt(r.get("cosine"), 7), _fmt(r.get("topk_agree")), verdict]
 
 
 HEADERS = ["name", "module", "shape", "max|diff|", "atol", "max rel", "cosine", "top-k", ""]

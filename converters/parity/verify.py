@@ -1,23 +1,25 @@
-"""`converters.verify` and `convert verify`: the source model in its own framework against the
+"""`converters.verify`: the source model in its own framework against the
 converted PyTorch model, on the same inputs.
 
     report = verify("net.onnx", "my_table.yaml")
     report.passed, report.outputs, report.first_divergent, report.layers
     print(report); report.to_json("parity.json"); report.plot("layers.png")
 
-Order of work: load the table; convert in memory (or take `model=`); build the oracle (or take
-`oracle=`; `reference=` replays a reference .npz instead of running the source framework); make
-inputs in the PyTorch convention and carry them to the source's (converters.parity.inputs); run
-both sides (eval mode, no_grad); carry the source outputs to the PyTorch convention and compare
-each (converters.parity.compare). When an output differs and `localise` is on, run both again
-with activation taps and name the first divergent layer (converters.parity.localise).
+Order of work: resolve the set-up (converters.parity.setup: table, target, inputs, conventions,
+tolerances); build the oracle (or take `oracle=`; `reference=` replays a reference .npz instead
+of running the source framework); convert in memory (or take `model=`); make inputs in the
+PyTorch convention and carry them to the source's (converters.parity.inputs); run both sides
+(eval mode, no_grad); carry the source outputs to the PyTorch convention and compare each
+(converters.parity.compare). When an output differs and `localise` is on, run both again with
+activation taps and name the first divergent layer (converters.parity.localise).
 
-Outputs are matched by name when the PyTorch model returns a dict, else by order: the table's
-`parity.outputs` lists the source outputs in the order the PyTorch model returns them (default:
-the source's own order). Nested tuples are flattened ((out, (h, c)) -> out, h, c).
+Outputs are matched by name when the PyTorch model returns a dict whose keys are source output
+names, else by order: the table's `parity.outputs` lists the source outputs in the order the
+PyTorch model returns them (default: the source's own order; a dict's values count in its order).
+Nested tuples are flattened ((out, (h, c)) -> out, h, c).
 
-Exit codes of `convert verify`: 0 pass, 1 parity failure, 2 usage error, oracle unavailable or
-the source framework crashed (its last lines are printed).
+Exit codes of `convert verify` (converters/cli/verify.py): 0 pass, 1 parity failure, 2 usage error, oracle unavailable, the
+source framework or the PyTorch model's forward crashed (its last lines are printed).
 """
 from __future__ import annotations
 
@@ -35,13 +37,18 @@ import torch
 from ..errors import ConvertersError, MappingError
 from ..mapping import spec as mapping_spec
 from . import inputs as I
-from .compare import Tolerance, compare
-from .localise import ActivationRecorder, compare_layers, likely_causes, pairs_from_conversion, resolve_pairs
+from .compare import compare
+from .localise import ActivationRecorder, compare_layers, judge_layers, likely_causes, pairs_from_conversion, \
+    resolve_pairs
 from .oracles import ORACLES
 from .oracles.base import Oracle, OracleUnavailable, SourceModel
 from .report import ParityReport
+from .setup import ParitySetup
 
-ARCHITECTURE_OPTIONS = ("prototxt", "symbol", "architecture")
+
+class TargetCrashed(ConvertersError):
+    """The PyTorch model's forward raised: a broken model or inputs it cannot take, not a parity
+    failure (exit 2, one line)."""
 
 
 def verify(source, mapping, target=None, *, framework=None, architecture=None, inputs=None, n=2, seed=0,
@@ -52,7 +59,8 @@ def verify(source, mapping, target=None, *, framework=None, architecture=None, i
 
     source: the weight file the conversion reads. mapping: path, shipped name or Mapping.
     target: as for converters.convert. framework: the source framework (default: the table's).
-    architecture: the file the framework needs beside the weights (prototxt, -symbol.json).
+    architecture: the file the framework needs beside the weights (prototxt, -symbol.json, a Keras
+        model config or full model file for a weights-only Keras file).
     inputs: None (random, `n` samples from `seed`), an .npz path, or a dict/list of arrays, in
         the source's convention (inputs_convention="target": the PyTorch model's).
     tolerance: None (defaults), a number (atol) or {atol, rtol, cosine, topk}; overrides the
@@ -66,47 +74,33 @@ def verify(source, mapping, target=None, *, framework=None, architecture=None, i
         (initial RNN states), made from a fill and fed to the source only, or also to the PyTorch
         model at position `target_arg`; overrides the table's parity.extra_inputs input by input.
     """
-    t_start = time.perf_counter()
-    m = mapping if isinstance(mapping, mapping_spec.Mapping) else mapping_spec.load(mapping)
-    framework = framework or m.source
-    reader_options = dict(reader_options or {})
-    rep = ParityReport(source=os.fspath(source) if not hasattr(source, "path") else source.path,
-                       mapping=os.path.basename(m.path), framework=framework or "")
-    tol = Tolerance.from_any((m.parity or {}).get("tolerance")).merged(
-        Tolerance.from_any(tolerance).to_dict() if tolerance is not None else None)
-    rep.tolerance = tol.to_dict()
-    conv = I.Conventions.from_mapping(m)
-    rep.conventions = conv.describe()
-    if dtype not in ("float32", "float64"):
-        raise ConvertersError(f"dtype is float32 or float64, not {dtype!r}")
+    setup = ParitySetup.create(source, mapping, target, framework=framework, architecture=architecture,
+                               inputs=inputs, n=n, seed=seed, tolerance=tolerance, source_python=source_python,
+                               dtype=dtype, target_kwargs=target_kwargs, reader_options=reader_options,
+                               input_shape=input_shape, inputs_convention=inputs_convention,
+                               oracle_options=oracle_options, extra_inputs=extra_inputs)
+    return verify_setup(setup, model=model, oracle=oracle, reference=reference, localise=localise)
 
+
+def verify_setup(setup: ParitySetup, *, model=None, oracle=None, reference=None, localise=True) -> ParityReport:
+    """`verify` for a resolved set-up (the same keywords for what is not part of it)."""
+    t_start = time.perf_counter()
+    rep = ParityReport(source=setup.source_path, mapping=os.path.basename(setup.mapping.path),
+                       framework=setup.framework)
+    rep.tolerance = setup.tolerance.to_dict()
+    rep.conventions = setup.conventions.describe()
     # the oracle first: an unavailable framework stops before a long conversion
     own_oracle = oracle is None
     if oracle is None:
-        if reference is not None:
-            from .oracles.reference import ReferenceOracle
-
-            oracle = ReferenceOracle(SourceModel("reference", weights=os.fspath(reference)))
-        else:
-            oracle = build_oracle(framework, source if not hasattr(source, "path") else source.path,
-                                  architecture or _architecture_from(reader_options),
-                                  {"source_python": source_python, **(oracle_options or {})})
-    # the converted model, and the conversion report that pairs source layers with modules
-    t0 = time.perf_counter()
+        oracle = reference_oracle(reference) if reference is not None else oracle_for(setup.source_model())
     try:
-        arrays, model, conv_report = _converted(source, m, target, model, framework, target_kwargs, reader_options)
-    except BaseException:
-        if own_oracle:
-            oracle.close()
-        raise
-    rep.timings["convert"] = time.perf_counter() - t0
-    model = model.eval()
-    if dtype == "float64":
-        model = copy.deepcopy(model).double()
-    try:
-        extra = I.merged_extra_inputs((m.parity or {}).get("extra_inputs"), extra_inputs)
-        _run(rep, m, conv, model, oracle, arrays, conv_report, tol, inputs, n, seed, dtype, localise,
-             input_shape, inputs_convention, extra)
+        t0 = time.perf_counter()
+        arrays, model, conv_report = _converted(setup, model)
+        rep.timings["convert"] = time.perf_counter() - t0
+        model = model.eval()
+        if setup.inputs.dtype == "float64":
+            model = copy.deepcopy(model).double()
+        _run(rep, setup, model, oracle, arrays, conv_report, localise)
     finally:
         if own_oracle:
             oracle.close()
@@ -114,13 +108,14 @@ def verify(source, mapping, target=None, *, framework=None, architecture=None, i
     return rep
 
 
-def _converted(source, m, target, model, framework, target_kwargs, reader_options):
+def _converted(setup: ParitySetup, model):
     """(source arrays, converted model, conversion report); with `model`, a dry run for the report."""
-    from ..convert import _open, convert
+    from ..convert import convert
 
-    arrays = source if hasattr(source, "values") and hasattr(source, "path") else _open(source, framework, reader_options)
+    arrays = setup.open_arrays()
+    m, framework = setup.mapping, setup.framework or None
     if model is None:
-        model, conv_report = convert(arrays, m, target, framework=framework, target_kwargs=target_kwargs)
+        model, conv_report = convert(arrays, m, setup.target, framework=framework, target_kwargs=setup.target_kwargs)
         if not isinstance(model, torch.nn.Module):
             raise ConvertersError("verify needs a PyTorch module: the table names no target model", rule=m.path,
                                   hint="give target='package.module:callable' (--target)")
@@ -130,17 +125,15 @@ def _converted(source, m, target, model, framework, target_kwargs, reader_option
     return arrays, model, conv_report
 
 
-def _architecture_from(options: dict):
-    for key in ARCHITECTURE_OPTIONS:
-        if options.get(key):
-            return options[key]
-    return None
+def reference_oracle(path) -> Oracle:
+    from .oracles.reference import ReferenceOracle
+
+    return ReferenceOracle(SourceModel("reference", weights=os.fspath(path)))
 
 
-def build_oracle(framework: str, weights, architecture=None, options=None) -> Oracle:
-    """The registry's oracle for `framework` (converters.parity.oracles.ORACLES -> module.create)."""
-    if not framework:
-        raise ConvertersError("the source framework is not known", hint="give --from (framework=...)")
+def oracle_for(model: SourceModel) -> Oracle:
+    """The registry's oracle for `model.framework` (converters.parity.oracles.ORACLES -> module.create)."""
+    framework = model.framework
     name = ORACLES.get(framework)
     if name is None:
         raise OracleUnavailable(f"no oracle runs {framework!r} models",
@@ -151,111 +144,107 @@ def build_oracle(framework: str, weights, architecture=None, options=None) -> Or
     except ModuleNotFoundError as e:
         raise OracleUnavailable(f"the {framework} oracle cannot be imported here: {e}",
                                 hint="pip install 'converters[parity]'") from e
+    return module.create(model)
+
+
+def build_oracle(framework: str, weights, architecture=None, options=None) -> Oracle:
+    """The oracle for `framework` running `weights` (+ `architecture`); see `oracle_for`."""
+    if not framework:
+        raise ConvertersError("the source framework is not known", hint="give --from (framework=...)")
     options = {k: v for k, v in (options or {}).items() if v is not None}
-    return module.create(SourceModel(framework, weights=os.fspath(weights),
-                                     architecture=os.fspath(architecture) if architecture else None, options=options))
+    return oracle_for(SourceModel(framework, weights=os.fspath(weights),
+                                  architecture=os.fspath(architecture) if architecture else None, options=options))
 
 
 # ---- the run ------------------------------------------------------------------------------------
 
-def _run(rep, m, conv, model, oracle, arrays, conv_report, tol, inputs, n, seed, dtype, localise, input_shape,
-         inputs_convention, extra=None):
+def _run(rep, setup: ParitySetup, model, oracle, arrays, conv_report, localise):
     names = oracle.input_names()
-    extra = extra or {}
-    if inputs is None and hasattr(oracle, "stored_inputs"):  # a reference file answers for its own inputs only
+    extra = setup.inputs.extra
+    given, convention = None, None
+    if setup.inputs.given is None and hasattr(oracle, "stored_inputs"):  # a reference answers for its own inputs
         stored = oracle.target_inputs()
-        inputs, inputs_convention = (stored, "target") if stored else (oracle.stored_inputs(), "source")
-    src_in, tgt_in = all_inputs(conv, names, extra, model, inputs, n, seed, dtype, input_shape, inputs_convention)
+        given, convention = (stored, "target") if stored else (oracle.stored_inputs(), "source")
+    src_in, tgt_in = setup.make_inputs(names, model, given, convention)
     main = [k for k in names if k not in extra]
     rep.inputs = {k: {"shape": list(tgt_in[k].shape), "source_shape": list(src_in[k].shape),
                       "dtype": str(tgt_in[k].dtype)} for k in names}
     for k, item in extra.items():
         rep.inputs[k].update(fill=item["fill"], fed_to="both" if item["target_arg"] is not None else "source")
     args = _tensors(I.target_args(main, extra, tgt_in))
+    rep.notes.extend(oracle.notes())
 
     t0 = time.perf_counter()
-    src_out = oracle.run(src_in, output_taps(m, oracle))
+    src_out = oracle.run(src_in, output_taps(setup, oracle))
     rep.timings["source"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with torch.no_grad():
-        out = model(*args)
+    out = forward(model, args)
     rep.timings["target"] = time.perf_counter() - t0
 
-    pairs = match_outputs(out, src_out, (m.parity or {}).get("outputs") or oracle.output_names(), rep.notes)
-    for name, ref, got in pairs:
-        rep.outputs.append(compare(I.to_target(conv.activations, ref), got, tol, name=name))
+    order = setup.parity("outputs") or oracle.output_names()
+    chains = activation_chains(setup, oracle, order)
+    for name, ref, got in match_outputs(out, src_out, order, rep.notes):
+        rep.outputs.append(compare(I.to_target(chains.get(name, setup.conventions.activations), ref), got,
+                                   setup.tolerance, name=name))
     if not rep.outputs:
         raise ConvertersError("no output to compare: the PyTorch model returned nothing the source outputs match",
                               hint="list the source outputs in the table's parity.outputs")
     rep.passed = all(o["passed"] for o in rep.outputs)
     if localise and (localise == "always" or not rep.passed):
         t0 = time.perf_counter()
-        _localise(rep, m, conv, model, oracle, arrays, conv_report, tol, src_in, args)
+        _localise(rep, setup, model, oracle, arrays, conv_report, src_in, args)
         rep.timings["localise"] = time.perf_counter() - t0
 
 
-def output_taps(m, oracle) -> list:
+def forward(model, args):
+    """The PyTorch model's answer (no_grad); a crash in its forward is a TargetCrashed, not a traceback."""
+    try:
+        with torch.no_grad():
+            return model(*args)
+    except Exception as e:  # a user's model may raise anything
+        shapes = ", ".join("x".join(map(str, a.shape)) if isinstance(a, torch.Tensor) else "tuple" for a in args)
+        raise TargetCrashed(f"the PyTorch model's forward failed on inputs [{shapes}]: {type(e).__name__}: "
+                            f"{_one_line(e)}", hint="check the target model and the table's input shape "
+                                                    "(--input-shape)") from None
+
+
+def _one_line(e, limit=400) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def activation_chains(setup: ParitySetup, oracle, names) -> dict:
+    """{source tensor name: chain to the PyTorch convention} for the names whose layout the oracle
+    knows (an NHWC-input ONNX graph is NCHW inside); the others take the table's chain. A table's
+    explicit parity.activations applies to every name."""
+    if setup.conventions.explicit.get("activations"):
+        return {}
+    main_layouts = {k: setup.conventions.source.get("layout") for k in oracle.input_names()}
+    chains = {}
+    for name, layout in (oracle.activation_layouts(list(names), main_layouts) or {}).items():
+        if layout:
+            chains[name] = I.derive_activations({"layout": layout})
+    return chains
+
+
+def output_taps(setup: ParitySetup, oracle) -> list:
     """The table's parity.outputs that are not outputs of the source graph, read as taps: a net
     whose last layer is not learned (SSD's DetectionOutput) is compared at the layers before it."""
     declared = set(oracle.output_names())
-    return [name for name in (m.parity or {}).get("outputs") or [] if name not in declared]
+    wanted = [name for name in setup.parity("outputs") or [] if name not in declared]
+    reachable = set(oracle.layer_order())
+    unreachable = [name for name in wanted if name not in reachable]
+    if unreachable:
+        raise MappingError(f"parity.outputs names {unreachable}, which the source graph does not compute: its "
+                           f"outputs are {sorted(declared)} and no layer of that name is among its "
+                           f"{len(reachable)} layers", file=setup.architecture or setup.source_path,
+                           hint="give a graph (symbol file, model) whose outputs reach these layers, or fix "
+                                "parity.outputs")
+    return wanted
 
 
 def _tensors(args):
     return [tuple(_tensors(a)) if isinstance(a, tuple) else torch.from_numpy(np.ascontiguousarray(a)) for a in args]
-
-
-def all_inputs(conv, names, extra, model, inputs, n, seed, dtype, input_shape=None, convention="source"):
-    """make_inputs for the main inputs, plus the declared extra inputs (parity.extra_inputs): taken
-    from `inputs` when it holds every input, else made from their fill. Both dicts hold them all."""
-    unknown = [k for k in extra if k not in names]
-    if unknown:
-        raise MappingError(f"parity.extra_inputs names {unknown}, which the source model does not take; "
-                           f"its inputs are {names}")
-    main = [k for k in names if k not in extra]
-    given_extra = None
-    if inputs is not None and extra:
-        try:
-            every = I.load_inputs(inputs, names)
-        except ConvertersError:
-            every = None
-        if every is not None:
-            given_extra = {k: every[k] for k in extra}
-            inputs = {k: every[k] for k in main}
-    src, tgt = make_inputs(conv, main, inputs, n, seed, dtype, input_shape, convention)
-    if extra:
-        if given_extra is None:
-            first = src[main[0]].shape if main else None
-            given_extra = I.make_extra_inputs(extra, I.shape_names(model, first, conv.source.get("layout")), seed)
-        for k, v in given_extra.items():
-            src[k] = np.ascontiguousarray(v, np.float32)
-            tgt[k] = np.ascontiguousarray(v, np.float64 if dtype == "float64" else np.float32)
-    return src, tgt
-
-
-def make_inputs(conv, names, inputs, n, seed, dtype, input_shape=None, convention="source"):
-    """(source-convention inputs, target-convention inputs), both {input name: array}."""
-    if inputs is None:
-        if len(names) != 1:
-            raise ConvertersError(f"the model takes {len(names)} inputs {names}; random inputs are made for one",
-                                  hint="give the inputs (--inputs file.npz), or declare the source-only ones "
-                                       "(initial states) in the table's parity.extra_inputs")
-        x = conv_target = I.make_target_input(conv, n, seed, "float32", input_shape)
-        tgt = {names[0]: conv_target}
-        src = {names[0]: I.to_source(conv.source_input, x)}
-    else:
-        given = I.load_inputs(inputs, names)
-        if convention == "target":
-            tgt = {k: np.asarray(v, np.float32) for k, v in given.items()}
-            src = {k: I.to_source(conv.source_input, v) for k, v in tgt.items()}
-        elif convention == "source":
-            src = {k: np.asarray(v, np.float32) for k, v in given.items()}
-            tgt = {k: I.from_source(conv.source_input, v) for k, v in src.items()}
-        else:
-            raise ConvertersError(f"inputs_convention is 'source' or 'target', not {convention!r}")
-    src = {k: np.ascontiguousarray(v, np.float32) for k, v in src.items()}
-    tgt = {k: np.ascontiguousarray(v, np.float64 if dtype == "float64" else np.float32) for k, v in tgt.items()}
-    return src, tgt
 
 
 def flatten_outputs(out) -> list:
@@ -271,17 +260,24 @@ def flatten_outputs(out) -> list:
 
 
 def match_outputs(out, src_out: dict, order: list, notes: list) -> list:
-    """[(name, source array, torch array)]: by name for a dict, else by position in `order`."""
+    """[(name, source array, torch array)]: a dict's entries by name when its keys are source
+    outputs (only those in `order`, in its order), else by position in `order` (a dict's values in
+    its own order)."""
     missing = [n for n in order if n not in src_out]
     if missing:
         raise MappingError(f"source output(s) {missing} not among the source's outputs {list(src_out)}",
                            hint="fix parity.outputs in the table")
-    if isinstance(out, dict):
-        pairs = [(k, src_out[k], _np(v)) for k, v in out.items() if k in src_out]
-        extra = [k for k in out if k not in src_out]
-        if extra:
-            notes.append(f"PyTorch outputs {extra} have no source output of the same name")
+    if isinstance(out, dict) and any(k in src_out for k in out):
+        pairs = [(k, src_out[k], _np(out[k])) for k in order if k in out]
+        unnamed = [k for k in out if k not in src_out]
+        if unnamed:
+            notes.append(f"PyTorch outputs {unnamed} have no source output of the same name")
+        skipped = [k for k in out if k in src_out and k not in order]
+        if skipped:
+            notes.append(f"PyTorch outputs {skipped} are not in parity.outputs and were not compared")
         return pairs
+    if isinstance(out, dict):
+        notes.append(f"the PyTorch model's outputs {list(out)} are matched by position to {order}")
     got = flatten_outputs(out)
     pairs = [(name, src_out[name], _np(t)) for name, t in zip(order, got)]
     if len(got) > len(order):
@@ -296,9 +292,12 @@ def _np(t):
     return t.detach().to(torch.float64).cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def _localise(rep, m, conv, model, oracle, arrays, conv_report, tol, src_in, args):
-    pairs = pairs_from_conversion(conv_report, arrays, (m.parity or {}).get("layers"),
-                                  dict(model.named_modules()))
+def _localise(rep, setup: ParitySetup, model, oracle, arrays, conv_report, src_in, args):
+    if isinstance(model, torch.jit.ScriptModule):
+        rep.notes.append("the PyTorch model is a TorchScript module, whose layers cannot be tapped: no layer "
+                         "was compared (verify the Python module it was scripted from to localise)")
+        return
+    pairs = pairs_from_conversion(conv_report, arrays, setup.parity("layers"), dict(model.named_modules()))
     source_order = list(oracle.layer_order())
     unknown = sorted({p.source_layer for p in pairs} - set(source_order))
     if unknown:
@@ -306,134 +305,40 @@ def _localise(rep, m, conv, model, oracle, arrays, conv_report, tol, src_in, arg
                          + ", ".join(unknown[:8]) + (" ..." if len(unknown) > 8 else ""))
     recorder = ActivationRecorder(model, {p.module for p in pairs})
     try:
-        with torch.no_grad():
-            model(*args)
+        forward(model, args)
         resolved = resolve_pairs(pairs, recorder, source_order)
         if not resolved:
             rep.notes.append("no (source layer, module) pair could be tapped on both sides: nothing localised")
             return
-        acts = oracle.run(src_in, [p.source_layer for p, _ in resolved])
-        rep.layers = compare_layers(resolved, recorder, acts, lambda a: I.to_target(conv.activations, a), tol)
+        taps = [p.source_layer for p, _ in resolved]
+        acts = oracle.run(src_in, taps)
+        chains = activation_chains(setup, oracle, taps)
+        default = setup.conventions.activations
+        rep.layers = compare_layers(resolved, recorder, acts, lambda name, a: I.to_target(chains.get(name, default), a),
+                                    setup.tolerance, oracle.fused_activations(taps))
     finally:
         recorder.close()
     rep.localised = True
-    for i, row in enumerate(rep.layers):
-        if not row["passed"]:
-            rep.first_divergent = {"source_layer": row["name"], "module": row["module"], "metrics": row,
-                                   "likely_causes": likely_causes(row, rep.layers[:i], model)}
-            break
+    _name_first_divergent(rep, model, args, conv_report)
 
 
-# ---- CLI ----------------------------------------------------------------------------------------
-
-def add_common_arguments(p):
-    from ..readers import FRAMEWORKS
-
-    p.add_argument("input", help="the source weight file (what the conversion reads)")
-    p.add_argument("--from", dest="framework", choices=sorted(set(FRAMEWORKS) | set(ORACLES)))
-    p.add_argument("--map", required=True, help="mapping table: a path or a shipped name (see `convert maps`)")
-    p.add_argument("--architecture", help="the file the source framework needs beside the weights "
-                                          "(deploy.prototxt, net-symbol.json)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="reader option")
-    p.add_argument("--source-python", metavar="PATH",
-                   help="Python interpreter with the source framework (MXNet); default $CONVERTERS_SOURCE_PYTHON "
-                        "or .venv-mxnet/bin/python")
-    p.add_argument("--inputs", metavar="NPZ", help="inputs (.npz, named after the model's inputs or in order)")
-    p.add_argument("--inputs-convention", choices=("source", "target"), default="source",
-                   help="the --inputs arrays are laid out for the source model (default) or the PyTorch model")
-    p.add_argument("-n", type=int, default=2, help="random inputs: batch size (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="random inputs: seed (default 0)")
-    p.add_argument("--input-shape", type=lambda s: [int(v) for v in s.replace("x", ",").split(",")],
-                   help="input shape in the table's input layout, e.g. 1,224,224,3")
-
-
-def cmd_verify(argv) -> int:
-    p = argparse.ArgumentParser(prog="convert verify", description="Run the source model in its framework and the "
-                                "converted PyTorch model on the same inputs; compare every output. Exit 0 pass, "
-                                "1 parity failure, 2 usage error or source framework unavailable/crashed.")
-    add_common_arguments(p)
-    p.add_argument("--target", help="package.module:callable (overrides the table's target)")
-    p.add_argument("--target-kwargs", type=json.loads, default=None, help="JSON object of keyword arguments")
-    p.add_argument("--converted", metavar="PTH", help="verify this converted .pth/.safetensors instead of "
-                                                      "converting in memory")
-    p.add_argument("--reference", metavar="NPZ", help="replay a reference file (convert reference) instead of "
-                                                      "running the source framework")
-    p.add_argument("--atol", type=float)
-    p.add_argument("--rtol", type=float)
-    p.add_argument("--cosine", type=float)
-    p.add_argument("--topk", type=int)
-    p.add_argument("--float64", action="store_true", help="run the PyTorch side in float64")
-    p.add_argument("--localise", choices=("auto", "always", "never"), default="auto",
-                   help="compare intermediate activations when an output differs (auto), always, or never")
-    p.add_argument("--json", metavar="PATH", help="write the report as JSON ('-' for stdout)")
-    p.add_argument("--html", metavar="PATH", help="write the report as HTML")
-    p.add_argument("--plot", metavar="PNG", help="write the per-layer error plot (needs matplotlib)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the verdict line")
-    args = p.parse_args(argv)
-    rep = run_from_args(args)
-    return rep.exit_code
-
-
-def run_from_args(args, model=None) -> ParityReport:
-    options = _options(args.option)
-    tolerance = {k: getattr(args, k, None) for k in ("atol", "rtol", "cosine", "topk")}
-    tolerance = {k: v for k, v in tolerance.items() if v is not None} or None
-    if model is None and getattr(args, "converted", None):
-        model = load_converted(args.converted, args.map, getattr(args, "target", None), getattr(args, "target_kwargs", None))
-    localise = {"auto": True, "always": "always", "never": False}[getattr(args, "localise", "auto")]
-    rep = verify(args.input, args.map, getattr(args, "target", None), framework=args.framework,
-                 architecture=args.architecture, inputs=args.inputs, n=args.n, seed=args.seed, tolerance=tolerance,
-                 localise=localise, source_python=args.source_python, reference=getattr(args, "reference", None),
-                 dtype="float64" if getattr(args, "float64", False) else "float32", model=model,
-                 target_kwargs=getattr(args, "target_kwargs", None), reader_options=options,
-                 input_shape=args.input_shape, inputs_convention=args.inputs_convention)
-    emit(rep, args)
-    return rep
-
-
-def emit(rep: ParityReport, args) -> None:
-    if getattr(args, "json", None):
-        if args.json == "-":
-            print(rep.to_json())
-        else:
-            rep.to_json(args.json)
-    if getattr(args, "html", None):
-        with open(args.html, "w") as fh:
-            fh.write(rep._repr_html_())
-    if getattr(args, "plot", None):
-        rep.plot(args.plot)
-    if getattr(args, "json", None) != "-":
-        text = str(rep) if not getattr(args, "quiet", False) else str(rep).splitlines()[0]
-        print(text, file=sys.stdout if rep.passed else sys.stderr)
-
-
-def _options(pairs) -> dict:
-    bad = [o for o in pairs if "=" not in o]
-    if bad:
-        raise ConvertersError(f"--option takes KEY=VALUE, not {bad[0]!r}")
-    return dict(o.split("=", 1) for o in pairs)
-
-
-def load_converted(path, mapping, target=None, target_kwargs=None) -> torch.nn.Module:
-    """The target module holding a converted .pth / .safetensors (weights only, no pickled code)."""
-    from ..convert import _target_spec
-    from ..target import build_model
-
-    m = mapping_spec.load(mapping)
-    spec = _target_spec(target, m, target_kwargs)
-    if spec is None:
-        raise ConvertersError("the table names no target model to load the converted weights into",
-                              hint="give --target package.module:callable")
-    model = build_model(spec)
-    path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        sd = load_file(path)
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ConvertersError(f"the converted file does not fit the target: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}", file=path)
-    return model
+def _name_first_divergent(rep, model, args, conv_report):
+    """The first layer that differs and whose difference reaches the layers after it; a PASS names
+    none, and differing rows that later layers contradict are reported as undecided, not blamed."""
+    differing = [r["name"] for r in rep.layers if not r["passed"]]
+    if rep.passed:
+        if differing:
+            rep.notes.append(f"layer(s) {', '.join(differing[:8])} differ although every output agrees: their "
+                             "activations are probably not comparable (fused or reordered operations)")
+        return
+    first, unsure = judge_layers(rep.layers, model, args)
+    if unsure:
+        rep.notes.append("cannot tell whether " + ", ".join(f"{r['name']} ({r['unsure']})" for r in unsure[:8])
+                         + " diverge: not counted as the first divergent layer")
+    if first is None:
+        rep.undetermined = bool(unsure)
+        return
+    i = rep.layers.index(first)
+    rep.first_divergent = {"source_layer": first["name"], "module": first["module"], "metrics": first,
+                           "likely_causes": likely_causes(first, rep.layers[:i], model,
+                                                          getattr(conv_report, "bn_eps", {}) or {})}

@@ -67,3 +67,19 @@ class Oracle:
 
     def close(self) -> None:
         pass
+
+    # optional answers: what the verifier needs to compare like with like (defaults: nothing known)
+
+    def activation_layouts(self, names: list[str], input_layouts: dict) -> dict[str, str | None]:
+        """{tap or output name: its axis layout ("NCHW", "NHWC", ...) or None when unknown}, given
+        the layouts of the inputs; names left out (or None) take the table's activation chain."""
+        return {}
+
+    def fused_activations(self, taps: list[str]) -> dict[str, str]:
+        """{tap: activation the source applies inside that layer ("relu", "sigmoid", ...)}: a
+        Keras Conv2D(activation="relu") tap is compared with the PyTorch module's output after it."""
+        return {}
+
+    def notes(self) -> list[str]:
+        """Things the report should say about how the source was run."""
+        return []

@@ -4,7 +4,8 @@ A reference file (`convert reference`, converters.parity.reference.write_referen
 written where the source framework runs. It holds, without any pickled object:
 
     __meta__              JSON text: format, version, framework, source file + sha256, mapping,
-                          input_names, output_names, layer_order (the tapped layers), created
+                          input_names, output_names, layer_order (the tapped layers), created,
+                          activation_layouts and fused_activations (what the oracle knew, optional)
     input/<name>          the inputs, in the source model's convention
     target_input/<name>   the same inputs in the PyTorch model's convention (when a mapping was given)
     output/<name>         the source model's outputs for them
@@ -74,6 +75,14 @@ class ReferenceOracle(Oracle):
     def layer_order(self) -> list[str]:
         taps = self._group("tap/")
         return [n for n in self.meta.get("layer_order") or taps if n in taps]
+
+    def activation_layouts(self, names, input_layouts):
+        known = self.meta.get("activation_layouts") or {}
+        return {n: known[n] for n in names if n in known}
+
+    def fused_activations(self, taps):
+        known = self.meta.get("fused_activations") or {}
+        return {t: known[t] for t in taps if t in known}
 
     def run(self, inputs, taps=()):
         for name in self.input_names():
