@@ -22,6 +22,7 @@ _LAZY = {  # imported on first use so `import converters` (and `convert inspect`
     "convert": (".convert", "convert"),
     "draft": (".draft", "draft"),
     "verify": (".parity.verify", "verify"),
+    "port": (".port", "port"),
     "load_partial": (".finetune", "load_partial"),
     "init_params": (".finetune", "init_params"),
     "save_checkpoint": (".finetune", "save_checkpoint"),

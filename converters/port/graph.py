@@ -75,7 +75,7 @@ file: a port never approximates silently.
 
 Emitters (port/ops/__init__.py: `@emits`, `Ctx`, `Emitted`, `helper`) are the other side of
 this contract; frontends/__init__.py gives the frontend signature. Changes since the first
-version: Graph.reader_options and Graph.notes; activation kind power; reshape 0 = copy the input dim; constant
+version: Graph.reader_options, notes, architecture; activation kind power; reshape 0 = copy the input dim; constant
 carries its shape; `sanitise` also avoids Python keywords and the names the generated file
 imports (torch, nn, F, math, self).
 """
@@ -158,6 +158,7 @@ class Graph:
     unused_arrays: dict = field(default_factory=dict)      # source array -> why no node uses it (table ignore)
     reader_options: dict = field(default_factory=dict)     # converters.read options for source_files[0] (prototxt=...)
     notes: list = field(default_factory=list)              # facts for the table's notes (what the file does not record, ...)
+    architecture: str | None = None                        # the file verify's oracle reads beside the weights (prototxt, -symbol.json)
 
     def check(self) -> None:
         """Every tensor defined before use, ops known, names unique: frontends call this last."""

@@ -907,6 +907,72 @@ def _constant(b: _Builder, L):
         raise b.unsupported("a Constant the reader exposes no array for (sparse or string?)")
 
 
+@handles("LSTM", "GRU")
+def _rnn(b: _Builder, L):
+    """ONNX LSTM (gates iofc) / GRU (zrh, linear_before_reset=1) -> nn.LSTM / nn.GRU (seq-first)."""
+    lstm = L.type == "LSTM"
+    direction = _attr(L, "direction", "forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction == "reverse" or _attr(L, "clip") is not None or int(_attr(L, "input_forget", 0)) \
+            or int(_attr(L, "layout", 0)) or _attr(L, "activations") not in (None, *_DEFAULT_ACTS[L.type]):
+        raise b.unsupported("direction reverse / clip / input_forget / layout 1 / non-default activations")
+    if not lstm and not int(_attr(L, "linear_before_reset", 0)):
+        raise b.unsupported("linear_before_reset=0", hint="nn.GRU applies the reset gate after the recurrent matmul")
+    if _opt(L, 4) or (lstm and _opt(L, 7)):
+        raise b.unsupported("sequence_lens / peepholes")
+    x, w, r = L.inputs[:3]
+    dirs, gates_h, in_size = b.shape(w)
+    hidden = int(_attr(L, "hidden_size", gates_h // (4 if lstm else 3)))
+    two_way = direction == "bidirectional"
+    order = {"from": "iofc", "to": "ifco"} if lstm else {"from": "zrh", "to": "rzh"}
+    params = {}
+    for d, suffix in enumerate(["", "_reverse"][:dirs]):
+        pick = [{"slice": {"axis": 0, "start": d, "stop": d + 1}}] if dirs > 1 else []
+        pick += [{"squeeze": 0}]
+        params[f"weight_ih_l0{suffix}"] = b.param(w, [*pick, {"gates": order}])
+        params[f"weight_hh_l0{suffix}"] = b.param(r, [*pick, {"gates": order}])
+        n = gates_h
+        if _opt(L, 3):
+            params[f"bias_ih_l0{suffix}"] = b.param(L.inputs[3], [*pick, {"slice": {"axis": 0, "stop": n}},
+                                                                  {"gates": order}])
+            params[f"bias_hh_l0{suffix}"] = b.param(L.inputs[3], [*pick, {"slice": {"axis": 0, "start": n}},
+                                                                  {"gates": order}])
+        else:
+            params[f"bias_ih_l0{suffix}"], params[f"bias_hh_l0{suffix}"] = Param(fill=0.0), Param(fill=0.0)
+    states = [_opt(L, 5)] + ([_opt(L, 6)] if lstm else [])
+    state_ins = []
+    for t in states:
+        if t is None:
+            continue
+        if t in b.consts and not np.any(b.consts[t].value(b.f)):
+            b.note_folded(t, f"zero initial state of {L.name}")
+            continue
+        state_ins.append(b.tensor(t))
+    if state_ins and len(state_ins) != len(states):
+        raise b.unsupported("an initial state given for only some of h0/c0")
+    xs = b.shape(x)
+    y_name = L.outputs[0] if L.outputs and L.outputs[0] else None
+    state_outs = list(L.outputs[1:3 if lstm else 2])
+    if not any(state_outs):
+        state_outs = []
+    outs = [f"{L.name}__seq"] + [o or f"{L.name}__state{i}" for i, o in enumerate(state_outs)]
+    attrs = {"input_size": int(in_size), "hidden_size": hidden, "num_layers": 1, "bidirectional": two_way,
+             "batch_first": False, "return_sequences": True, "go_backwards": False, "state_format": "stacked"}
+    b.emit(L.name, L.type.lower(), [b.tensor(x), *state_ins], outs, attrs, params, shape=(xs[0], xs[1], dirs * hidden))
+    for o in outs[1:]:
+        b.shapes[o] = (dirs, xs[1], hidden)
+    if y_name:  # ONNX Y is (seq, dirs, batch, hidden); torch's (seq, batch, dirs * hidden)
+        split = f"{L.name}__split"
+        b.emit(f"{L.name}/split_dirs", "reshape", [outs[0]], [split], {"shape": (0, 0, dirs, hidden)},
+               shape=(xs[0], xs[1], dirs, hidden))
+        b.emit(f"{L.name}/to_onnx", "transpose", [split], [y_name], {"perm": (0, 2, 1, 3)},
+               shape=(xs[0], dirs, xs[1], hidden))
+
+
+_DEFAULT_ACTS = {"LSTM": (["Sigmoid", "Tanh", "Tanh"], ["Sigmoid", "Tanh", "Tanh"] * 2),
+                 "GRU": (["Sigmoid", "Tanh"], ["Sigmoid", "Tanh"] * 2)}
+
+
 # =========================================================================== driver
 
 _FOLD_FIRST = {"Constant", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Identity", "Cast"}
