@@ -1,14 +1,12 @@
-"""`converters.convert` and the `convert --from F --map TABLE IN OUT` command.
+"""`converters.convert`: a weight file and a mapping table in, a filled module or a written file out
+(the command line is converters/cli/convert.py).
 
 Order of work: open the source lazily, load the table, describe the target (a meta-device model:
 no memory), plan and check coverage, and only then read, transform and write the arrays.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 
 import numpy as np
 import torch
@@ -20,7 +18,7 @@ from .initializers import init_tensor
 from .mapping import spec as mapping_spec
 from .mapping.materialise import produce
 from .mapping.plan import make_plan
-from .target import build_model, describe, load_factory, to_torch
+from .target import build_model, describe, resolve_target, to_torch
 from .writer import output_kind, save_pth, stream_safetensors
 
 
@@ -47,7 +45,7 @@ def convert(source, mapping, target=None, out=None, *, framework=None, target_kw
     """
     m = mapping if isinstance(mapping, mapping_spec.Mapping) else mapping_spec.load(mapping)
     arrays = source if isinstance(source, ArrayFile) else _open(source, framework or m.source, reader_options)
-    target_spec = _target_spec(target, m, target_kwargs)
+    target_spec = resolve_target(target, m, target_kwargs)
     if out is not None:
         output_kind(out)
         if os.path.exists(out) and not force:  # fail before any work; the writer checks again
@@ -101,20 +99,6 @@ def _open(source, framework, options):
     from . import read
 
     return read(source, framework, **(options or {}))
-
-
-def _target_spec(target, m, kwargs):
-    if isinstance(target, torch.nn.Module):
-        return None
-    if isinstance(target, str):
-        load_factory(target)  # fail early on a bad name
-        return {"model": target, "kwargs": kwargs or {}}
-    if m.target:
-        spec = dict(m.target)
-        if kwargs:
-            spec["kwargs"] = {**(spec.get("kwargs") or {}), **kwargs}
-        return spec
-    return None
 
 
 def _is_meta(model) -> bool:
@@ -183,82 +167,3 @@ def _state_dict(plan, arrays, bar):
         if bar is not None:
             bar.update(1)
     return sd
-
-
-# ---- CLI ----------------------------------------------------------------------------------------
-
-def cmd_convert(argv) -> int:
-    from .readers import FRAMEWORKS
-
-    p = argparse.ArgumentParser(prog="convert", description="Convert a weight file with a mapping table.")
-    p.add_argument("input")
-    p.add_argument("output", nargs="?", help=".pth/.pt or .safetensors (omit with --dry-run)")
-    p.add_argument("--from", dest="framework", choices=FRAMEWORKS)
-    p.add_argument("--map", required=True, help="mapping table: a path or a shipped name (see `convert maps`)")
-    p.add_argument("--target", help="package.module:callable (overrides the table's target)")
-    p.add_argument("--target-kwargs", type=json.loads, default=None, help="JSON object of keyword arguments")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, check shapes, read no data")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("--allow-unused", action="store_true", help="accept source arrays no rule uses")
-    p.add_argument("--allow-missing", action="store_true", help="accept target tensors nothing fills")
-    p.add_argument("--report", metavar="JSON", help="write the coverage report as JSON")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="reader option, e.g. prototxt=deploy.prototxt or symbol=net-symbol.json")
-    p.add_argument("--verify", action="store_true",
-                   help="after writing, run the source framework and the written model on the same inputs "
-                        "(convert verify); exit 1 when they differ")
-    p.add_argument("--source-python", metavar="PATH", help="with --verify: interpreter with the source framework")
-    p.add_argument("--architecture", help="with --verify: the file the source framework needs (prototxt, symbol)")
-    p.add_argument("-q", "--quiet", action="store_true")
-    args = p.parse_args(argv)
-    if args.verify and args.dry_run:
-        p.error("--verify needs a written output, not --dry-run")
-    if not args.dry_run and not args.output:
-        p.error("give an output path (or --dry-run)")
-    options = dict(o.split("=", 1) for o in args.option if "=" in o)
-    rep = None
-    try:
-        _, rep = convert(args.input, args.map, args.target, None if args.dry_run else args.output,
-                         framework=args.framework, target_kwargs=args.target_kwargs,
-                         allow_unused=args.allow_unused, allow_missing=args.allow_missing, dry_run=args.dry_run,
-                         force=args.force, progress=not args.quiet and sys.stderr.isatty(), reader_options=options)
-    except CoverageError as e:
-        rep = e.report
-        print(rep.problem_table(), file=sys.stderr)
-        raise
-    finally:
-        if args.report and rep is not None:
-            with open(args.report, "w") as fh:
-                json.dump(rep.to_dict(), fh, indent=1)
-    if args.dry_run:
-        print(rep.plan_table())
-    if not args.quiet:
-        print(str(rep) if not args.dry_run else f"dry run: {rep.summary()}")
-        if rep.output:
-            print(f"wrote {rep.output}")
-    if args.verify:
-        return _verify_written(args, options)
-    return 0
-
-
-def _verify_written(args, options) -> int:
-    """`--verify`: the written file, loaded into the target, against the source framework."""
-    from .parity.verify import emit, load_converted, verify
-
-    model = load_converted(args.output, args.map, args.target, args.target_kwargs)
-    rep = verify(args.input, args.map, args.target, framework=args.framework, model=model, reader_options=options,
-                 source_python=args.source_python, architecture=args.architecture)
-    emit(rep, args)
-    return rep.exit_code
-
-
-def cmd_maps(argv) -> int:
-    argparse.ArgumentParser(prog="convert maps", description="List the shipped mapping tables.").parse_args(argv)
-    for name, path in mapping_spec.shipped_tables().items():
-        try:
-            m = mapping_spec.load(path)
-            desc = (m.description or "").strip().splitlines()[0] if m.description else ""
-            print(f"{name:32s} {m.source or '?':11s} -> {(m.target or {}).get('model', '(state dict)'):40s} {desc}")
-        except ConvertersError as e:
-            print(f"{name:32s} BROKEN: {e}")
-    return 0

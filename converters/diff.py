@@ -1,4 +1,4 @@
-"""`convert diff A B`: compare two weight files of any readable formats, tensor by tensor.
+"""`convert diff A B` (converters/cli/diff.py): compare two weight files of any readable formats, tensor by tensor.
 
 Why: the quickest check of a conversion is against an independent port of the same model. Names,
 shapes, dtypes and values are compared; the exit code says whether anything differs (0 same,
@@ -8,13 +8,11 @@ Names of B can be rewritten (--rename REGEX=REPL, in order) to line up with A's.
 """
 from __future__ import annotations
 
-import argparse
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cli import subcommand
 from .errors import ConvertersError
 from .finetune.report import Report
 
@@ -166,30 +164,3 @@ def _value_diff(x: np.ndarray, y: np.ndarray, atol, rtol) -> tuple[float, float,
     if not x.size:
         return 0.0, 0.0, 0
     return float(d.max()), float(rel.max()), over
-
-
-@subcommand("diff")
-def cmd_diff(argv) -> int:
-    from .readers import FRAMEWORKS
-
-    p = argparse.ArgumentParser(prog="convert diff", description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("a", help="first weight file")
-    p.add_argument("b", help="second weight file")
-    p.add_argument("--from-a", choices=FRAMEWORKS, help="format of A (detected when omitted)")
-    p.add_argument("--from-b", choices=FRAMEWORKS, help="format of B (detected when omitted)")
-    p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0: bit-exact)")
-    p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0)")
-    p.add_argument("--rename", action="append", default=[], metavar="REGEX=REPL",
-                   help="rewrite B's names with re.sub before matching (repeatable, applied in order)")
-    p.add_argument("--ignore-dtype", action="store_true", help="equal values in different dtypes count as same")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = p.parse_args(argv)
-    for rule in args.rename:
-        if "=" not in rule:
-            p.error(f"--rename {rule!r}: expected REGEX=REPL")
-    if args.atol < 0 or args.rtol < 0:
-        p.error("--atol and --rtol must not be negative")
-    report = diff_files(args.a, args.b, from_a=args.from_a, from_b=args.from_b, atol=args.atol, rtol=args.rtol,
-                        rename=args.rename, check_dtype=not args.ignore_dtype)
-    print(report.to_json(indent=1) if args.json else report)
-    return 0 if report.same else 1

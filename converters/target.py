@@ -113,3 +113,44 @@ def describe(model: torch.nn.Module) -> dict[str, TargetTensor]:
         eps = getattr(mod, "eps", None) if isinstance(mod, torch.nn.modules.batchnorm._NormBase) else None
         out[name] = TargetTensor(tuple(t.shape), numpy_dtype(t.dtype), type(mod).__name__ if mod else "", eps)
     return out
+
+
+def resolve_target(target, mapping, kwargs=None) -> dict | None:
+    """{'model': spec, 'kwargs': {...}} for a conversion: the given 'package.module:callable' (checked
+    now, so a bad name fails before any work), else the table's own target with `kwargs` merged in;
+    None for an nn.Module (filled as is) or when neither names one (a state dict is built)."""
+    if isinstance(target, torch.nn.Module):
+        return None
+    if isinstance(target, str):
+        load_factory(target)  # fail early on a bad name
+        return {"model": target, "kwargs": kwargs or {}}
+    if mapping.target:
+        spec = dict(mapping.target)
+        if kwargs:
+            spec["kwargs"] = {**(spec.get("kwargs") or {}), **kwargs}
+        return spec
+    return None
+
+
+def load_converted(path, mapping, target=None, target_kwargs=None) -> torch.nn.Module:
+    """The target module holding a converted .pth / .safetensors (weights only, no pickled code)."""
+    from .mapping import spec as mapping_spec
+
+    m = mapping if isinstance(mapping, mapping_spec.Mapping) else mapping_spec.load(mapping)
+    spec = resolve_target(target, m, target_kwargs)
+    if spec is None:
+        raise ConvertersError("the table names no target model to load the converted weights into",
+                              hint="give --target package.module:callable")
+    model = build_model(spec)
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        sd = load_file(path)
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ConvertersError(f"the converted file does not fit the target: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}", file=path)
+    return model

@@ -1,0 +1,135 @@
+"""The command line: `convert` and `weightport` (the same program), and `python -m converters`.
+
+    convert [convert] --from F --map TABLE IN OUT   convert (the default subcommand)
+    convert inspect PATH                            what is in a weight file
+    convert verify IN --map TABLE                   parity: exit 0 pass, 1 differ, 2 error
+    convert --help | --version | SUBCOMMAND --help
+
+Adding a subcommand (the one mechanism): write a module with
+
+    HELP = "one line, shown by `convert --help`"
+    def add_arguments(parser): ...     # argparse; shared flags in converters.cli.args (--option,
+                                       # --target, --input-shape, --json, -q, --from, --map)
+    def run(args) -> int: ...          # exit code: 0 ok, 1 a negative verdict (parity failed,
+                                       # files differ), 2 usage or input error
+
+and add one line `name: "module.path"` to COMMANDS below. Keep the module's top-level imports
+light (import the library inside run()): the chosen module is imported for every call and all
+of them for `--help`. Raise ConvertersError for bad input: main() prints one line and exits
+with its exit_code (2); argparse rejects unknown options with exit 2. Library modules never
+import this package.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import importlib.util
+import os
+import re
+import sys
+
+from ..errors import ConvertersError
+
+COMMANDS = {
+    "convert": "converters.cli.convert",
+    "inspect": "converters.cli.inspect",
+    "maps": "converters.cli.maps",
+    "verify": "converters.cli.verify",
+    "reference": "converters.cli.reference",
+    "diff": "converters.cli.diff",
+    "draft": "converters.cli.draft",
+    "port": "converters.port.cli",
+}
+DEFAULT = "convert"  # `convert --from F --map T IN OUT` is `convert convert ...`
+_ROOT_FLAGS = ("-h", "--help", "-v", "--version")
+
+
+def available() -> dict:
+    """COMMANDS whose module exists in this installation (a subcommand still being written is left out)."""
+    out = {}
+    for name, module in COMMANDS.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            out[name] = module
+    return out
+
+
+def prog_name() -> str:
+    base = os.path.basename(sys.argv[0] or "")
+    if base in ("convert", "weightport"):
+        return base
+    return "python -m converters" if base == "__main__.py" else "convert"
+
+
+def build_parser(prog: str, only: str | None = None) -> argparse.ArgumentParser:
+    """The root parser with one subparser per command; `only` fills in that command's arguments
+    (the others are listed with their one-line help)."""
+    from .. import __version__
+
+    root = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Bring trained weights from Caffe, TensorFlow/Keras, MXNet/Gluon and ONNX into PyTorch.",
+        epilog=f"Without a subcommand, `{prog} --from F --map TABLE IN OUT` converts (see the options below).\n"
+               "Exit codes: 0 ok, 1 parity failed / files differ, 2 usage or input error, 130 interrupted.")
+    root.add_argument("-v", "--version", action="version", version=f"{prog} (converters) {__version__}")
+    sub = root.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    root.commands = {}
+    for name, module_name in available().items():
+        module = importlib.import_module(module_name) if only in (None, name) else None
+        help_text = getattr(module, "HELP", None) if module else None
+        p = root.commands[name] = sub.add_parser(name, help=help_text, description=help_text, prog=f"{prog} [{name}]" if name == DEFAULT else f"{prog} {name}")
+        if module is not None:
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+    return root
+
+
+def _unknown_subcommand(word: str, names) -> str | None:
+    """The error for a first word that looks like a mistyped subcommand rather than an input file."""
+    if word.startswith("-") or word in names or os.path.exists(word) or not re.fullmatch(r"[a-z][a-z0-9_-]*", word):
+        return None
+    close = difflib.get_close_matches(word, names, n=1)
+    return (f"unknown subcommand {word!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; subcommands: {', '.join(names)}")
+
+
+def _help(prog: str) -> str:
+    root = build_parser(prog)
+    conversion = build_parser(prog, only=DEFAULT).commands[DEFAULT]
+    return root.format_help() + "\nThe default subcommand, convert:\n\n" + conversion.format_help()
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog_name()
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `--target mymod:Net` finds ./mymod.py, as under `python -m`
+    try:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(_help(prog))
+            return 0 if argv else 2
+        names = list(available())
+        error = _unknown_subcommand(argv[0], names)
+        if error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return 2
+        if argv[0] not in names and argv[0] not in _ROOT_FLAGS:
+            argv = [DEFAULT, *argv]
+        command = argv[0] if argv[0] in names else ""  # --version: no subcommand module imported
+        args = build_parser(prog, only=command).parse_args(argv)
+        return args._run(args)
+    except ConvertersError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as e:  # unreadable paths, permissions, disk full
+        print(f"{prog}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
