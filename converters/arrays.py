@@ -43,6 +43,11 @@ class ArrayHandle:
         self.name = name
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
+        from .readers._limits import element_count
+
+        if element_count(self.shape, self.dtype.itemsize) is None:
+            raise FormatError(f"shape {list(self.shape)} of {self.dtype} cannot be an array", array=name,
+                              hint="a corrupt shape field")
         self._load = load
         self.meta = dict(meta or {})
 

@@ -26,6 +26,7 @@ import numpy as np
 from ..arrays import BFLOAT16, ArrayFile, ArrayHandle, Layer, role_from_name
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from ._binary import FileView
+from ._limits import PARSER_ERRORS, check_inflation, element_count, parser_errors
 
 NAME = "keras"
 OPTIONS = {"config": str, "allow_external": bool}
@@ -301,8 +302,9 @@ class _Region:
 class _Source:
     """An open HDF5 file plus where its bytes are in a memory-mappable file (for lazy views)."""
 
-    def __init__(self, path: str, h5, view: FileView | None, base: int, cleanup=()):
+    def __init__(self, path: str, h5, view: FileView | None, base: int, cleanup=(), allow_external=False):
         self.path, self.h5, self.view, self.base = path, h5, view, base
+        self.allow_external = allow_external
         self._cleanup = list(cleanup)
 
     def close(self) -> None:
@@ -323,29 +325,50 @@ class _Source:
             raise UnsupportedError(f"dataset dtype {ds.dtype} is not a numeric array", file=self.path,
                                    array=name, hint=f"HDF5 path {ds.name}")
         shape = ds.shape if ds.shape is not None else ()
+        foreign = self._check_storage(name, ds)
         offset = None
-        if self.view is not None and ds.chunks is None and ds.compression is None:
+        if self.view is not None and not foreign and ds.chunks is None and ds.compression is None:
             try:
                 offset = ds.id.get_offset()
             except Exception:
                 offset = None
         meta = {**meta, "h5_path": ds.name}
         if offset is not None:
-            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            count = element_count(shape)
             start = self.base + int(offset)
             self.view.require(start, count * dtype.itemsize, f"dataset {ds.name}", name)
             view, shp = self.view, tuple(shape)
             meta["offset"] = start
             return ArrayHandle(name, shape, dtype, lambda: view.array(start, dtype, shp, name), meta)
-        return ArrayHandle(name, shape, dtype, self._reader(ds.name, name, dtype), meta)
+        nbytes = (element_count(shape, dtype.itemsize) or 0) * dtype.itemsize
+        if not foreign:  # what h5py would inflate (or fill) must be in proportion to what is stored
+            check_inflation(nbytes, ds.id.get_storage_size(), f"dataset {ds.name}", self.path, name)
+            if ds.chunks:
+                check_inflation(element_count(ds.chunks, dtype.itemsize) * dtype.itemsize,
+                                max(nbytes, ds.id.get_storage_size()), f"chunks of {ds.name}", self.path, name)
+        ds_ref = ds
+        return ArrayHandle(name, shape, dtype, self._reader(ds_ref, name, dtype), meta)
 
-    def _reader(self, h5_path: str, name: str, dtype):
+    def _check_storage(self, name: str, ds) -> bool:
+        """Refuse datasets whose bytes live in other files (external raw storage, virtual datasets,
+        a dataset reached through an external link) unless allow_external; True if foreign."""
+        reasons = []
+        if ds.external:
+            reasons.append(f"external raw storage in {', '.join(_text(e[0]) for e in ds.external)}")
+        if ds.is_virtual:
+            reasons.append("a virtual dataset mapping other files")
+        if ds.file.id != self.h5.id:
+            reasons.append(f"an external link into {ds.file.filename}")
+        if reasons and not self.allow_external:
+            raise UnsupportedError(f"dataset {ds.name} is {reasons[0]}: its data is outside this file",
+                                   file=self.path, array=name,
+                                   hint="pass allow_external=True only for files you trust")
+        return bool(reasons)
+
+    def _reader(self, ds, name: str, dtype):
         def load():
-            try:
-                arr = np.asarray(self.h5[h5_path][()])
-            except (OSError, ValueError, KeyError) as e:
-                raise FormatError(f"cannot read dataset {h5_path}: {e}", file=self.path, array=name,
-                                  hint="the file is truncated or corrupt") from None
+            with parser_errors(self.path, f"dataset {ds.name}", name):
+                arr = np.asarray(ds[()])
             return arr.view(dtype) if arr.dtype != dtype and arr.dtype.itemsize == dtype.itemsize else arr
         return load
 
@@ -363,15 +386,55 @@ def _open_h5(h5py, path: str, target, what: str):
         raise FormatError(f"{what} is not a readable HDF5 file: {text}", file=path, offset=0) from None
 
 
-def _open_h5_path(path: str) -> _Source:
+def _refuse_external_links(h5py, h5, path: str) -> None:
+    """An external link makes h5py open another file when the link is touched: refuse them all."""
+    found = []
+
+    def visit(name, link):
+        if isinstance(link, h5py.ExternalLink):
+            found.append(f"{name} -> {link.filename}:{link.path}")
+            return True  # stop at the first
+        return None
+    h5.visititems_links(visit)
+    if found:
+        raise UnsupportedError(f"HDF5 external link {found[0]}: the data is outside this file", file=path,
+                               hint="pass allow_external=True only for files you trust")
+
+
+def _check_global_heaps(view: FileView, start: int, size: int) -> None:
+    """Walk every HDF5 global heap collection (GCOL: where variable-length strings live) the way
+    the HDF5 library decodes it, and refuse one it would decode forever: an object of index 0
+    and size 0 makes HDF5 1.14 loop without end (it is not interruptible from Python)."""
+    buf, end_of_data = view.buf, start + size
+    at = buf.find(b"GCOL", start, end_of_data) if size else -1
+    while at >= 0:
+        if at + 16 <= end_of_data and buf[at + 4] == 1:
+            length = int.from_bytes(buf[at + 8:at + 16], "little")
+            end, p = min(end_of_data, at + length), at + 16
+            while p + 16 <= end:
+                idx = int.from_bytes(buf[p:p + 2], "little")
+                obj = int.from_bytes(buf[p + 8:p + 16], "little")
+                need = obj if idx == 0 else 16 + (obj + 7) // 8 * 8
+                if need == 0:
+                    raise FormatError("HDF5 global heap object of size 0 (a corrupt heap the HDF5 library "
+                                      "cannot decode)", file=view.path, offset=p)
+                p += need
+        at = buf.find(b"GCOL", at + 4, end_of_data)
+    view.release()
+
+
+def _open_h5_path(path: str, allow_external: bool = False) -> _Source:
     h5py = _h5py()
     h5 = _open_h5(h5py, path, path, "file")
     try:
+        if not allow_external:
+            _refuse_external_links(h5py, h5, path)
         view = FileView(path)
+        _check_global_heaps(view, 0, view.size)
     except BaseException:
         h5.close()
         raise
-    return _Source(path, h5, view, 0)
+    return _Source(path, h5, view, 0, allow_external=allow_external)
 
 
 def _zip_member_start(view: FileView, info: zipfile.ZipInfo) -> int:
@@ -387,7 +450,7 @@ def _zip_member_start(view: FileView, info: zipfile.ZipInfo) -> int:
     return start
 
 
-def _open_h5_member(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Source:
+def _open_h5_member(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, allow_external=False) -> _Source:
     """The weights HDF5 inside a .keras zip: mapped in place when stored, else inflated to a
     temporary file (never the whole member in memory)."""
     h5py = _h5py()
@@ -395,17 +458,28 @@ def _open_h5_member(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _S
     try:
         if info.compress_type == zipfile.ZIP_STORED:
             start = _zip_member_start(view, info)
+            view.require(start, info.file_size, "zip member data", info.filename)
+            _check_global_heaps(view, start, info.file_size)
             region = _Region(view.buf, start, info.file_size)
-            h5 = _open_h5(h5py, path, region, _WEIGHTS_MEMBER)
-            return _Source(path, h5, view, start)
-        view.close()
-        return _inflate_member(h5py, path, zf, info)
+            source = _Source(path, _open_h5(h5py, path, region, _WEIGHTS_MEMBER), view, start,
+                             allow_external=allow_external)
+        else:
+            view.close()
+            source = _inflate_member(h5py, path, zf, info, allow_external)
     except BaseException:
         view.close()
         raise
+    try:
+        if not allow_external:
+            _refuse_external_links(h5py, source.h5, path)
+    except BaseException:
+        source.close()
+        raise
+    return source
 
 
-def _inflate_member(h5py, path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Source:
+def _inflate_member(h5py, path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, allow_external) -> _Source:
+    check_inflation(info.file_size, info.compress_size, f"zip member {info.filename}", path, info.filename)
     fd, tmp = tempfile.mkstemp(suffix=".weights.h5")
     try:
         with os.fdopen(fd, "wb") as out, zf.open(info) as member:
@@ -416,15 +490,25 @@ def _inflate_member(h5py, path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo)
                     raise FormatError(f"{_WEIGHTS_MEMBER} inflates past its declared {info.file_size} bytes",
                                       file=path, array=_WEIGHTS_MEMBER)
                 out.write(chunk)
-        h5 = _open_h5(h5py, path, tmp, _WEIGHTS_MEMBER)
         view = FileView(tmp)
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        try:
+            _check_global_heaps(view, 0, view.size)
+            h5 = _open_h5(h5py, path, tmp, _WEIGHTS_MEMBER)
+        except BaseException:
+            view.close()
+            raise
+    except FormatError as e:  # name the .keras file, not the temporary copy
         os.unlink(tmp)
-        raise FormatError(f"cannot inflate {_WEIGHTS_MEMBER}: {e}", file=path, array=_WEIGHTS_MEMBER) from None
+        raise FormatError(e.message, file=path, array=_WEIGHTS_MEMBER, offset=e.offset, hint=e.hint) from None
+    except PARSER_ERRORS as e:
+        os.unlink(tmp)
+        raise FormatError(f"cannot inflate {_WEIGHTS_MEMBER}: {type(e).__name__}: {e}", file=path,
+                          array=_WEIGHTS_MEMBER) from None
     except BaseException:
         os.unlink(tmp)
         raise
-    return _Source(path, h5, view, 0, cleanup=[lambda: os.path.exists(tmp) and os.unlink(tmp)])
+    return _Source(path, h5, view, 0, cleanup=[lambda: os.path.exists(tmp) and os.unlink(tmp)],
+                   allow_external=allow_external)
 
 
 # ----------------------------------------------------------------------------- sniff / open
@@ -439,7 +523,7 @@ def sniff(path, head: bytes) -> bool:
         try:
             with h5py.File(path, "r") as f:
                 return _h5_kind(f) is not None
-        except OSError:
+        except PARSER_ERRORS:
             return True  # damaged HDF5: let open() report where
     if head.startswith(_ZIP_MAGIC):
         if str(path).endswith(".keras"):
@@ -447,22 +531,29 @@ def sniff(path, head: bytes) -> bool:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = set(zf.namelist())
-        except (zipfile.BadZipFile, OSError):
+        except PARSER_ERRORS:  # includes member names that are not UTF-8
             return False
         return "config.json" in names and (_WEIGHTS_MEMBER in names or "metadata.json" in names)
     return False
 
 
-def open(path, config=None, **options) -> ArrayFile:
+def open(path, config=None, allow_external: bool = False, **options) -> ArrayFile:
     """Open a Keras file. `config`: a model config (dict, config.json path or .keras path) used to
-    name and order the arrays of a bare Keras 3 `.weights.h5` or Keras 2 weights-only file."""
+    name and order the arrays of a bare Keras 3 `.weights.h5` or Keras 2 weights-only file.
+    allow_external: read HDF5 datasets whose bytes are in other files (external links, external
+    raw storage, virtual datasets); refused by default."""
     path = os.fspath(path)
+    with parser_errors(path, "Keras file"):
+        return _open(path, config, allow_external)
+
+
+def _open(path: str, config, allow_external: bool) -> ArrayFile:
     with builtins.open(path, "rb") as fh:
         head = fh.read(8)
     if head.startswith(_ZIP_MAGIC):
-        return _open_keras_zip(path, config)
+        return _open_keras_zip(path, config, allow_external)
     if head.startswith(HDF5_MAGIC):
-        source = _open_h5_path(path)
+        source = _open_h5_path(path, allow_external)
         try:
             return _read_h5(source, _load_config_option(config, path), extra_meta={})
         except BaseException:
@@ -486,7 +577,7 @@ def _load_config_option(config, path):
         raise FormatError(f"cannot read the model config given with config=: {e}", file=cpath) from None
 
 
-def _open_keras_zip(path: str, config_option) -> ArrayFile:
+def _open_keras_zip(path: str, config_option, allow_external: bool) -> ArrayFile:
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
@@ -504,7 +595,7 @@ def _open_keras_zip(path: str, config_option) -> ArrayFile:
         meta["metadata"] = metadata
         if metadata.get("keras_version"):
             meta["version"] = metadata["keras_version"]
-        source = _open_h5_member(path, zf, zf.getinfo(_WEIGHTS_MEMBER))
+        source = _open_h5_member(path, zf, zf.getinfo(_WEIGHTS_MEMBER), allow_external)
     try:
         return _read_h5(source, config, extra_meta=meta)
     except BaseException:
@@ -518,10 +609,8 @@ def _zip_json(zf: zipfile.ZipFile, path: str, member: str):
     info = zf.getinfo(member)
     if info.file_size > 64 * 1024 * 1024:
         raise FormatError(f"{member} is implausibly large ({info.file_size} bytes)", file=path, array=member)
-    try:
+    with parser_errors(path, f"{member}", member):
         return json.loads(zf.read(member))
-    except (ValueError, zipfile.BadZipFile) as e:
-        raise FormatError(f"{member} is not valid JSON: {e}", file=path, array=member) from None
 
 
 def _h5_kind(f) -> str | None:

@@ -1,0 +1,69 @@
+"""What a hostile or corrupt file may make a reader do: one place that turns a parser library's
+failures into a FormatError, and the bound on how much a compressed byte may expand into.
+
+Parsers we do not write (h5py, zipfile/zlib, torch.load's unpickler, json) raise whatever their
+internals raise on damaged input: OSError, RuntimeError and KeyError from h5py, struct.error,
+UnicodeDecodeError, RecursionError, MemoryError from a length they trusted. Each reader runs its
+parser calls inside `parser_errors(...)`, so the caller sees one ConvertersError naming the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import struct
+import zipfile
+import zlib
+
+from ..errors import ConvertersError, FormatError
+
+PARSER_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError,
+                 OverflowError, EOFError, UnicodeError, RecursionError, MemoryError, AssertionError,
+                 struct.error, zlib.error, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, SystemError)
+"""What third-party parsers raise on damaged input (h5py's errors subclass these)."""
+
+MAX_INFLATE_RATIO = 128
+"""Decompressed bytes allowed per stored byte (plus INFLATE_SLACK). Deflate can reach ~1032:1 on
+zeros, but weights compress ~1.1:1; a zip or gzip bomb claiming more is refused before it runs."""
+INFLATE_SLACK = 4 << 20
+
+
+@contextlib.contextmanager
+def parser_errors(path, what: str, array=None, hint: str = "the file is truncated or corrupt"):
+    """Run parser calls; their failures become one FormatError naming `path` and `what`."""
+    try:
+        yield
+    except ConvertersError as e:
+        if e.file is None:  # raised below the reader (an ArrayHandle): name the file
+            e.file = str(path)
+        raise
+    except MemoryError:
+        raise FormatError(f"{what}: the file claims more memory than is available", file=path, array=array,
+                          hint=hint) from None
+    except PARSER_ERRORS as e:
+        text = str(e).replace("\n", " ")[:300]
+        raise FormatError(f"{what} is unreadable ({type(e).__name__}: {text})", file=path, array=array,
+                          hint=hint) from None
+
+
+def check_inflation(declared: int, stored: int, what: str, path, array=None) -> None:
+    """Refuse `declared` decompressed bytes from `stored` compressed ones past the ratio bound."""
+    limit = stored * MAX_INFLATE_RATIO + INFLATE_SLACK
+    if declared < 0 or declared > limit:
+        raise FormatError(f"{what} claims {declared} bytes from {stored} stored bytes (more than "
+                          f"{MAX_INFLATE_RATIO}:1 + {INFLATE_SLACK >> 20} MiB)", file=path, array=array,
+                          hint="a decompression bomb or a corrupt size field")
+
+
+def element_count(shape, itemsize: int = 1) -> int | None:
+    """Element count of `shape`, or None when it cannot be an array: a negative dimension, or
+    non-zero dimensions whose byte product passes 2**62 (numpy refuses those even with a zero
+    dimension beside them, and its int64 product would wrap around)."""
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        return None
+    if math.prod(d for d in dims if d) * max(1, itemsize) > MAX_ARRAY_BYTES:
+        return None
+    return math.prod(dims)
+
+
+MAX_ARRAY_BYTES = 1 << 62
