@@ -639,7 +639,10 @@ def _collect(reader, graph: _Graph, arrays: list, layers: dict, want_subgraphs: 
                                        "constant"))
             elif node.constant_value == "sparse":
                 raise UnsupportedError("Constant with sparse_value is not supported", file=path, array=out)
-        layers[key] = Layer(name=key, type=node.op_type, params=dict(node.attrs), inputs=list(node.inputs),
+        params = dict(node.attrs)
+        if node.constant is not None and node.op_type != "Constant" and int(np.prod(node.constant.dims or [1])) <= 64:
+            params["value"] = reader.handle(node.constant, f"{key}/value", {}).numpy()  # ConstantOfShape's fill
+        layers[key] = Layer(name=key, type=node.op_type, params=params, inputs=list(node.inputs),
                             outputs=list(node.outputs), arrays=node_arrays)
     # arrays consumed by a node are listed on that layer too
     by_name = {a.name: a for a in arrays}

@@ -310,26 +310,20 @@ def _conv_transpose(b, q, cfg, ins):
     params = {"weight": b.param(q, "kernel", ["tf_conv"])}
     if bias:
         params["bias"] = b.param(q, "bias")
-    attrs = {"dims": n, "in_channels": x.shape[-1], "out_channels": cout, "kernel": kernel, "stride": strides,
-             "dilation": dilation, "groups": 1, "padding": (0,) * n, "output_padding": (0,) * n, "bias": bias}
-    full = [(s - 1) * st + k if isinstance(s, int) else None for s, st, k in zip(x.shape[1:-1], strides, kernel)]
     mode = cfg.get("padding", "valid")
-    name = q if mode == "valid" else f"{q}/full"
-    out, = b.emit(name, "conv_transpose", [x], attrs, params)
-    y = _T(out, (x.shape[0], *full, cout), True)
-    if mode == "same":  # TF crops the full output to in*stride, the extra row at the end
-        sizes = []
-        for i, (s, st, k) in enumerate(zip(x.shape[1:-1], strides, kernel)):
-            total = max(k - st, 0)
-            begin = total // 2
-            stop = None if total - begin == 0 else -(total - begin)
-            sizes.append(s * st if isinstance(s, int) else None)
-            o, = b.emit(q if i == n - 1 else f"{q}/crop{i}", "slice", [y], {"axis": 2 + i, "start": begin,
-                                                                            "stop": stop, "step": 1})
-            y = _T(o, y.shape, True)
-        y = _T(y.name, (x.shape[0], *sizes, cout), True)
-    elif mode != "valid":
+    if mode == "same" and any(k < st for k, st in zip(kernel, strides)):
+        raise b.unsupported("padding 'same' with kernel_size < strides")
+    if mode not in ("same", "valid"):
         raise b.unsupported(f"padding {mode!r}")
+    # TF crops the full output ((in - 1) * s + k) to in * s for "same", the extra row at the end
+    crops = tuple(((k - st) // 2, (k - st) - (k - st) // 2) if mode == "same" else (0, 0)
+                  for k, st in zip(kernel, strides))
+    attrs = {"dims": n, "in_channels": x.shape[-1], "out_channels": cout, "kernel": kernel, "stride": strides,
+             "dilation": dilation, "groups": 1, "padding": crops, "output_padding": (0,) * n, "bias": bias}
+    out, = b.emit(q, "conv_transpose", [x], attrs, params)
+    spatial = [(s - 1) * st + k - c0 - c1 if isinstance(s, int) else None
+               for s, st, k, (c0, c1) in zip(x.shape[1:-1], strides, kernel, crops)]
+    y = _T(out, (x.shape[0], *spatial, cout), True)
     return [_apply_activation(b, q, cfg.get("activation"), y)]
 
 

@@ -200,8 +200,10 @@ def _prod(dims):
     return out
 
 
-def _torch_shape(b: _Builder, dims: list, what: str) -> tuple:
-    """A target shape with symbols -> what torch.reshape takes: one unknown becomes -1."""
+def _torch_shape(b: _Builder, dims: list, what: str, xs: tuple = ()) -> tuple:
+    """A target shape with symbols -> what torch.reshape takes: a symbol that is the input's dim at
+    the same index becomes 0 (copy it), one other unknown becomes -1."""
+    dims = [0 if not isinstance(d, int) and i < len(xs) and xs[i] == d else d for i, d in enumerate(dims)]
     unknown = [i for i, d in enumerate(dims) if not isinstance(d, int) or d == -1]
     if len(unknown) > 1:
         raise b.unsupported(f"{what} {dims} has several dims unknown before run time",
@@ -319,18 +321,16 @@ def _conv_transpose(b: _Builder, L):
     if _attr(L, "output_shape") is not None or _attr(L, "auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
         raise b.unsupported("output_shape / auto_pad SAME", hint="re-export with explicit pads")
     pads = _pairs(_attr(L, "pads"), n) if _attr(L, "auto_pad", "NOTSET") != "VALID" else ((0, 0),) * n
-    if any(p0 != p1 for p0, p1 in pads):
-        raise b.unsupported(f"asymmetric pads {pads}", hint="nn.ConvTranspose pads both sides equally")
     out_pad = tuple(_attr(L, "output_padding") or [0] * n)
     bias = _opt(L, 2)
     params = {"weight": b.param(w)}
     if bias:
         params["bias"] = b.param(bias)
     xs = b.shape(x)
-    spatial = [(s - 1) * st - 2 * p[0] + d * (k - 1) + op + 1 if isinstance(s, int) else b.symbol()
+    spatial = [(s - 1) * st - p[0] - p[1] + d * (k - 1) + op + 1 if isinstance(s, int) else b.symbol()
                for s, st, p, d, k, op in zip(xs[2:], strides, pads, dilations, kernel, out_pad)]
     attrs = {"dims": n, "in_channels": int(wshape[0]), "out_channels": int(wshape[1]) * group, "kernel": kernel,
-             "stride": strides, "dilation": dilations, "groups": group, "padding": tuple(p[0] for p in pads),
+             "stride": strides, "dilation": dilations, "groups": group, "padding": pads,
              "output_padding": out_pad, "bias": bool(bias)}
     b.emit(L.name, "conv_transpose", [b.tensor(x)], L.outputs[:1], attrs, params,
            shape=(xs[0], attrs["out_channels"], *spatial))
@@ -487,7 +487,7 @@ def _softmax(b: _Builder, L):
             soft = f"{L.outputs[0]}__soft"
             b.emit(L.name, "softmax", [flat], [soft], {"axis": axis, "log": log}, shape=b.shape(flat))
             b.emit(f"{L.name}/reshape", "reshape", [soft], L.outputs[:1],
-                   {"shape": _torch_shape(b, list(xs), "shape")}, shape=xs)
+                   {"shape": _torch_shape(b, list(xs), "shape", b.shape(flat))}, shape=xs)
             return
     b.emit(L.name, "softmax", [b.tensor(x)], L.outputs[:1], {"axis": axis, "log": log}, shape=xs)
 
@@ -640,13 +640,14 @@ def _resolve_reshape(b, xs, target, allowzero=False):
             dims.append(xs[i])
         else:
             dims.append(d)
-    shape = _torch_shape(b, dims, "shape")
+    shape = _torch_shape(b, dims, "shape", xs)
     out = list(dims)
-    if -1 in shape:
-        known = _prod([d for d in shape if d != -1])
-        total = _prod(xs)
-        out[shape.index(-1)] = total // known if total is not None and known else (
-            xs[0] if not isinstance(xs[0], int) and shape.index(-1) == 0 else b.symbol())
+    if -1 in shape:  # the inferred dim, when the symbols on both sides cancel out
+        sym_in = sorted(d for d in xs if not isinstance(d, int))
+        sym_out = sorted(d for i, d in enumerate(dims) if not isinstance(d, int) and shape[i] != -1)
+        total = _prod([d for d in xs if isinstance(d, int)])
+        known = _prod([d for i, d in enumerate(dims) if isinstance(d, int) and shape[i] != -1])
+        out[shape.index(-1)] = total // known if sym_in == sym_out and known else b.symbol()
     return shape, tuple(out)
 
 
@@ -678,7 +679,7 @@ def _flatten(b: _Builder, L):
         return
     head = _prod(xs[:axis])
     dims = [head if head is not None else b.symbol(), tail if tail is not None else b.symbol()]
-    shape = _torch_shape(b, dims, "flattened shape")
+    shape = _torch_shape(b, dims, "flattened shape", xs)
     b.emit(L.name, "reshape", [b.tensor(x)], L.outputs[:1], {"shape": shape}, shape=tuple(dims))
 
 
@@ -790,7 +791,7 @@ def _resize(b: _Builder, L):
             b.note_folded(L.inputs[1], f"roi of {L.name}")
     if scales is not None and (len(scales) != nd or scales[0] != 1 or scales[1] != 1):
         raise b.unsupported(f"scales {scales} (only spatial dims can be resized)")
-    if sizes is not None and (len(sizes) != nd or sizes[:2] != list(xs[:2])):
+    if sizes is not None and (len(sizes) != nd or any(isinstance(d, int) and d != z for d, z in zip(xs[:2], sizes))):
         raise b.unsupported(f"sizes {sizes} (only spatial dims can be resized)")
     if mode == "nearest":
         nearest_mode = text("nearest_mode", "round_prefer_floor")
@@ -898,6 +899,17 @@ def _cast(b: _Builder, L):
     if int(_attr(L, "to")) != 1:
         raise b.unsupported(f"cast of run-time data to data_type {_attr(L, 'to')}")
     b.emit(L.name, "identity", [b.tensor(x)], L.outputs[:1], shape=b.shape(x))
+
+
+@handles("ConstantOfShape")
+def _constant_of_shape(b: _Builder, L):
+    dims = b.ints(L.inputs[0], "shape")
+    value = np.asarray(L.params.get("value", np.zeros(1, np.float32)))
+    if value.dtype.kind in "iu" and all(isinstance(d, int) for d in dims) and len(dims) == 1:
+        b.shapevals[L.outputs[0]] = [int(value.reshape(-1)[0])] * dims[0]
+        return
+    small = np.full([d if isinstance(d, int) else 1 for d in dims], value.reshape(-1)[0], dtype=value.dtype)
+    b.consts[L.outputs[0]] = _Const(tuple(dims), value.dtype, _value=small)  # no source: usable as a zero state
 
 
 @handles("Constant")
