@@ -453,3 +453,76 @@ OPS.update({name: binary for names in _BINARY.values() for name in names})
 OPS.update({name: scalar for name in _SCALAR})
 OPS.update({name: unary for name in _UNARY})
 OPS.update({name: identity for name in _IDENTITY})
+
+
+def swap_axis(b, node, a):
+    x = b.tensor(node["inputs"][0])
+    rank = b.rank(x, node, "SwapAxis")
+    d1, d2 = a.int("dim1", 0) % rank, a.int("dim2", 0) % rank
+    perm = list(range(rank))
+    perm[d1], perm[d2] = perm[d2], perm[d1]
+    s = b.shape(x)
+    b.emit(node["name"], "transpose", [x], {"perm": tuple(perm)}, {}, node["op"],
+           None if s is None else tuple(s[p] for p in perm))
+
+
+def rnn_param_sources(b, node) -> list:
+    """The null nodes the fused RNN's `parameters` input concatenates (through _rnn_param_concat /
+    Concat of Reshape(-1)s, what Gluon's rnn layers export), in MXNet's flat order; the nodes in
+    between are absorbed into the RNN and not ported."""
+    src = b.by_name[node["inputs"][1][0]]
+    if src["op"] not in ("_rnn_param_concat", "Concat", "concat"):
+        raise UnsupportedOpError("RNN whose parameters are one flat array (not per-gate arrays)", node["name"],
+                                 b.file, hint="export the Gluon rnn layer (net.export), which keeps one array per weight")
+    b.absorbed.add(src["name"])
+    names = []
+    for entry in src["inputs"]:
+        part = b.by_name[entry[0]]
+        if part["op"] in ("Reshape", "reshape", "Flatten", "flatten"):
+            b.absorbed.add(part["name"])
+            part = b.by_name[part["inputs"][0][0]]
+        if part["op"] != "null" or b.key(part["name"]) is None:
+            raise UnsupportedOpError(f"RNN parameter {part['name']!r} computed by the graph", node["name"], b.file)
+        names.append(part["name"])
+    return names
+
+
+def rnn(b, node, a):
+    """MXNet's fused RNN (mode lstm|gru, TNC): nn.LSTM/nn.GRU with the same gate order, so the
+    arrays are copied as they are; the state inputs become the layer's initial states."""
+    mode = a.str("mode")
+    if mode not in ("lstm", "gru"):
+        raise UnsupportedOpError(f"RNN mode={mode}", node["name"], b.file)
+    for key, ok in (("projection_size", "None"), ("use_sequence_length", "False"), ("lstm_state_clip_min", "None"),
+                    ("lstm_state_clip_max", "None")):
+        if a.str(key, ok) != ok:
+            raise UnsupportedOpError(f"RNN with {key}={a.str(key)}", node["name"], b.file)
+    layers, two_way, hidden = a.int("num_layers", 1), a.bool("bidirectional", False), a.int("state_size")
+    names = rnn_param_sources(b, node)
+    dirs = ["", "_reverse"] if two_way else [""]
+    targets = [f"weight_{g}_l{k}{d}" for k in range(layers) for d in dirs for g in ("ih", "hh")]
+    targets += [f"bias_{g}_l{k}{d}" for k in range(layers) for d in dirs for g in ("ih", "hh")]
+    if len(names) != len(targets):
+        raise PortError(f"layer {node['name']!r}: {len(names)} RNN parameter arrays, {mode} with {layers} layer(s) "
+                        f"{'two-way ' if two_way else ''}needs {len(targets)}", file=b.file)
+    params = {}
+    for target, name in zip(targets, names):
+        params[target] = Param(source=b.key(name))
+        b.used.add(b.key(name))
+    x = b.tensor(node["inputs"][0])
+    states = [b.tensor(e) for e in node["inputs"][2:4 if mode == "lstm" else 3]]
+    s = b.shape(x)
+    n_out = (3 if mode == "lstm" else 2) if a.bool("state_outputs", False) else 1
+    outs = [node["name"]] + [f"{node['name']}:{k}" for k in range(1, n_out)]
+    b.taken.add(node["name"])
+    b.nodes.append(Node(name=node["name"], op=mode, inputs=[x, *states], outputs=outs, params=params,
+                        source_op=node["op"], attrs=dict(
+                            input_size=b.arrays[params["weight_ih_l0"].source].shape[1], hidden_size=hidden,
+                            num_layers=layers, bidirectional=two_way, batch_first=False, return_sequences=True,
+                            go_backwards=False, state_format="stacked")))
+    b.shapes[node["name"]] = None if s is None else (s[0], s[1], hidden * len(dirs))
+    for t in outs[1:]:
+        b.shapes[t] = None if s is None else (layers * len(dirs), s[1], hidden)
+
+
+OPS.update({"SwapAxis": swap_axis, "swapaxes": swap_axis, "RNN": rnn})

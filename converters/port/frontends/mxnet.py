@@ -22,6 +22,7 @@ from ...readers import mxnet as mxreader
 from ...readers._mxnet_symbol import entry_name
 from ..graph import Graph, GraphInput, Node, Param, PortError, UnsupportedOpError
 from ._mxnet_ops import OPS as _OPS
+from ._mxnet_ops import rnn_param_sources
 
 NAME = "mxnet"
 _REQUIRED = object()
@@ -161,7 +162,7 @@ class _Builder:
         self.by_name = {n["name"]: n for n in sym_nodes}
         self.nodes, self.inputs, self.shapes = [], [], {}
         self.extra_inputs, self.used, self.taken = {}, set(), set()
-        self.constants = {}
+        self.constants, self.absorbed = {}, set()
         self.labels = self._label_inputs()
 
     # -- the walk ------------------------------------------------------------------------------
@@ -175,12 +176,24 @@ class _Builder:
             self.inputs.append(GraphInput(name=name, shape=shape,
                                           source_layout=_layout_of(shape)))
             self.shapes[name] = shape
+        self._unreached_labels(reached)
         for node in self.sym_nodes:
-            if node["name"] in reached and node["op"] != "null":
+            if node["op"] == "RNN" and node["name"] in reached:
+                rnn_param_sources(self, node)  # its weight Reshapes/concat are absorbed
+        for node in self.sym_nodes:
+            if node["name"] in reached and node["op"] != "null" and node["name"] not in self.absorbed:
                 handler = _OPS.get(node["op"])
                 if handler is None:
                     raise UnsupportedOpError(node["op"], node["name"], self.file)
                 handler(self, node, _Attrs(node["attrs"], node["name"], self.file))
+
+    def _unreached_labels(self, reached) -> None:
+        """The oracle runs the whole symbol: a label no ported output needs must still be bound."""
+        for n in self.sym_nodes:
+            if n["op"] in _LABEL_OPS and n["name"] not in reached and len(n["inputs"]) > 1:
+                label = n["inputs"][1][0]
+                if label in self.labels and not _Attrs(n["attrs"], n["name"], self.file).bool("multi_output", False):
+                    self.extra_inputs[label] = {"shape": ["d0"], "fill": "zeros"}
 
     def _reached(self, heads) -> set:
         seen, stack = set(), [h[0] for h in heads]
