@@ -1,7 +1,10 @@
 """Mapping tables: YAML -> validated `Mapping` objects that remember file and line of every rule.
 
 YAML is read with a safe loader; the only thing a table can make the toolkit execute is the
-import of the target model it names (`target.model: package.module:callable`).
+import of the target model it names (`target.model: package.module:callable`, checked by
+target_policy.py). A table may come with downloaded weights, so reading one is bounded: UTF-8 text
+only, nesting and alias expansion limited, patterns compiled by RE2 (linear time in the name, no
+catastrophic backtracking), template numbers small (templates.py).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import re2
 import yaml
 
 from ..errors import MappingError
@@ -33,14 +37,40 @@ class _List(list):
     line = None
 
 
+MAX_DEPTH = 64  # nesting levels; the composer and constructor recurse once per level
+MAX_NODES = 250_000  # nodes after alias expansion ("billion laughs" stops here)
+
+
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings and sequences remember their 1-based line."""
+    """SafeLoader whose mappings and sequences remember their 1-based line, bounded in nesting."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise MappingError(f"nested deeper than {MAX_DEPTH} levels", rule=f"{_name(self)}:{line}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, TypeError) as e:  # e.g. a 5,000-digit integer
+            raise MappingError(f"cannot read the value: {_first_line(e)}",
+                               rule=f"{_name(self)}:{node.start_mark.line + 1}") from None
 
 
 def _construct_mapping(loader, node):
     loader.flatten_mapping(node)
     d = _Dict()
     for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise MappingError("a key must be a plain name, not a list or mapping",
+                               rule=f"{_name(loader)}:{key_node.start_mark.line + 1}")
         key = loader.construct_object(key_node, deep=True)
         if key in d:
             raise MappingError(f"key {key!r} appears twice", rule=f"{_name(loader)}:{key_node.start_mark.line + 1}")
@@ -190,14 +220,24 @@ def load(name_or_path, _seen=None) -> Mapping:
 
 
 def _parse_yaml(path: Path, raw: bytes):
-    loader = _LineLoader(raw.decode("utf-8", errors="replace"))
+    text = _text(path, raw)
+    try:
+        loader = _LineLoader(text)  # the reader checks every character here
+    except yaml.reader.ReaderError as e:
+        raise MappingError(f"not valid YAML: {e.reason}", rule=f"{path}:{text.count(chr(10), 0, e.position) + 1}",
+                           hint="a table is plain text; remove the control character") from None
     loader._path = str(path)
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_NODES:
+            raise MappingError(f"expands to more than {MAX_NODES:,} YAML nodes (aliases repeating aliases?)",
+                               rule=f"{path}:1")
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise MappingError(f"not valid YAML: {getattr(e, 'problem', e)}", rule=where) from None
+        raise MappingError(f"not valid YAML: {_first_line(getattr(e, 'problem', None) or getattr(e, 'reason', e))}",
+                           rule=where) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
@@ -205,6 +245,38 @@ def _parse_yaml(path: Path, raw: bytes):
                            rule=f"{path}:1")
     _validate_schema(path, data)
     return data
+
+
+def _text(path: Path, raw: bytes) -> str:
+    """The table as text: UTF-8 only (a BOM is allowed), so a binary or UTF-16 file stops here."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:4096]:
+        raise MappingError("is not UTF-8 text (UTF-16, or binary)", rule=f"{path}:1",
+                           hint="save the table as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise MappingError(f"is not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})",
+                           rule=f"{path}:{line}", hint="save the table as UTF-8") from None
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Nodes the document holds once every alias is expanded (shared nodes count each time)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a recursive alias counts once (the constructor refuses it anyway)
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            total = 1
+        memo[key] = min(total, MAX_NODES + 1)
+    return memo[key]
+
+
+def _first_line(e) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _where(path, node, fallback=None) -> str:
@@ -236,11 +308,20 @@ def _validate_schema(path, data):
         raise MappingError(f"{loc}: {e.message}", rule=_where(path, node, parent))
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the error is raised as a MappingError, not printed by the library
+_RE2_OPTIONS.max_mem = 8 << 20  # a pattern's compiled program; `(a{999}){999}` is refused
+
+
 def _regex(text, where):
+    """A table's pattern, compiled by RE2: matching takes time linear in the name, whatever the
+    pattern (Python's `re` backtracks exponentially on `(a+)+b` against a long name)."""
     try:
-        return re.compile(str(text))
-    except re.error as e:
-        raise MappingError(f"invalid regular expression {text!r}: {e}", rule=where) from None
+        return re2.compile(str(text), _RE2_OPTIONS)
+    except re2.error as e:
+        reason = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise MappingError(f"invalid regular expression {text!r}: {reason}", rule=where,
+                           hint="tables use RE2 syntax: Python's, without lookarounds or backreferences") from None
 
 
 def is_file_target(spec) -> bool:
@@ -271,7 +352,7 @@ def _compile_into(m: Mapping, data: dict, path: Path):
                                item.get("role"), item.get("layer_type"), item.get("reason", ""), where))
     for item in data.get("fill") or []:
         where = _where(path, item, data.get("fill"))
-        m.fill.append(TargetFill(_regex(item["to"], where), float(item["value"]), None, {}, where))
+        m.fill.append(TargetFill(_regex(item["to"], where), _number(item["value"], where), None, {}, where))
     for item in data.get("init") or []:
         where = _where(path, item, data.get("init"))
         scheme = item.get("scheme", "pytorch")
@@ -279,6 +360,13 @@ def _compile_into(m: Mapping, data: dict, path: Path):
             raise MappingError(f"unknown init scheme {scheme!r}", rule=where, hint=f"one of {', '.join(INIT_SCHEMES)}")
         args = {k: v for k, v in item.items() if k not in ("to", "scheme")}
         m.init.append(TargetFill(_regex(item["to"], where), None, scheme, args, where))
+
+
+def _number(value, where) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise MappingError(f"fill value {str(value)[:40]!r} is not a number a tensor can hold", rule=where) from None
 
 
 def _compile_rule(item, path) -> Rule:
