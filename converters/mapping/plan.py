@@ -199,6 +199,7 @@ _DEFAULT_EPS = {"mxnet": 1e-3, "gluon": 1e-5, "caffe": 1e-5, "keras": 1e-3, "ten
 
 def _source_eps(info, framework) -> float | None:
     p = info.params or {}
+    p = {**p, **(p.get("batch_norm_param") or {})}  # Caffe keeps it in the layer's param message
     for key in ("eps", "epsilon"):
         if key in p:
             try:
