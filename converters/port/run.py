@@ -101,8 +101,7 @@ def _write(graph, gen, tmp: Path, out: Path, fmt: str) -> PortResult:
     (tmp / "model.py").write_text(gen.source, encoding="utf-8")
     fills = _untargeted_fills(tmp / "model.py", gen, graph)
     table = make_table(graph, gen.bindings, f"model.py:{gen.class_name}", fills)
-    (tmp / table_name).write_text(yaml.safe_dump(table, sort_keys=False, width=100, allow_unicode=True),
-                                  encoding="utf-8")
+    (tmp / table_name).write_text(dump_table(table), encoding="utf-8")
     weights = tmp / FORMATS[fmt]
     _, report = convert(graph.source_files[0], str(tmp / table_name), out=str(weights), framework=graph.framework,
                         reader_options=graph.reader_options)
@@ -111,6 +110,19 @@ def _write(graph, gen, tmp: Path, out: Path, fmt: str) -> PortResult:
     report.output = str(out / FORMATS[fmt])
     return PortResult(str(out), gen.class_name, str(out / "model.py"), str(out / table_name),
                       str(out / FORMATS[fmt]), layers, report)
+
+
+class _TableDumper(yaml.SafeDumper):
+    """Lists of scalars (shapes, outputs, transform arguments) on one line, as tables are written by hand."""
+
+
+_TableDumper.add_representer(list, lambda d, v: d.represent_sequence(
+    "tag:yaml.org,2002:seq", v, flow_style=all(not isinstance(i, (dict, list)) for i in v)))
+_TableDumper.add_representer(tuple, lambda d, v: d.represent_list(list(v)))
+
+
+def dump_table(table: dict) -> str:
+    return yaml.dump(table, Dumper=_TableDumper, sort_keys=False, width=100, allow_unicode=True)
 
 
 def _untargeted_fills(model_file: Path, gen, graph) -> dict:
