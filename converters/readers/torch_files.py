@@ -22,6 +22,7 @@ import numpy as np
 
 from ..arrays import BFLOAT16, ArrayFile, ArrayHandle, role_from_name
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
+from ._limits import PARSER_ERRORS, parser_errors
 
 NAME = "torch"
 OPTIONS = {"key": str}
@@ -53,7 +54,7 @@ def _zip_has_data_pkl(path, head: bytes) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             return any(_is_data_pkl(m) for m in zf.namelist())
-    except (OSError, zipfile.BadZipFile):
+    except PARSER_ERRORS:  # damaged zips, member names that are not UTF-8
         return False
 
 
@@ -239,7 +240,11 @@ def _guess_layout(name: str, ndim: int) -> str | None:
 
 def _handle(name, tensor, path, meta) -> ArrayHandle:
     dtype, convert = _numpy_dtype(tensor, path, name)
-    return ArrayHandle(name, tuple(tensor.shape), dtype, lambda: convert(tensor), meta)
+
+    def load():
+        with parser_errors(path, "tensor data", name):
+            return convert(tensor)
+    return ArrayHandle(name, tuple(tensor.shape), dtype, load, meta)
 
 
 def _storage_key(tensor):
@@ -256,6 +261,11 @@ def open(path, key: str | None = None, **options) -> ArrayFile:
     """Open a torch.save file. key: dotted path of the state dict inside a checkpoint ('model',
     'state_dict', 'ema.model', ...) when the automatic choice is not the one wanted."""
     path = str(path)
+    with parser_errors(path, "torch file"):  # torch.load and zipfile raise struct.error, MemoryError, ...
+        return _open(path, key)
+
+
+def _open(path: str, key: str | None) -> ArrayFile:
     is_zip = _check_container(path)
     obj = _load(path, is_zip)
     tensors, plain, other = [], {}, []

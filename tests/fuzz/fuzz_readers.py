@@ -203,15 +203,13 @@ def exercise(path: str, reader: str, options: dict) -> str:
 
 
 def _worker(conn, reader: str, seed: int, generated_dir: str, mem_mb: int) -> None:
-    import converters.readers as registry
-
-    registry.reader_module(reader)  # imports done before the limit is set
-    import h5py  # noqa: F401
+    corpus = Corpus(reader, generated_dir)
+    workdir = tempfile.mkdtemp(prefix=f"fuzz-{reader}-")
+    for base, entry, _, _, options in corpus.sources:  # lazy imports (torch, h5py) before the limit
+        exercise(os.path.normpath(os.path.join(base, entry)), reader, options)
     status = open("/proc/self/status").read()
     vm = int(status.split("VmSize:")[1].split()[0]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + mem_mb * 2**20, resource.RLIM_INFINITY))
-    corpus = Corpus(reader, generated_dir)
-    workdir = tempfile.mkdtemp(prefix=f"fuzz-{reader}-")
     import warnings
 
     warnings.simplefilter("ignore")
