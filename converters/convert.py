@@ -18,6 +18,7 @@ from .initializers import init_tensor
 from .mapping import spec as mapping_spec
 from .mapping.materialise import produce
 from .mapping.plan import make_plan
+from .mapping.source_checks import source_warnings
 from .target import build_model, describe, resolve_target, to_torch
 from .writer import output_kind, save_pth, stream_safetensors
 
@@ -68,6 +69,7 @@ def convert(source, mapping, target=None, out=None, *, framework=None, target_kw
                             hint="fix the table, or pass --allow-unused / --allow-missing to accept this on purpose")
     if dry_run:
         return None, rep
+    rep.warnings.extend(source_warnings(plan, arrays))  # reads the few arrays it checks (MXNet fix_gamma)
 
     provenance = provenance_of.start(arrays, m) if out is not None else None
     bar = _progress(len(plan.assignments) + len(plan.fills) + len(plan.inits), progress, "converting")

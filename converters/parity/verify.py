@@ -23,19 +23,15 @@ source framework or the PyTorch model's forward crashed (its last lines are prin
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib
-import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
 from ..errors import ConvertersError, MappingError
-from ..mapping import spec as mapping_spec
 from . import inputs as I
 from .compare import compare
 from .localise import ActivationRecorder, compare_layers, judge_layers, likely_causes, pairs_from_conversion, \
@@ -159,6 +155,8 @@ def build_oracle(framework: str, weights, architecture=None, options=None) -> Or
 # ---- the run ------------------------------------------------------------------------------------
 
 def _run(rep, setup: ParitySetup, model, oracle, arrays, conv_report, localise):
+    check_reached(setup, oracle, arrays, conv_report)
+    rep.notes.extend(f"conversion: {w}" for w in getattr(conv_report, "warnings", None) or [])
     names = oracle.input_names()
     extra = setup.inputs.extra
     given, convention = None, None
@@ -225,6 +223,19 @@ def activation_chains(setup: ParitySetup, oracle, names) -> dict:
         if layout:
             chains[name] = I.derive_activations({"layout": layout})
     return chains
+
+
+def check_reached(setup: ParitySetup, oracle, arrays, conv_report) -> None:
+    """Stop when the source graph as given does not compute layers whose weights the table
+    converts (an MXNet symbol cut short): its outputs would be compared with another network's."""
+    converted = list(dict.fromkeys(p.source_layer for p in pairs_from_conversion(conv_report, arrays)))
+    unreached = oracle.unreached_layers(converted)
+    if unreached:
+        raise ConvertersError(f"the source graph's outputs {oracle.output_names()} do not reach the layer(s) "
+                              f"{unreached[:8]} whose weights the table converts",
+                              file=getattr(oracle, "symbol", None) or setup.architecture or setup.source_path,
+                              hint="give the graph of the whole network (--architecture net-symbol.json), or "
+                                   "leave these layers out of the table")
 
 
 def output_taps(setup: ParitySetup, oracle) -> list:

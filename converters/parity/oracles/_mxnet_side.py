@@ -50,8 +50,9 @@ class Session:
         if missing_aux:
             raise ValueError(f"the params file lacks auxiliary states {missing_aux[:5]}")
         layers = [n["name"] for n in nodes if n["op"] != "null" and n["name"] not in args]
+        unreached = sorted(set(self.params) - set(args))  # weights no head of the symbol computes with
         return {"inputs": inputs, "outputs": self.sym.list_outputs(), "layers": layers,
-                "mxnet": mx.__version__}
+                "unreached_params": unreached, "mxnet": mx.__version__}
 
     def _tap_symbol(self, name):
         internals = self.sym.get_internals()
@@ -93,7 +94,8 @@ def main():
         _answer(protocol, {"ok": False, "unavailable": True, "error": f"{type(e).__name__}: {e}",
                            "python": sys.executable})
         return
-    _answer(protocol, {"ok": True, "ready": True, "mxnet": mx.__version__, "python": sys.executable})
+    _answer(protocol, {"ok": True, "ready": True, "mxnet": mx.__version__, "python": sys.executable,
+                       "subgraph_backend": os.environ.get("MXNET_SUBGRAPH_BACKEND")})
     session = Session(mx, np)
     for line in sys.stdin:
         if not line.strip():

@@ -80,6 +80,11 @@ class Oracle:
         Keras Conv2D(activation="relu") tap is compared with the PyTorch module's output after it."""
         return {}
 
+    def unreached_layers(self, layers: list[str]) -> list[str]:
+        """Of `layers` (source layers whose weights the table converts), those the source graph
+        as given does not compute: comparing outputs without them means nothing."""
+        return []
+
     def notes(self) -> list[str]:
         """Things the report should say about how the source was run."""
         return []

@@ -12,6 +12,11 @@ else <repo>/.venv-mxnet/bin/python (what scripts/setup.sh creates). Arrays are i
 conventions (NCHW, the model's own channel order). Taps are symbol node names (`conv1`, `prelu1`,
 ...); a node's first output is returned.
 
+The side interpreter runs with MXNET_SUBGRAPH_BACKEND=NONE: mxnet 1.9's default MKLDNN subgraph
+backend fuses Convolution + BatchNorm + ReLU when binding, and a tapped convolution would then
+return the fused result (every fault on a Conv-BN net would look like the first convolution's).
+mxnet's own message saying so stays in the side interpreter's log, and the report notes it.
+
 Gluon parameter files saved with `save_parameters` (structural names, no symbol) cannot be run
 without the Python code that defines the network: export the network (net.export) first.
 """
@@ -37,6 +42,7 @@ SETUP_HINT = ("create an environment with mxnet 1.9.1 and numpy<1.24 (scripts/se
               ".venv-mxnet) and pass its interpreter with --source-python PATH or set "
               "CONVERTERS_SOURCE_PYTHON")
 DEFAULT_TIMEOUT = 600.0
+SUBGRAPH_BACKEND = "NONE"  # no operator fusion: every symbol node's own output can be tapped
 
 
 def find_source_python(option=None) -> Path:
@@ -79,7 +85,7 @@ class _SideProcess:
         self.folder = Path(tempfile.mkdtemp(prefix="converters-mxnet-"))
         self.log_path = self.folder / "stderr.log"
         self._log = open(self.log_path, "wb")
-        env = {**os.environ, "PYTHONNOUSERSITE": "1", "MXNET_SUBGRAPH_VERBOSE": "0"}
+        env = {**os.environ, "PYTHONNOUSERSITE": "1", "MXNET_SUBGRAPH_BACKEND": SUBGRAPH_BACKEND}
         env.pop("PYTHONPATH", None)  # the project's path would put numpy>=1.24 packages in its way
         try:
             self.proc = subprocess.Popen([str(python), "-u", str(SIDE_SCRIPT)], stdin=subprocess.PIPE,
@@ -88,7 +94,7 @@ class _SideProcess:
         except OSError as e:
             raise OracleUnavailable(f"cannot start the side interpreter: {e}", file=python, hint=SETUP_HINT) from e
         self._closer = weakref.finalize(self, _stop, self.proc, self._log, self.folder)
-        hello = self._read("starting mxnet")
+        hello = self.hello = self._read("starting mxnet")
         if not hello.get("ok"):
             self.close()
             raise OracleUnavailable(f"{python} cannot import mxnet ({hello.get('error')})", file=python,
@@ -199,6 +205,19 @@ class MXNetOracle(Oracle):
 
     def layer_order(self) -> list[str]:
         return list(self.info["layers"])
+
+    def unreached_layers(self, layers) -> list[str]:
+        """Of `layers`, those whose weights are in the params file but that no head of the symbol
+        computes (a symbol cut short before them)."""
+        unreached = set(self.info.get("unreached_params") or [])
+        known = set(self.layer_order())
+        return [layer for layer in layers if layer not in known
+                and any(p == layer or p.startswith(layer + "_") for p in unreached)]
+
+    def notes(self) -> list[str]:
+        backend = self.side.hello.get("subgraph_backend")
+        return [f"mxnet {self.info.get('mxnet', '')} ran with MXNET_SUBGRAPH_BACKEND={backend} (no Conv+BN+ReLU "
+                "fusion: each tapped layer is that layer's own output)"]
 
     def run(self, inputs, taps=()):
         names = self.input_names()
