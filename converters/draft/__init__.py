@@ -5,6 +5,7 @@ module, with the evidence for every rule.
     trace.py    the target's execution order (forward hooks on a dummy input)
     match.py    source layers <-> target modules: ordered alignment, ambiguity, special cases
     emit.py     the YAML table: family regex rules, comments, unmatched lists
+    like.py     --like: rules made to reproduce an existing port bit for bit
 
 The draft is checked before it is returned: it must load with `converters.mapping.spec.load`, and
 its coverage plan against the target says whether it converts with no edits (`Draft.complete`).
@@ -68,9 +69,11 @@ class Draft:
 
 
 def draft(source, target, *, framework=None, target_kwargs=None, out=None, input_shape=None,
-          reader_options=None, force=False) -> Draft:
+          reader_options=None, force=False, like=None) -> Draft:
     """Propose a mapping from `source` (path or opened ArrayFile) to `target` (an nn.Module or
-    'package.module:callable' built with `target_kwargs`). Writes YAML to `out` when given."""
+    'package.module:callable' built with `target_kwargs`). Writes YAML to `out` when given.
+    `like`: an existing port's weight file; every rule is made to reproduce its tensors bit for
+    bit where a layout step can (like.py), and says so where none can."""
     import torch
 
     from .. import read
@@ -102,6 +105,10 @@ def draft(source, target, *, framework=None, target_kwargs=None, out=None, input
                          "_note": "the shape the target was traced with: no input is declared in the source, "
                                   "check it"}
     matching = match.match(arrays, model, tr, fw)
+    if like is not None:
+        from .like import apply_like
+
+        apply_like(matching, arrays, like)
     file_index = {n: i for i, n in enumerate(arrays)}
     order = {pr.source: (p.source.position, file_index[pr.source]) for p in matching.pairs for pr in p.proposals}
     rules = emit.build_rules(matching, set(arrays), order)
@@ -167,6 +174,10 @@ def _declared_input(arrays):
             if raw:
                 return [1 if i == 0 and d is None else d for i, d in enumerate(raw)]
             return None
+    graph_inputs = (arrays.meta.get("graph") or {}).get("inputs") if isinstance(arrays.meta.get("graph"), dict) else None
+    if graph_inputs and len(graph_inputs) == 1 and isinstance(graph_inputs[0].get("shape"), (list, tuple)):
+        dims = [d if isinstance(d, int) and d > 0 else None for d in graph_inputs[0]["shape"]]  # ONNX
+        return [1 if i == 0 and d is None else d for i, d in enumerate(dims)] or None
     raw = arrays.meta.get("input")
     if isinstance(raw, (dict, str)):
         raw = ast.literal_eval(raw) if isinstance(raw, str) else raw

@@ -9,6 +9,7 @@ ambiguous: it is written down with its candidates, never picked.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ class SourceUnit:
     rnn: tuple | None = None  # (layer index, reverse) for per-direction RNN arrays
     merged: str | None = None  # how arrays of another graph node joined this unit
     graph: dict | None = None  # the source's layers (for walks along the graph)
+    as_bias: set = field(default_factory=set)  # arrays the graph shows are this unit's bias
 
     def slots(self) -> dict:
         return _source_slots(self)
@@ -145,7 +147,8 @@ def _merge_split_bias(units: list, arrays) -> list:
     readers: dict = {}
     for name, lay in layers.items():
         for inp in lay.inputs:
-            readers.setdefault(inp.split(":")[0].lstrip("^"), []).append(lay)
+            if not inp.startswith("^"):  # control dependencies read no value
+                readers.setdefault(inp.split(":")[0], []).append(lay)
     out = []
     for u in units:
         layer = _adding_node(u, layers, readers)
@@ -160,6 +163,7 @@ def _merge_split_bias(units: list, arrays) -> list:
             out.append(u)
             continue
         host.arrays = host.arrays + u.arrays
+        host.as_bias |= {h.name for h in u.arrays}
         host.merged = f"its bias is added by the next graph node {layer.name} ({layer.type})"
     return out
 
@@ -250,7 +254,7 @@ def _source_slots(u: SourceUnit) -> dict:
             slots[{"kernel": "weight_ih", "recurrent_kernel": "weight_hh", "bias": "bias"}.get(last, last)] = h
         return slots
     for h in u.arrays:
-        role = S.role_of(h)
+        role = "bias" if h.name in u.as_bias else S.role_of(h)
         if role == "running_stat":
             slots["_factor"] = h
         elif role in ("weight", "bias", "running_mean", "running_var"):
@@ -671,7 +675,9 @@ def _folded_batchnorm(src, tgt, framework, tr, used_s, used_t, result):
         if bias_to != bn.tensors["bias"]:
             fills.append((bn.tensors["bias"], 0, "BatchNorm folded into the source conv: identity beta"))
         fills += [(n, 0, "a PyTorch-only training counter") for r, n in bn.tensors.items() if r == "num_batches_tracked"]
-        pair = Pair(s, conv, "shape (folded BatchNorm)", 0.6, [
+        unit = dataclasses.replace(conv, name=f"{conv.name}+{bn.name}", shapes={**conv.shapes, **bn.shapes},
+                                   tensors={**{f"bn.{k}": v for k, v in bn.tensors.items()}, **conv.tensors})
+        pair = Pair(s, unit, "shape (folded BatchNorm)", 0.6, [
             f"kind {s.type or s.kind} -> {conv.module_type} + {bn.module_type}",
             f"the source has no BatchNorm before {bn.name}: folded into its conv; {bn.name} proposed as identity",
             "the only remaining source conv with a bias that fits"], props, fills)
@@ -688,7 +694,8 @@ def _withhold_zero_fills(pairs, unmatched_units) -> dict:
     """A target bias the draft would fill with 0 while the file holds an unmatched array of that
     shape is not filled: the array may be that bias (a split layer the graph did not join).
     Returns {target name: (reason, pair)}; the fills are taken off their pairs."""
-    spare = [h for u in unmatched_units for h in u.arrays if S.role_of(h) in ("bias", "other", None) and h.ndim == 1]
+    spare = [h for u in unmatched_units for h in u.arrays
+             if S.role_of(h) in ("bias", "other", "constant", None) and h.ndim == 1 and h.dtype.kind == "f"]
     withheld = {}
     for pair in pairs:
         keep = []
