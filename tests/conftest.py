@@ -14,17 +14,25 @@ import os  # noqa: E402
 
 import pytest  # noqa: E402
 
-_MISSING_TOOL = ("could not import", "missing", "not installed", "run scripts/setup.sh")
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "allowed_skip(reason): this test may skip under CI=true, for the documented "
+                                       "reason given (none does today)")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Under CI (CI=true), a test skipped because a tool or environment is missing fails instead:
-    the set-up script must install everything, and a green run must not hide that it did not."""
+    """Under CI (CI=true) every skip fails, whatever its reason says: the set-up script must
+    install everything, and a green run must not hide that it did not. The only exception is a
+    test marked `@pytest.mark.allowed_skip(reason="...")` with the documented reason why CI may
+    lack what it needs."""
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("CI") == "true" and report.skipped and isinstance(report.longrepr, tuple):
-        reason = str(report.longrepr[2])
-        if any(s in reason for s in _MISSING_TOOL):
-            report.outcome = "failed"
-            report.longrepr = f"skipped under CI because something the set-up should install is missing: {reason}"
+    if os.environ.get("CI") != "true" or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    allowed = item.get_closest_marker("allowed_skip")
+    if allowed is not None and (allowed.kwargs.get("reason") or allowed.args):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = f"skipped under CI=true (a skip must not hide a missing install step): {reason}"

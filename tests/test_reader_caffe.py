@@ -17,7 +17,7 @@ from converters.readers._binary import FileView
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures" / "caffe"
-REAL_RES10 = ROOT.parent / "shared" / "realdata" / "caffe" / "res10_ssd"  # shared/ beside the checkout
+REAL_RES10 = FIX / "res10_ssd"  # the real file, copied from shared/realdata (fixtures/README.md)
 RES10_MODEL = REAL_RES10 / "res10_300x300_ssd_iter_140000.caffemodel"
 
 GENERATED = ["v1_layers.caffemodel", "legacy_shapes.caffemodel", "double_data.caffemodel",
@@ -79,7 +79,7 @@ def test_every_blob_matches_protobuf(pb, rel):
             assert_bit_equal(f[name].numpy(), expected, name)
 
 
-@pytest.mark.skipif(not RES10_MODEL.exists(), reason="real res10 SSD model not in ../shared/realdata")
+@pytest.mark.skipif(not RES10_MODEL.exists(), reason="real res10 SSD model not in fixtures/caffe/res10_ssd")
 def test_real_res10_matches_protobuf_and_opencv(pb):
     ref = reference_blobs(pb, RES10_MODEL)
     t0 = time.perf_counter()

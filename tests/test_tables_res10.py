@@ -1,9 +1,8 @@
 """The shipped table caffe/res10_ssd on the REAL third-party file: OpenCV's ResNet-10 SSD face
 detector (res10_300x300_ssd_iter_140000.caffemodel, a training snapshot, + deploy.prototxt).
 
-The weights (10.7 MB) are too large to commit: they are read from the shared folder beside the
-checkout (../shared/realdata/caffe/res10_ssd, provenance in its README) and the tests skip when
-it is absent. The oracle is OpenCV's Caffe importer, which reads the same two files
+The two files (10.7 MB) are copied into fixtures/caffe/res10_ssd (provenance in
+fixtures/README.md). The oracle is OpenCV's Caffe importer, which reads the same two files
 independently of this project's reader.
 """
 from __future__ import annotations
@@ -20,7 +19,7 @@ from converters.models.res10_ssd import ResNet10SSD, feature_sizes, prior_boxes
 from converters.parity.verify import verify
 from converters.readers import caffe as caffe_reader
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared/realdata/caffe/res10_ssd"
+REAL = Path(__file__).resolve().parents[1] / "fixtures/caffe/res10_ssd"
 WEIGHTS = REAL / "res10_300x300_ssd_iter_140000.caffemodel"
 PROTOTXT = REAL / "deploy.prototxt"
 TABLE = "caffe/res10_ssd"

@@ -42,7 +42,6 @@ COMMANDS = {
     "port": "converters.port.cli",
 }
 DEFAULT = "convert"  # `convert --from F --map T IN OUT` is `convert convert ...`
-_ROOT_FLAGS = ("-h", "--help", "-v", "--version")
 
 
 def available() -> dict:
@@ -112,15 +111,20 @@ def main(argv=None) -> int:
         if not argv or argv[0] in ("-h", "--help"):
             print(_help(prog))
             return 0 if argv else 2
+        if argv[0] in ("-v", "--version"):
+            from .. import __version__
+
+            print(f"{prog} (converters) {__version__}")
+            return 0
         names = list(available())
         error = _unknown_subcommand(argv[0], names)
         if error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return 2
-        if argv[0] not in names and argv[0] not in _ROOT_FLAGS:
+        if argv[0] not in names:
             argv = [DEFAULT, *argv]
-        command = argv[0] if argv[0] in names else ""  # --version: no subcommand module imported
-        args = build_parser(prog, only=command).parse_args(argv)
+        # positionals may come between options (`IN --map T OUT`), as people type them
+        args = build_parser(prog, only=argv[0]).commands[argv[0]].parse_intermixed_args(argv[1:])
         return args._run(args)
     except ConvertersError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

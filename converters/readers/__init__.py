@@ -3,6 +3,9 @@
 Each reader module defines
     NAME: str                      the `--from` name
     sniff(path, head) -> bool      True when the file (first 64 bytes in `head`) is its format
+    OPTIONS: {name: type or tuple of types}   the options open() takes; anything else is
+                                   rejected (with a did-you-mean) before the file is touched,
+                                   and a value of the wrong type too ("false" is not a bool)
     open(path, **options) -> ArrayFile
     detect_name(path) -> str       optional: the `--from` name when one module serves several
                                    (mxnet / gluon); open() then also receives framework=<name>
@@ -10,6 +13,7 @@ Readers never import the source framework.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from pathlib import Path
@@ -71,6 +75,39 @@ def open_file(path, framework: str | None = None, **options) -> ArrayFile:
     path = Path(os.fspath(path))
     framework = framework or detect(path)
     module = reader_module(framework)
+    check_options(module, framework, options)
     if module.NAME != framework:  # one module serving several names (mxnet / gluon)
         options["framework"] = framework
     return module.open(path, **options)
+
+
+_TYPE_WORDS = {bool: "true or false", str: "a path or text", int: "an integer", float: "a number", dict: "a mapping"}
+
+
+def check_options(module, framework: str, options: dict) -> None:
+    """Reject options the reader does not declare in OPTIONS, and values of the wrong type: a
+    misspelt or string-valued safety switch (`allow_pickle="false"`) must not pass silently."""
+    declared = getattr(module, "OPTIONS", {})
+    for key, value in options.items():
+        if key not in declared:
+            close = difflib.get_close_matches(key, declared, n=1)
+            raise ConvertersError(
+                f"the {framework} reader has no option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
+                hint=f"its options: {', '.join(sorted(declared))}" if declared else "it takes no options")
+        types = declared[key] if isinstance(declared[key], tuple) else (declared[key],)
+        if value is not None and not any(_is_a(value, t) for t in types):
+            raise ConvertersError(f"option {key} of the {framework} reader takes "
+                                  f"{' or '.join(_TYPE_WORDS.get(t, t.__name__) for t in types)}, "
+                                  f"not {value!r} ({type(value).__name__})")
+
+
+def _is_a(value, t) -> bool:
+    if t is bool:
+        return isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is str:
+        return isinstance(value, (str, os.PathLike))
+    return isinstance(value, t)

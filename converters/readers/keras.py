@@ -29,7 +29,7 @@ from ._binary import FileView
 from ._limits import PARSER_ERRORS, check_inflation, element_count, parser_errors
 
 NAME = "keras"
-OPTIONS = {"config": str, "allow_external": bool}
+OPTIONS = {"config": (str, dict), "allow_external": bool}
 """Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
