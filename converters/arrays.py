@@ -12,6 +12,7 @@ steps (mappings, drafts, parity) can reason across formats:
 """
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,12 +27,16 @@ ROLES = ("weight", "bias", "running_mean", "running_var", "running_stat", "optim
 """Array roles. `optimizer` (slots, moments) and `counter` (steps, iterations) are training state
 that a mapping usually ignores by category; `running_*` are BatchNorm statistics."""
 
-try:  # bfloat16 and friends as real numpy dtypes (ml_dtypes ships with TF/JAX and alone)
-    import ml_dtypes
 
-    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a declared dependency
-    BFLOAT16 = None
+
+def __getattr__(name):
+    """`BFLOAT16`, kept for callers that import it: resolved (importing ml_dtypes, ~0.5 s) on first
+    use, not at `import converters`; converters.dtypes holds the dtype tables."""
+    if name == "BFLOAT16":
+        from .dtypes import bfloat16
+
+        return bfloat16()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ArrayHandle:
@@ -91,8 +96,6 @@ class ArrayHandle:
             raise FormatError(f"decoded {arr.dtype}{list(arr.shape)}, expected {self.dtype}{list(self.shape)}",
                               array=self.name)
         if copy:
-            from .readers._binary import release_pages
-
             view = arr
             arr = np.array(arr, copy=True, order="C")
             release_pages(view)
@@ -185,6 +188,31 @@ def c_contiguous(arr) -> np.ndarray:
     """`arr` as a C-contiguous array of the same shape; np.ascontiguousarray would turn 0-d into (1,)."""
     arr = np.asarray(arr)
     return arr if arr.flags.c_contiguous else np.array(arr, order="C")
+
+
+def release_pages(view: np.ndarray) -> None:
+    """Drop the file pages a memory-mapped view touched from this process's resident set.
+
+    Called after a view was copied: the copy is what the caller keeps, and without this the
+    mapped pages would count a second time in RSS (they stay in the OS page cache either way,
+    and a later touch of the view maps them back in).
+    """
+    base = view
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    mm = getattr(base, "obj", None)
+    if not isinstance(mm, mmap.mmap) or mm.closed or not hasattr(mmap, "MADV_DONTNEED") or view.size == 0:
+        return
+    try:
+        start = np.frombuffer(mm, np.uint8, count=1).ctypes.data
+        byte_bounds = getattr(np, "byte_bounds", None) or np.lib.array_utils.byte_bounds
+        low, high = byte_bounds(view)
+        lo = (low - start) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = min(high - start, len(mm))
+        if 0 <= lo < hi:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (ValueError, OSError):  # advisory only
+        pass
 
 
 def role_from_name(name: str) -> str | None:

@@ -33,12 +33,12 @@ def parser_errors(path, what: str, array=None, hint: str = "the file is truncate
     try:
         yield
     except ConvertersError as e:
-        if e.file is None:  # raised below the reader (an ArrayHandle): name the file
+        if e.file is None and path is not None:  # raised below the reader (an ArrayHandle): name the file
             e.file = str(path)
         raise
     except MemoryError:
-        raise FormatError(f"{what}: the file claims more memory than is available", file=path, array=array,
-                          hint=hint) from None
+        raise FormatError(f"{what}: out of memory (a corrupt size field, or data larger than memory)",
+                          file=path, array=array, hint=hint) from None
     except PARSER_ERRORS as e:
         text = str(e).replace("\n", " ")[:300]
         raise FormatError(f"{what} is unreadable ({type(e).__name__}: {text})", file=path, array=array,

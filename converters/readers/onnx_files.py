@@ -26,6 +26,7 @@ import numpy as np
 from ..arrays import ArrayFile, ArrayHandle, Layer, role_from_name
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from . import _protowire as pw
+from ._limits import element_count, parser_errors
 from ._binary import FileView
 
 NAME = "onnx"
@@ -150,7 +151,9 @@ class _Reader:
         if any(d < 0 for d in t.dims):
             raise FormatError(f"negative dimension in {t.dims}", file=self.path, array=name, offset=t.offset)
         shape = tuple(t.dims)
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = element_count(shape, dtype.itemsize)
+        if count is None:
+            raise FormatError(f"dims {list(shape)} cannot be an array", file=self.path, array=name, offset=t.offset)
         if t.location == 1 or t.external:
             load = self._external_loader(t, name, dtype, shape, count)
             meta = {**meta, "storage": "external"}
@@ -193,6 +196,9 @@ class _Reader:
     def _external_view(self, location, name, offset) -> FileView:
         if location in self.external:
             return self.external[location]
+        if not isinstance(location, str) or "\0" in location:
+            raise FormatError(f"external data location {location!r} is not a file name", file=self.path,
+                              array=name, offset=offset)
         if os.path.isabs(location):
             raise FormatError(f"external data location {location!r} is an absolute path", file=self.path,
                               array=name, offset=offset, hint="ONNX external data paths are relative to the model")
@@ -530,12 +536,13 @@ def _guess_role(name: str, dtype: np.dtype, ndim: int) -> str:
 def open(path, allow_outside: bool = False, subgraphs: bool = True, **options) -> ArrayFile:
     """Open an ONNX model. allow_outside: follow external-data paths that leave the model's folder;
     subgraphs: also expose initializers/constants of If/Loop/Scan bodies."""
-    reader = _Reader(path, allow_outside)
-    try:
-        return _open(reader, subgraphs)
-    except BaseException:
-        reader.close()
-        raise
+    with parser_errors(path, "ONNX model"):  # fields of an unexpected wire type, bad numbers, ...
+        reader = _Reader(path, allow_outside)
+        try:
+            return _open(reader, subgraphs)
+        except BaseException:
+            reader.close()
+            raise
 
 
 def _open(reader: _Reader, want_subgraphs: bool) -> ArrayFile:

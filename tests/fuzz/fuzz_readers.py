@@ -240,16 +240,18 @@ class Pool:
     def run(self, index: int, timeout: float) -> str:
         if self.proc is None or not self.proc.is_alive():
             self._start()
-        self.conn.send(index)
-        if self.conn.poll(timeout):
-            try:
+        try:
+            self.conn.send(index)
+            if self.conn.poll(timeout):
                 return self.conn.recv()
-            except EOFError:
-                pass
-        elif self.proc.is_alive():
-            self.stop(kill=True)
-            return "hang"
-        code = self.proc.exitcode if self.proc.join(5) is None else None
+        except (EOFError, OSError):  # the worker died (a crash in native code, a kill)
+            pass
+        else:
+            if self.proc.is_alive():
+                self.stop(kill=True)
+                return "hang"
+        self.proc.join(5)
+        code = self.proc.exitcode
         self.proc = None
         return f"crash (exit {code})"
 
