@@ -60,10 +60,21 @@ def detect(path) -> str:
             continue
         seen.add(mod)
         module = reader_module(name)
-        if module.sniff(path, head):
+        if _sniffs(module, path, head):
             return getattr(module, "detect_name", lambda p: module.NAME)(path)
     raise DetectionError("cannot tell which framework wrote this file", file=path,
                          hint=f"pass --from with one of {', '.join(FRAMEWORKS)}")
+
+
+def _sniffs(module, path: Path, head: bytes) -> bool:
+    """module.sniff, where a parser failure on a damaged file (a zip whose member names are not
+    UTF-8, a JSON nested too deep) means "not recognisably this format"."""
+    from ._limits import PARSER_ERRORS
+
+    try:
+        return bool(module.sniff(path, head))
+    except PARSER_ERRORS:
+        return False
 
 
 def _tf_prefix_exists(path: Path) -> bool:
