@@ -33,6 +33,7 @@ class DiffReport(Report):
     compared: int = 0
     max_abs: dict = field(default_factory=dict)  # every compared name -> max abs diff
     check_dtype: bool = True
+    explained: dict = field(default_factory=dict)  # differing name -> layout steps making A's bit-equal to B's
 
     @property
     def same(self) -> bool:
@@ -41,14 +42,17 @@ class DiffReport(Report):
     def headline(self) -> str:
         worst = max(self.max_abs.values(), default=0.0)
         verdict = "same" if self.same else "DIFFERENT"
+        layout = f" ({len(self.explained)} equal after a layout step)" if self.explained else ""
         return (f"{verdict}: {self.compared} tensors compared (max abs diff {worst:.3g}, atol {self.atol:g}, "
-                f"rtol {self.rtol:g}); {len(self.values)} differ in value, {len(self.shape)} in shape, "
+                f"rtol {self.rtol:g}); {len(self.values)} differ in value, {len(self.shape)} in shape{layout}, "
                 f"{len(self.dtype)} in dtype, {len(self.only_a)} only in A, {len(self.only_b)} only in B")
 
     def sections(self):
         return [
             ("values differ", ("name", "max abs diff", "max rel diff", "elements over tolerance"), self.values),
             ("shapes differ", ("name", "shape A", "shape B"), self.shape),
+            ("equal after a layout step (A -> B, bit for bit)", ("name", "steps"),
+             [(n, f"equal after {d}") for n, d in self.explained.items()]),
             ("dtypes differ", ("name", "dtype A", "dtype B"), self.dtype),
             ("only in A", ("name",), [(n,) for n in self.only_a]),
             ("only in B", ("name",), [(n,) for n in self.only_b]),
@@ -61,7 +65,7 @@ class DiffReport(Report):
             "shape": [{"name": n, "a": list(x), "b": list(y)} for n, x, y in self.shape],
             "dtype": [{"name": n, "a": x, "b": y} for n, x, y in self.dtype],
             "values": [{"name": n, "max_abs": d, "max_rel": r, "over": c} for n, d, r, c in self.values],
-            "max_abs": self.max_abs,
+            "max_abs": self.max_abs, "explained": self.explained,
         }
 
 
@@ -119,13 +123,27 @@ def _compare(fa, fb, a, b, rules, atol, rtol, check_dtype) -> DiffReport:
             report.dtype.append((name, dx, dy))
         if sx != sy:
             report.shape.append((name, sx, sy))
+            _explain(report, name, x, y, a, b, names_b[name])
             continue
         report.compared += 1
         max_abs, max_rel, over = _value_diff(_numpy(x, a, name), _numpy(y, b, names_b[name]), atol, rtol)
         report.max_abs[name] = max_abs
         if over:
             report.values.append((name, max_abs, max_rel, over))
+            _explain(report, name, x, y, a, b, names_b[name])
     return report
+
+
+def _explain(report, name, x, y, a, b, name_b):
+    """Record the layout steps (a permute, flips) that make A's tensor B's bit for bit, if any:
+    'equal after permute [0, 1, 3, 2]' says more than '4 differ' (the port transposed its images)."""
+    from .draft.like import describe, equal_after
+
+    if int(np.prod(x.shape)) != int(np.prod(y.shape)) or len(x.shape) != len(y.shape):
+        return
+    chain = equal_after(_numpy(x, a, name), _numpy(y, b, name_b))
+    if chain:
+        report.explained[name] = describe(chain)
 
 
 def _dtype_name(x) -> str:

@@ -116,3 +116,29 @@ def test_real_caffe_pnet_against_its_pytorch_port(tmp_path):
     save_torch(ported, tmp_path / "pnet.safetensors")
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 1 and "conv2/0" in done.stdout
+
+
+def test_layout_difference_is_named_not_just_counted(tmp_path, capsys):
+    """The MXNet P-Net port and the Caffe P-Net, both drafted as is into the same PyTorch model:
+    the kernels differ only by the port's frame (H and W swapped, conv1's channels reversed), and
+    diff says so instead of '3 differ'."""
+    from converters.convert import convert
+    from converters.draft import draft
+
+    caffe, _ = convert(PNET, "caffe/mtcnn_pnet")
+    torch.save(caffe.state_dict(), tmp_path / "caffe.pth")
+    mx_src = ROOT / "fixtures/mxnet/mtcnn_pnet/det1-0001.params"
+    draft(mx_src, "converters.models.mtcnn:PNet", out=tmp_path / "mx.yaml")  # the port's own frame
+    mx, _ = convert(mx_src, tmp_path / "mx.yaml")
+    torch.save(mx.state_dict(), tmp_path / "mx.pth")
+    report = diff_files(tmp_path / "mx.pth", tmp_path / "caffe.pth")
+    assert not report.same and {n for n, *_ in report.values} == {"conv1.weight", "conv2.weight", "conv3.weight"}
+    assert report.explained == {"conv1.weight": "permute [0, 1, 3, 2] + flip axis 1",
+                                "conv2.weight": "permute [0, 1, 3, 2]", "conv3.weight": "permute [0, 1, 3, 2]"}
+    code, out, _ = run([tmp_path / "mx.pth", tmp_path / "caffe.pth"], capsys)
+    assert code == 1 and "3 equal after a layout step" in out and "equal after permute [0, 1, 3, 2]" in out
+    # a real value difference is not explained away
+    sd = caffe.state_dict()
+    sd["conv2.weight"][0, 0, 0, 0] += 1e-3
+    torch.save(sd, tmp_path / "caffe2.pth")
+    assert "conv2.weight" not in diff_files(tmp_path / "mx.pth", tmp_path / "caffe2.pth").explained
