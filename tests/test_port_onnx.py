@@ -17,6 +17,7 @@ from converters.mapping.transforms import build, chain_apply  # noqa: E402
 from converters.port import codegen  # noqa: E402
 from converters.port.frontends.onnx import build_graph  # noqa: E402
 from converters.port.graph import PortError, UnsupportedOpError  # noqa: E402
+from converters.port.run import port  # noqa: E402
 
 PPOCR = "fixtures/onnx/ch_ppocr_mobile_v2.0_cls_infer.onnx"
 RNG = np.random.RandomState(0)
@@ -46,7 +47,17 @@ def ported(path, input_shapes=None):
     return graph, model, gen.source
 
 
+def assert_ports_and_verifies(path, tmp_path, input_shapes=None, batch=2):
+    """The real path: `convert port --verify` (table + writer + onnxruntime oracle) must PASS."""
+    result = port([str(path)], tmp_path / "port_out", input_shapes=input_shapes, verify=True, force=True,
+                  verify_options={"n": batch})
+    assert result.parity.passed, str(result.parity)
+    assert result.report.summary()
+    return result, max(o["max_abs"] for o in result.parity.outputs)
+
+
 def assert_matches_ort(path, feeds: dict, input_shapes=None, rtol=1e-5):
+    """Every output of the generated module against onnxruntime on `feeds` (verify checks the first set)."""
     graph, model, source = ported(path, input_shapes)
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
     with torch.no_grad():
@@ -116,6 +127,7 @@ class _Cnn(torch.nn.Module):
 def test_torch_cnn(tmp_path, opset):
     path = export(_Cnn(), torch.zeros(1, 3, 16, 16), tmp_path / "cnn.onnx", opset)
     graph, source, err = assert_matches_ort(path, {"x": rand(2, 3, 16, 16)})
+    assert_ports_and_verifies(path, tmp_path)
     ops = {n.op for n in graph.nodes}
     assert {"conv", "batchnorm", "pool", "concat", "flatten", "linear", "softmax"} <= ops
     assert "groups=8" in source and "dilation=(2, 2)" in source or "dilation=2" in source
@@ -142,6 +154,7 @@ class _Resample(torch.nn.Module):
 def test_torch_resize_transpose_pad_split(tmp_path, opset):
     path = export(_Resample(), torch.zeros(1, 4, 5, 7), tmp_path / "resample.onnx", opset)
     graph, _source, _err = assert_matches_ort(path, {"x": rand(2, 4, 5, 7)})
+    assert_ports_and_verifies(path, tmp_path)
     ups = [n for n in graph.nodes if n.op == "upsample"]
     assert {(n.attrs["mode"], n.attrs["align_corners"]) for n in ups} == {("nearest", False), ("bilinear", False),
                                                                          ("bilinear", True)}
@@ -152,6 +165,7 @@ def test_torch_rnn(tmp_path, cls):
     rnn = getattr(torch.nn, cls)(5, 4, bidirectional=False)
     path = export(rnn, torch.zeros(7, 2, 5), tmp_path / "rnn.onnx", 13, batch_axis=1)
     graph, _source, _err = assert_matches_ort(path, {"x": rand(7, 3, 5)})
+    assert_ports_and_verifies(path, tmp_path)
     node = next(n for n in graph.nodes if n.op == cls.lower())
     assert node.params["weight_ih_l0"].transforms[-1]["gates"]["from"] == ("iofc" if cls == "LSTM" else "zrh")
 
@@ -163,8 +177,9 @@ def test_conv_pads_asymmetric_and_auto_pad(tmp_path):
     nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[0, 1, 2, 0], name="asym"),
              helper.make_node("Conv", ["a", "w2"], ["b"], auto_pad="SAME_UPPER", strides=[2, 2], name="same_up"),
              helper.make_node("Conv", ["b", "w3"], ["y"], auto_pad="SAME_LOWER", strides=[1, 1], name="same_low")]
-    path = save(nodes, [vi("x", [1, 3, 9, 8])], [vi("y", None)], {"w1": w1, "w2": w2, "w3": w3}, tmp_path / "c.onnx")
+    path = save(nodes, [vi("x", ["N", 3, 9, 8])], [vi("y", None)], {"w1": w1, "w2": w2, "w3": w3}, tmp_path / "c.onnx")
     graph, _s, _e = assert_matches_ort(path, {"x": rand(1, 3, 9, 8)})
+    assert_ports_and_verifies(path, tmp_path)
     pads = {n.name: n.attrs["padding"] for n in graph.nodes}
     assert pads["asym"] == ((0, 2), (1, 0))
     assert pads["same_low"] == ((1, 0), (1, 0))  # SAME_LOWER: the extra pixel at the beginning
@@ -181,6 +196,7 @@ def test_gemm_matmul_add_and_opset11_softmax(tmp_path):
     inits["shape"] = np.array([0, 2, -1], dtype=np.int64)
     path = save(nodes, [vi("x", ["N", 6, 1, 1])], [vi("y", None)], inits, tmp_path / "g.onnx", opset=11)
     graph, _s, _e = assert_matches_ort(path, {"x": rand(3, 6, 1, 1)})
+    assert_ports_and_verifies(path, tmp_path)
     linear = [n for n in graph.nodes if n.op == "linear"]
     assert [sorted(n.params) for n in linear] == [["bias", "weight"], ["bias", "weight"]]
     assert linear[1].params["bias"].source == "bm"  # the Add's constant is the Linear bias
@@ -198,7 +214,7 @@ def test_shape_ops_and_attribute_opsets(tmp_path):
              helper.make_node("ReduceMean", ["up"], ["y2"], axes=[2, 3], keepdims=0),
              helper.make_node("GlobalMaxPool", ["p0"], ["y3"])]
     inits = {"scales": np.array([1, 1, 2, 3], dtype=np.float32)}
-    path = save(nodes, [vi("x", [2, 3, 4, 5])], [vi("f", None), vi("y2", None), vi("y3", None)], inits,
+    path = save(nodes, [vi("x", ["N", 3, 4, 5])], [vi("f", None), vi("y2", None), vi("y3", None)], inits,
                 tmp_path / "s.onnx", opset=9)
     assert_matches_ort(path, {"x": rand(2, 3, 4, 5)})
 
@@ -218,6 +234,7 @@ def test_slice_resize_pad_inputs_opset13(tmp_path):
     path = save(nodes, [vi("x0", [1, 3, 3, 6])], [vi("y0", None), vi("reflected", None)], inits, tmp_path / "r.onnx",
                 opset=13)
     graph, _s, _e = assert_matches_ort(path, {"x0": rand(1, 3, 3, 6)})
+    assert_ports_and_verifies(path, tmp_path, batch=1)  # Resize sizes fix the batch
     const = [n for n in graph.nodes if n.op == "constant"]
     assert [n.params["value"].source for n in const] == ["k"]
     assert "starts" in graph.unused_arrays and "attribute" in graph.unused_arrays["starts"]
@@ -226,7 +243,7 @@ def test_slice_resize_pad_inputs_opset13(tmp_path):
 def test_unsupported_op_names_op_layer_and_file(tmp_path):
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
              helper.make_node("Resize", ["r", "", "scales"], ["y"], mode="cubic", name="the_resize")]
-    path = save(nodes, [vi("x", [1, 1, 4, 4])], [vi("y", None)], {"scales": np.array([1, 1, 2, 2], np.float32)},
+    path = save(nodes, [vi("x", ["N", 1, 4, 4])], [vi("y", None)], {"scales": np.array([1, 1, 2, 2], np.float32)},
                 tmp_path / "u.onnx")
     with pytest.raises(UnsupportedOpError) as e:
         build_graph([str(path)], reader_options={}, outputs=None, input_shapes=None)
@@ -257,3 +274,13 @@ def test_ppocr_cls_real_model():
     convs = [n for n in graph.nodes if n.op == "conv"]
     assert len(convs) == 53 and sum(n.attrs["bias"] for n in convs) == 18  # the 9 SE blocks' two convs each
     assert ".reshape(pool2d_10_tmp_0.shape[0], 200)" in source  # the folded Shape chain, batch kept free
+
+
+def test_ppocr_cls_port_verify(tmp_path):
+    """`convert port --verify` on the real file: the table fills every tensor, onnxruntime agrees."""
+    result, err = assert_ports_and_verifies(PPOCR, tmp_path, input_shapes={"x": (1, 3, 48, 192)})
+    assert err < 1e-5
+    text = open(result.model_file).read()
+    assert "# Conv@0: Conv" in text and "self.Conv_0 = nn.Conv2d(3, 8, kernel_size=3, stride=2, padding=1" in text
+    table = open(result.table_file).read()
+    assert "conv1_weights" in table and "layout: NCHW" in table

@@ -939,16 +939,16 @@ def _rnn(b: _Builder, L):
     order = {"from": "iofc", "to": "ifco"} if lstm else {"from": "zrh", "to": "rzh"}
     params = {}
     for d, suffix in enumerate(["", "_reverse"][:dirs]):
-        pick = [{"slice": {"axis": 0, "start": d, "stop": d + 1}}] if dirs > 1 else []
+        # one array holds both directions (and B both biases): split + take, one table rule per array
+        pick = [{"split": {"axis": 0, "parts": dirs}}, {"take": d}] if dirs > 1 else []
         pick += [{"squeeze": 0}]
         params[f"weight_ih_l0{suffix}"] = b.param(w, [*pick, {"gates": order}])
         params[f"weight_hh_l0{suffix}"] = b.param(r, [*pick, {"gates": order}])
-        n = gates_h
         if _opt(L, 3):
-            params[f"bias_ih_l0{suffix}"] = b.param(L.inputs[3], [*pick, {"slice": {"axis": 0, "stop": n}},
-                                                                  {"gates": order}])
-            params[f"bias_hh_l0{suffix}"] = b.param(L.inputs[3], [*pick, {"slice": {"axis": 0, "start": n}},
-                                                                  {"gates": order}])
+            for k, which in enumerate(("ih", "hh")):
+                params[f"bias_{which}_l0{suffix}"] = b.param(L.inputs[3], [
+                    {"reshape": [2 * dirs, gates_h]}, {"split": {"axis": 0, "parts": 2 * dirs}}, {"take": 2 * d + k},
+                    {"squeeze": 0}, {"gates": order}])
         else:
             params[f"bias_ih_l0{suffix}"], params[f"bias_hh_l0{suffix}"] = Param(fill=0.0), Param(fill=0.0)
     states = [_opt(L, 5)] + ([_opt(L, 6)] if lstm else [])
@@ -998,23 +998,25 @@ def _graph_inputs(b, f, input_shapes):
         if not raw:
             raise PortError(f"graph input {name!r} has no shape", file=b.path,
                             hint="give it with --input-shape")
-        dims = []
-        for i, d in enumerate(raw):
-            if i == 0 and len(raw) > 1:  # the batch stays symbolic: the module takes any batch size
-                dims.append("N")
+        file_dims = list(spec.get("shape") or [])
+        if len(file_dims) != len(raw):
+            file_dims = list(raw)
+        dims, batch = [], None
+        for i, (d, fd) in enumerate(zip(raw, file_dims)):
+            symbolic_in_file = not (isinstance(fd, int) and fd > 0)
+            if symbolic_in_file and batch is None and len(raw) > 1 and (i == 0 or "batch" in str(fd).lower()):
+                dims.append("N")  # the batch stays symbolic: the module takes any batch size
+                batch = i
             elif isinstance(d, int) and d > 0:
-                dims.append(d)
+                dims.append(int(d))
             else:
-                dims.append("N" if i == 0 else b.symbol())
+                dims.append(fd if isinstance(fd, str) and fd not in ("", "N", "?") else b.symbol())
         b.shapes[name] = tuple(dims)
         b.runtime.add(name)
         dtype = spec.get("dtype", "float32")
-        layout = _LAYOUTS.get(len(dims), "")
-        shown = [d if isinstance(d, int) and d > 0 else None for d in raw]
-        if len(raw) > 1 and shown[0] is None:
-            shown[0] = 1
-        inputs.append(GraphInput(name, tuple(shown), dtype,
-                                 source_layout=layout))
+        layout = "TNC" if batch not in (None, 0) and len(dims) == 3 else _LAYOUTS.get(len(dims), "")
+        shown = [d if isinstance(d, int) and d > 0 else (1 if i == batch else None) for i, d in enumerate(raw)]
+        inputs.append(GraphInput(name, tuple(shown), dtype, source_layout=layout))
     return inputs
 
 
