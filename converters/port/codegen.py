@@ -86,10 +86,9 @@ def _assemble(graph, class_name, args, init, forward, ret, helper_names, binding
              "a comment above each statement of forward() names the source layer and op.",
              '"""', ""]
     lines += imports + HEADER_IMPORTS + [""]
-    for h in helper_names:
-        lines += ["", *ops.HELPERS[h].source.split("\n"), "", ""]
-    if not helper_names:
-        lines.append("")
+    for h in helper_names:  # two blank lines around every top-level definition
+        lines += ["", *ops.HELPERS[h].source.split("\n"), ""]
+    lines.append("")
     ins = ", ".join(f"{i.name} {tuple(i.shape) if i.shape else ''}".strip() for i in graph.inputs)
     outs = ", ".join(graph.output_names.get(t, t) for t in graph.outputs)
     lines += [f"class {class_name}(nn.Module):",
