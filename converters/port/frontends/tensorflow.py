@@ -38,7 +38,7 @@ def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None
         raise PortError(f"a TensorFlow port takes one frozen .pb or SavedModel, got {len(paths)} sources",
                         file=paths[0] if paths else None)
     path = paths[0]
-    saved = path if path.is_dir() else (path.parent if path.name == "saved_model.pb" else None)
+    saved = path if (path / "saved_model.pb").is_file() else (path.parent if path.name == "saved_model.pb" else None)
     if saved is not None:
         return _saved_model(saved, reader_options, outputs, input_shapes)
     arrays = readers.open_file(path, "tensorflow", **dict(reader_options or {}))

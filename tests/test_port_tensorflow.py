@@ -1,0 +1,113 @@
+"""`convert port` TensorFlow frontend: frozen GraphDefs made by TensorFlow (tf.function ->
+convert_variables_to_constants_v2; fixtures/port/tensorflow/make_fixtures.py and graphs frozen at
+test time) ported to an NCHW PyTorch module and verified against TensorFlow on the same inputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from converters.port import port
+from converters.port.frontends.tensorflow import build_graph
+from converters.port.graph import PortError, UnsupportedOpError
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "fixtures" / "port" / "tensorflow"
+
+
+def _verified(tmp_path, source, **kw):
+    result = port([str(source)], tmp_path / "out", framework="tensorflow", verify=True, **kw)
+    assert result.parity.passed, str(result.parity)
+    for o in result.parity.outputs:
+        assert o["max_abs"] <= 1e-5 * max(1.0, o["scale"]), o
+    return result
+
+
+def _tf():
+    from converters.parity.oracles.keras_oracle import import_tensorflow_safely
+
+    import_tensorflow_safely()
+    import tensorflow as tf
+
+    return tf
+
+
+def _freeze(fn, shape, path: Path) -> Path:
+    tf = _tf()
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    concrete = tf.function(fn).get_concrete_function(tf.TensorSpec(shape, tf.float32, name="x"))
+    path.write_bytes(convert_variables_to_constants_v2(concrete).graph.as_graph_def().SerializeToString())
+    return path
+
+
+def test_raw_op_cnn_matches_tensorflow(tmp_path):
+    result = _verified(tmp_path, FIX / "cnn.pb")
+    table = yaml.safe_load(Path(result.table_file).read_text())
+    assert table["input"]["layout"] == "NHWC" and table["input"]["shape"] == [2, 11, 11, 3]
+    assert table["parity"]["outputs"] == ["Identity", "Identity_1"]
+    source = Path(result.model_file).read_text()
+    assert "# BiasAdd: Conv2D+BiasAdd" in source and "# FusedBatchNormV3: FusedBatchNormV3" in source
+
+
+@pytest.mark.heavy
+def test_frozen_keras_model_matches_tensorflow(tmp_path):
+    result = _verified(tmp_path, FIX / "keras_cnn.pb")
+    source = Path(result.model_file).read_text()
+    assert "groups=6" in source                      # DepthwiseConv2D
+    assert "permute(0,2,3,1)" in "".join(source.split())   # Flatten reads NHWC memory order
+
+
+def test_conv_and_dense_biases_come_from_the_biasadd_constants():
+    """Issue #10: a frozen graph's conv bias is the BiasAdd's Const, never zeros."""
+    graph = build_graph([str(FIX / "keras_cnn.pb")])
+    convs = {n.name: n for n in graph.nodes if n.op in ("conv", "linear")}
+    assert convs["sequential/conv1/BiasAdd"].params["bias"].source == "sequential/conv1/BiasAdd/ReadVariableOp/resource"
+    assert convs["sequential/conv1/BiasAdd"].params["weight"].transforms == ["tf_conv"]
+    assert convs["sequential/dw2/BiasAdd"].params["weight"].transforms == ["tf_depthwise"]
+    assert convs["sequential/dense/BiasAdd"].params["weight"].transforms == ["tf_dense"]
+    bn = next(n for n in graph.nodes if n.op == "batchnorm")
+    assert abs(bn.attrs["eps"] - 1e-3) < 1e-9
+    assert graph.inputs[0].shape == (None, 3, 10, 10) and graph.inputs[0].source_layout == "NHWC"
+    assert graph.unused_arrays == {"sequential/flatten/Const": "read at port time (an axis, shape, size or "
+                                                               "padding written into model.py)"}
+
+
+def test_shape_computations_fold_with_a_fixed_batch(tmp_path):
+    tf = _tf()
+    w = tf.Variable(np.random.RandomState(1).randn(2 * 2 * 3, 4).astype(np.float32))
+
+    def fn(x):
+        flat = tf.reshape(x, tf.stack([tf.shape(x)[0], -1]))      # Shape -> StridedSlice -> Pack
+        y = tf.matmul(flat, w) + tf.constant(np.arange(4, dtype=np.float32))
+        return tf.transpose(tf.reshape(y, (2, 2, 2)), (0, 2, 1))
+
+    pb = _freeze(fn, (2, 2, 2, 3), tmp_path / "fold.pb")
+    result = _verified(tmp_path, pb)
+    assert "Pack" not in Path(result.model_file).read_text()
+
+
+def test_unsupported_op_is_one_error_and_writes_nothing(tmp_path):
+    tf = _tf()
+    pb = _freeze(lambda x: tf.nn.local_response_normalization(tf.nn.relu(x)), (1, 4, 4, 3), tmp_path / "lrn.pb")
+    with pytest.raises(UnsupportedOpError) as e:
+        port([str(pb)], tmp_path / "out", framework="tensorflow")
+    assert "layer 'LRN': op LRN is not supported" in str(e.value) and "lrn.pb" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_inexpressible_resize_is_refused(tmp_path):
+    tf = _tf()
+    pb = _freeze(lambda x: tf.compat.v1.image.resize_nearest_neighbor(x, (5, 5), align_corners=True),
+                 (1, 3, 3, 2), tmp_path / "resize.pb")
+    with pytest.raises(UnsupportedOpError, match="align_corners=True"):
+        build_graph([str(pb)])
+
+
+def test_checkpoint_and_saved_model_function_graph_are_refused():
+    with pytest.raises(PortError, match="holds weights but no graph"):
+        build_graph([str(ROOT / "fixtures" / "tensorflow" / "tf2_keras")])
+    with pytest.raises(UnsupportedOpError, match="SavedModel function graph.*freeze the serving signature"):
+        build_graph([str(ROOT / "fixtures" / "tensorflow" / "saved_model")])
