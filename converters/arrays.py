@@ -215,6 +215,24 @@ def release_pages(view: np.ndarray) -> None:
         pass
 
 
+# Flat names `<layer>_<variable>` (MXNet symbols, TF1 graphs built by hand, Caffe-to-TF ports):
+# suffix -> role, longest first.
+SUFFIX_ROLES = tuple(sorted((
+    ("_running_mean", "running_mean"), ("_running_var", "running_var"), ("_moving_mean", "running_mean"),
+    ("_moving_var", "running_var"), ("_moving_variance", "running_var"), ("_weight", "weight"),
+    ("_weights", "weight"), ("_kernel", "weight"), ("_depthwise_kernel", "weight"), ("_bias", "bias"),
+    ("_biases", "bias"), ("_gamma", "weight"), ("_beta", "bias"), ("_alpha", "weight")),
+    key=lambda sr: -len(sr[0])))
+
+
+def split_role_suffix(name: str) -> tuple[str, str, str] | None:
+    """(role, layer, variable) of a flat name: `bn_moving_var` -> ('running_var', 'bn', 'moving_var')."""
+    for suffix, role in SUFFIX_ROLES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return role, name[:-len(suffix)], suffix[1:]
+    return None
+
+
 def role_from_name(name: str) -> str | None:
     """Role guessed from the conventional variable names most frameworks share."""
     low = name.lower().rsplit("/", 1)[-1].rsplit(".", 1)[-1].rsplit(":", 1)[-1]

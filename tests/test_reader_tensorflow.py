@@ -369,3 +369,34 @@ def test_corrupted_index_bytes_raise_only_converters_errors(tmp_path, prefix, ta
                         pass
         except ConvertersError:
             pass
+
+
+def test_tf1_flat_names_get_roles_and_layers_from_suffixes(tf, tmp_path):
+    """A TF1 graph built by hand with flat variable names (`conv_weight`, `bn_moving_var`), saved
+    by tf.compat.v1.train.Saver after one Adam step: roles, layers and layouts from the suffixes."""
+    v1 = tf.compat.v1
+    shapes = {"conv_weight": (3, 3, 3, 8), "conv_bias": (8,), "bn_gamma": (8,), "bn_beta": (8,),
+              "bn_moving_mean": (8,), "bn_moving_var": (8,), "fc_weights": (8, 2), "fc_biases": (2,)}
+    with tf.Graph().as_default(), v1.Session() as sess:
+        rng = np.random.default_rng(0)
+        var = {n: v1.get_variable(n, initializer=rng.standard_normal(s).astype(np.float32)) for n, s in shapes.items()}
+        step = v1.train.get_or_create_global_step()
+        x = tf.nn.conv2d(tf.ones((1, 4, 4, 3)), var["conv_weight"], 1, "SAME") + var["conv_bias"]
+        x = tf.nn.batch_normalization(x, var["bn_moving_mean"], var["bn_moving_var"], var["bn_beta"], var["bn_gamma"], 1e-3)
+        loss = tf.reduce_sum(tf.matmul(tf.reduce_mean(x, [1, 2]), var["fc_weights"]) + var["fc_biases"])
+        train = v1.train.AdamOptimizer(0.1).minimize(loss, global_step=step, var_list=[var["conv_weight"], var["fc_biases"]])
+        sess.run(v1.global_variables_initializer())
+        sess.run(train)
+        prefix = v1.train.Saver().save(sess, str(tmp_path / "flat.ckpt"), global_step=step)
+    reader = tf.train.load_checkpoint(prefix)
+    with tfr.open(prefix) as f:
+        for key in f:
+            assert _same(f[key].numpy(), reader.get_tensor(key)), key
+        expect = {"conv_weight": ("weight", "conv", "HWIO"), "conv_bias": ("bias", "conv", None),
+                  "bn_gamma": ("weight", "bn", None), "bn_beta": ("bias", "bn", None),
+                  "bn_moving_mean": ("running_mean", "bn", None), "bn_moving_var": ("running_var", "bn", None),
+                  "fc_weights": ("weight", "fc", "IO"), "fc_biases": ("bias", "fc", None)}
+        for name, (role, layer, layout) in expect.items():
+            assert (f[name].role, f[name].layer, f[name].layout) == (role, layer, layout), name
+        assert f["conv_weight/Adam"].role == "optimizer" and f["fc_biases/Adam_1"].role == "optimizer"
+        assert f["global_step"].role == "counter" and f["beta1_power"].role == "optimizer"

@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from ..errors import TruncatedError
+from ..errors import FormatError, TruncatedError
 
 
 class FileView:
@@ -20,12 +20,16 @@ class FileView:
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        self.size = os.path.getsize(self.path)
-        self._fh = open(self.path, "rb")
-        if self.size:
-            self.buf = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
-        else:
-            self.buf = b""
+        try:
+            self._fh = open(self.path, "rb")
+        except OSError as e:  # missing, a directory, no permission
+            raise FormatError(f"cannot open: {e.strerror or e}", file=self.path) from None
+        try:
+            self.size = os.fstat(self._fh.fileno()).st_size
+            self.buf = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
+        except (OSError, ValueError) as e:
+            self._fh.close()
+            raise FormatError(f"cannot map the file: {e}", file=self.path) from None
 
     def close(self) -> None:
         # Arrays handed out with copy=False may still point into the map; let GC close it then.
@@ -83,28 +87,3 @@ class FileView:
         if count == 0:
             return np.zeros(shape, dtype)
         return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset).reshape(shape)
-
-
-def release_pages(view: np.ndarray) -> None:
-    """Drop the file pages a memory-mapped view touched from this process's resident set.
-
-    Called after a view was copied: the copy is what the caller keeps, and without this the
-    mapped pages would count a second time in RSS (they stay in the OS page cache either way,
-    and a later touch of the view maps them back in).
-    """
-    base = view
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    mm = getattr(base, "obj", None)
-    if not isinstance(mm, mmap.mmap) or mm.closed or not hasattr(mmap, "MADV_DONTNEED") or view.size == 0:
-        return
-    try:
-        start = np.frombuffer(mm, np.uint8, count=1).ctypes.data
-        byte_bounds = getattr(np, "byte_bounds", None) or np.lib.array_utils.byte_bounds
-        low, high = byte_bounds(view)
-        lo = (low - start) // mmap.PAGESIZE * mmap.PAGESIZE
-        hi = min(high - start, len(mm))
-        if 0 <= lo < hi:
-            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-    except (ValueError, OSError):  # advisory only
-        pass

@@ -16,7 +16,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..arrays import role_from_name
+from ..arrays import role_from_name, split_role_suffix
 from ..errors import FormatError
 from ._protowire import LEN, VARINT, iter_fields
 
@@ -155,8 +155,13 @@ def _last(path: list[str]) -> str:
 
 def _by_path(path: list[str], full_name: str, graph) -> dict:
     last = path[-1].lstrip("_") if path else ""
-    role = "counter" if last.lower() in _COUNTERS else (role_from_name(last) or "other")
-    info = {"layer": "/".join(path[:-1]), "role": role}
+    role = "counter" if last.lower() in _COUNTERS else role_from_name(last)
+    layer = path[:-1]
+    split = split_role_suffix(last) if role is None else None
+    if split:  # a flat TF1 name: `conv1_weight` is variable `weight` of layer `conv1`
+        role, flat_layer, last = split
+        layer = layer + [flat_layer]
+    info = {"layer": "/".join(layer), "role": role or "other"}
     owner = full_name.split("/")[-2] if full_name.count("/") else ""  # the variable's own layer name
     hint = "depthwise" if "depthwise" in last or "depthwise" in owner else last
     info["_layout_name"] = hint
@@ -188,6 +193,6 @@ def layout_for(meta: dict, ndim: int) -> str | None:
     name = meta.pop("_layout_name", "")
     if name == "depthwise" or name == "depthwise_kernel":
         return "HWCM" if ndim == 4 else None
-    if name in ("kernel", "weights", "pointwise_kernel", "w") or name.endswith("kernel"):
+    if name in ("kernel", "weights", "weight", "pointwise_kernel", "w") or name.endswith("kernel"):
         return {2: "IO", 3: "WIO", 4: "HWIO", 5: "DHWIO"}.get(ndim)
     return None

@@ -21,6 +21,7 @@ from ..errors import FormatError, TruncatedError, UnsupportedError
 from . import _caffe_schema as S
 from . import _prototxt
 from ._binary import FileView
+from ._limits import parser_errors
 from ._protowire import FIXED32, FIXED64, LEN, VARINT, f32, f64, iter_fields, packed_varints, read_varint, text
 
 NAME = "caffe"
@@ -114,7 +115,8 @@ def open(path, prototxt=None, **options) -> ArrayFile:
     caffemodel (used only when unambiguous), False to never use one."""
     view = FileView(path)
     try:
-        return _open(view, prototxt)
+        with parser_errors(path, "Caffe model"):  # prototxt nesting too deep, bad UTF-8, ...
+            return _open(view, prototxt)
     except BaseException:
         view.close()
         raise

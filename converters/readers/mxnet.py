@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arrays import BFLOAT16, ArrayFile, ArrayHandle, role_from_name
+from ..arrays import BFLOAT16, SUFFIX_ROLES, ArrayFile, ArrayHandle, role_from_name, split_role_suffix
+from ..dtypes import MXNET as TYPE_FLAGS
 from ..errors import FormatError, UnsupportedError
 from ._binary import FileView
+from ._limits import parser_errors
 from ._mxnet_symbol import build_layers, load_symbol, weight_layout
 
 NAME = "mxnet"
@@ -39,23 +41,15 @@ LIST_MAGIC = 0x112
 V1_MAGIC, V2_MAGIC, V3_MAGIC = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
 _ENCODINGS = {V1_MAGIC: "V1", V2_MAGIC: "V2", V3_MAGIC: "V3"}
 
-# mshadow TypeFlag (mshadow/base.h); 8-11 exist from mxnet 1.9's headers on but its Python side
-# cannot create them, so only 0-7 and 12 are tested against mxnet itself.
-TYPE_FLAGS = {0: np.dtype("<f4"), 1: np.dtype("<f8"), 2: np.dtype("<f2"), 3: np.dtype("u1"),
-              4: np.dtype("<i4"), 5: np.dtype("i1"), 6: np.dtype("<i8"), 7: np.dtype("?"),
-              8: np.dtype("<i2"), 9: np.dtype("<u2"), 10: np.dtype("<u4"), 11: np.dtype("<u8"),
-              12: BFLOAT16}
+# TYPE_FLAGS: mshadow TypeFlag (converters/dtypes.py); 8-11 exist from mxnet 1.9's headers on but its
+# Python side cannot create them, so only 0-7 and 12 are tested against mxnet itself.
 _STORAGE = {0: "default", 1: "row_sparse", 2: "csr"}
 _AUX_COUNT = {1: 1, 2: 2}  # row_sparse: indices; csr: indptr, indices
 _DEVICES = {1: "cpu", 2: "gpu", 3: "cpu_pinned", 5: "cpu_shared"}
 _MIN_NDARRAY_BYTES = 4  # a legacy "none" array is just its uint32 ndim
 _PREFIXES = ("arg", "aux")
 
-# Name suffix -> role, for MXNet symbol names (`conv0_weight`); the longest suffix wins.
-_SUFFIX_ROLES = (("_running_mean", "running_mean"), ("_running_var", "running_var"),
-                 ("_moving_mean", "running_mean"), ("_moving_var", "running_var"),
-                 ("_weight", "weight"), ("_bias", "bias"), ("_gamma", "weight"), ("_beta", "bias"),
-                 ("_alpha", "weight"))
+_SUFFIX_ROLES = SUFFIX_ROLES  # MXNet symbol names are `conv0_weight`; the longest suffix wins
 # Op -> role of its k-th stored array, for names without a conventional suffix.
 _OP_ROLES = {"Convolution": ("weight", "bias"), "Deconvolution": ("weight", "bias"),
              "FullyConnected": ("weight", "bias"), "Embedding": ("weight",), "LeakyReLU": ("weight",),
@@ -113,7 +107,8 @@ def open(path, framework: str = NAME, symbol=None, strip_prefix: bool = True, **
     _refuse_symbol_file(path)
     view = FileView(path)
     try:
-        return _open(view, framework, symbol, strip_prefix)
+        with parser_errors(path, "MXNet parameters"):  # symbol JSON nested too deep, bad numbers, ...
+            return _open(view, framework, symbol, strip_prefix)
     except BaseException:
         view.close()
         raise
@@ -354,9 +349,9 @@ def _role_and_layer(name: str, prefix: str | None) -> tuple[str | None, str]:
         role = role_from_name(last) or dict(_SUFFIX_ROLES).get("_" + last)
         if role is not None:
             return role, layer
-    for suffix, role in _SUFFIX_ROLES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return role, name[: -len(suffix)]
+    split = split_role_suffix(name)
+    if split:
+        return split[0], split[1]
     return None, name
 
 

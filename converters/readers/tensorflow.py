@@ -23,6 +23,7 @@ from ..arrays import ArrayFile, ArrayHandle
 from ..errors import FormatError, TruncatedError, UnsupportedError
 from . import _tf_sstable as sstable
 from ._binary import FileView
+from ._limits import parser_errors
 from ._protowire import FIXED32, LEN, VARINT, fields, ints, iter_fields, read_varint
 from ._tf_graph import is_graphdef, open_graphdef
 from ._tf_objects import OBJECT_GRAPH_KEY, describe_keys, layout_for, parse_object_graph
@@ -59,10 +60,11 @@ def open(path, names: str = "keys", **options) -> ArrayFile:
     if names not in ("keys", "readable"):
         raise FormatError(f"names={names!r}: choose 'keys' or 'readable'", file=path)
     path = Path(path)
-    prefix, meta = _resolve(path)
-    if prefix is None:
-        return open_graphdef(path, NAME)
-    return _open_bundle(path, prefix, meta, names)
+    with parser_errors(path, "TensorFlow file"):  # a field of an unexpected type, a bad UTF-8 name, ...
+        prefix, meta = _resolve(path)
+        if prefix is None:
+            return open_graphdef(path, NAME)
+        return _open_bundle(path, prefix, meta, names)
 
 
 # ---------------------------------------------------------------------------- locating the files
