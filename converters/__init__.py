@@ -3,7 +3,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .arrays import ArrayFile, ArrayHandle, Layer  # noqa: E402
 from .errors import ConvertersError  # noqa: E402
 
 
@@ -18,7 +17,10 @@ def read(path, framework: str | None = None, **options) -> ArrayFile:
     return open_file(path, framework, **options)
 
 
-_LAZY = {  # imported on first use so `import converters` (and `convert inspect`) stays light
+_LAZY = {  # imported on first use so `import converters` (the pytest plugin, `convert --version`) stays light
+    "ArrayFile": (".arrays", "ArrayFile"),
+    "ArrayHandle": (".arrays", "ArrayHandle"),
+    "Layer": (".arrays", "Layer"),
     "convert": (".convert", "convert"),
     "draft": (".draft", "draft"),
     "verify": (".parity.verify", "verify"),
@@ -44,4 +46,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'converters' has no attribute {name!r}")
 
 
-__all__ = ["read", "ArrayFile", "ArrayHandle", "Layer", "ConvertersError", "__version__", *_LAZY]
+__all__ = ["read", "ConvertersError", "__version__", *_LAZY]

@@ -1,6 +1,6 @@
 """Parity suites: declare conversions to verify in YAML, run them as pytest tests.
 
-    # parity_cases.yaml (paths are relative to this file)
+    # models.parity.yaml (paths are relative to this file)
     cases:
       - name: mtcnn-caffe
         source: ../fixtures/caffe/mtcnn_pnet/det1.caffemodel
@@ -23,7 +23,9 @@ Two ways to run a file:
   * in a test module: `@pytest.mark.parametrize("case", converters.testing.parametrize(PATH))`
     and `def test_parity(case, tmp_path): converters.testing.check(case, tmp_path)`;
   * the pytest plugin (entry point `converters = "converters.testing"` in pytest11) collects every
-    `*.parity.yaml` file as a suite by itself.
+    file named `*.parity.yaml` / `*.parity.yml` as a suite by itself (other names need the first way).
+    The plugin is loaded by every pytest run where the package is installed, so this module
+    imports nothing heavy at import time (yaml, numpy and the verifier load with the first suite).
 An unavailable source framework (OracleUnavailable) skips the case with the reason; anything else
 that goes wrong fails it, with the parity report as the message.
 """
@@ -35,8 +37,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 from .errors import ConvertersError
 
@@ -73,6 +73,8 @@ class ParityCase:
 
 def load_cases(path) -> list[ParityCase]:
     """The cases of a suite file, checked: unknown keys and missing fields stop with file and case."""
+    import yaml
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -177,7 +179,7 @@ def parametrize(path) -> list:
 # ---- pytest plugin ------------------------------------------------------------------------------
 
 def pytest_collect_file(parent, file_path):
-    if file_path.name.endswith(".parity.yaml"):
+    if file_path.name.endswith((".parity.yaml", ".parity.yml")):
         return ParityFile.from_parent(parent, path=file_path)
     return None
 

@@ -21,7 +21,7 @@ def _keras():
     try:
         import keras
     except ImportError as e:
-        raise OracleUnavailable(f"Keras is not installed ({e})", hint="pip install 'converters[parity]'") from e
+        raise OracleUnavailable(f"Keras is not installed ({e})", hint="pip install 'weightport[parity]'") from e
     return keras
 
 

@@ -319,7 +319,7 @@ def test_keras_oracle_unavailable(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tf_keras", None)
     with pytest.raises(OracleUnavailable, match="not installed") as e:
         build("keras", path)
-    assert "converters[parity]" in str(e.value)
+    assert "weightport[parity]" in str(e.value)
 
 
 # ------------------------------------------------------------------------------------- TensorFlow

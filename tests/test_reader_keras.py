@@ -285,7 +285,7 @@ def test_missing_h5py_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(MissingDependencyError) as e:
         keras_reader.open(FIX / "k2_rnn_weights.h5")
-    assert "converters[keras]" in str(e.value)
+    assert "weightport[keras]" in str(e.value)
 
 
 def test_fixture_provenance_hash():

@@ -293,10 +293,8 @@ def _validate_schema(path, data):
     if unknown:
         raise MappingError(f"unknown top-level key(s) {sorted(unknown)}", rule=_where(path, data),
                            hint=f"known keys: {', '.join(sorted(TOP_KEYS))}")
-    try:
-        import jsonschema
-    except ImportError:
-        return  # the compile step below still checks every field it uses
+    import jsonschema  # a core dependency: every table is checked the same way
+
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:

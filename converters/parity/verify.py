@@ -139,7 +139,7 @@ def oracle_for(model: SourceModel) -> Oracle:
         module = importlib.import_module(name)
     except ModuleNotFoundError as e:
         raise OracleUnavailable(f"the {framework} oracle cannot be imported here: {e}",
-                                hint="pip install 'converters[parity]'") from e
+                                hint="pip install 'weightport[parity]'") from e
     return module.create(model)
 
 

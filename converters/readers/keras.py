@@ -231,7 +231,7 @@ def _h5py():
         import h5py
     except ImportError:
         raise MissingDependencyError("reading Keras HDF5 files needs h5py",
-                                     hint="pip install converters[keras]") from None
+                                     hint="pip install weightport[keras]") from None
     return h5py
 
 

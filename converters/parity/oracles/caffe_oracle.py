@@ -19,7 +19,7 @@ import numpy as np
 from ...errors import ConvertersError
 from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel
 
-INSTALL_HINT = "pip install 'opencv-python-headless<5' (or 'converters[parity]'); OpenCV 5 has no Caffe importer"
+INSTALL_HINT = "pip install 'opencv-python-headless<5' (or 'weightport[parity]'); OpenCV 5 has no Caffe importer"
 
 
 def _import_cv2():

@@ -23,7 +23,7 @@ import numpy as np
 from ...errors import ConvertersError
 from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel
 
-INSTALL_HINT = "pip install 'converters[parity]' (tensorflow-cpu brings Keras 3; tf_keras for Keras 2 files)"
+INSTALL_HINT = "pip install 'weightport[parity]' (tensorflow-cpu brings Keras 3; tf_keras for Keras 2 files)"
 
 
 def import_tensorflow_safely():

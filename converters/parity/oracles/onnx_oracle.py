@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import ConvertersError
 from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel
 
-INSTALL_HINT = "pip install onnx onnxruntime (or 'converters[parity]')"
+INSTALL_HINT = "pip install onnx onnxruntime (or 'weightport[parity]')"
 
 
 def _import():

@@ -25,7 +25,7 @@ from ...errors import ConvertersError
 from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel
 from .keras_oracle import import_tensorflow_safely
 
-INSTALL_HINT = "pip install 'converters[parity]' (tensorflow-cpu)"
+INSTALL_HINT = "pip install 'weightport[parity]' (tensorflow-cpu)"
 SKIP_OPS = {"Const", "Placeholder", "NoOp", "Identity", "VarHandleOp", "ReadVariableOp"}
 
 
