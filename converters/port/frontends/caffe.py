@@ -35,6 +35,7 @@ class State:
     tensors: set = field(default_factory=set)
     nodes: list = field(default_factory=list)
     producer: dict = field(default_factory=dict)   # tensor -> Caffe layer name that wrote it
+    keep: set = field(default_factory=set)         # layer / blob names asked for with --outputs
 
     def shape(self, name):
         return tuple(self.arrays[name].shape)
@@ -60,7 +61,7 @@ def build_graph(sources, *, reader_options, outputs=None, input_shapes=None) -> 
     weights, prototxt = _split_sources(sources, reader_options)
     arrays = caffe_reader.open(weights, prototxt=prototxt)
     used_prototxt = arrays.meta.get("prototxt")
-    st = State(weights, arrays)
+    st = State(weights, arrays, keep=set(outputs or ()))
     missing = arrays.meta.get("prototxt_layers_without_blobs") or []
     if missing:
         first = missing[0]

@@ -151,6 +151,8 @@ def _folds(st, bn, scale, rest) -> bool:
     """A Scale right after a BatchNorm that reads only its output, which nothing else reads first."""
     if scale.type != "Scale" or len(scale.inputs) != 1 or scale.inputs != bn.outputs:
         return False
+    if bn.name in st.keep or (bn.outputs[0] in st.keep and bn.outputs != bn.inputs):
+        return False  # its own output is asked for (--outputs): kept apart from the Scale
     sp = scale.params.get("scale_param") or {}
     return int(sp.get("axis", 1)) == 1 and int(sp.get("num_axes", 1)) == 1
 
