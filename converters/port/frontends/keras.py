@@ -817,7 +817,7 @@ def _open(sources, reader_options):
     arch = options.pop("architecture", None) or (sources[1] if len(sources) > 1 else None)
     if arch is not None and "config" not in options:
         options["config"] = _load_architecture(arch)
-    return keras_reader.open(path, **options), path, options
+    return keras_reader.open(path, **options), path, options, (os.fspath(arch) if arch is not None else None)
 
 
 def _load_architecture(arch):
@@ -847,7 +847,7 @@ def _load_architecture(arch):
 
 def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None) -> Graph:
     """The port Graph of a Keras model (see the module docstring)."""
-    f, path, options = _open(sources, reader_options or {})
+    f, path, options, arch = _open(sources, reader_options or {})
     config = _architecture(f, sources, options, path)
     b = _Builder(f, path, str(f.meta.get("version", "")) if f.meta.get("format") != "keras3" else "3")
     walker = _Walker(b, input_shapes)
@@ -869,6 +869,6 @@ def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None
     name = (cfg.get("name") if isinstance(cfg, dict) else None) or os.path.splitext(os.path.basename(path))[0]
     graph = Graph(name=name, framework="keras", source_files=[path], inputs=walker.inputs, outputs=out_names,
                   nodes=b.nodes, output_layouts=layouts, output_names=dict(zip(out_names, walker.output_names)),
-                  unused_arrays=unused, reader_options={k: v for k, v in options.items()})
+                  unused_arrays=unused, reader_options=dict(options), architecture=arch)
     graph.check()
     return graph
