@@ -10,31 +10,25 @@ import sys
 import numpy as np
 import torch
 
-from .arrays import BFLOAT16
+from .dtypes import ML_DTYPES, of_torch
 from .errors import ConvertersError
 from .mapping.plan import TargetTensor
 from .mapping.spec import is_file_target
 from .target_policy import check_factory, check_kwargs, check_module_name
 
-_TORCH_TO_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
-                   torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
-                   torch.uint8: np.uint8, torch.bool: np.bool_}
-
-
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    if dtype == torch.bfloat16:
-        return BFLOAT16
-    try:
-        return np.dtype(_TORCH_TO_NUMPY[dtype])
-    except KeyError:
-        raise ConvertersError(f"tensor dtype {dtype} has no numpy equivalent") from None
+    found = of_torch(dtype)  # converters/dtypes.py
+    if found is None:
+        raise ConvertersError(f"tensor dtype {dtype} has no numpy equivalent")
+    return found
 
 
 def to_torch(arr: np.ndarray) -> torch.Tensor:
     """numpy -> torch without a copy where possible (bfloat16 through an int16 view)."""
     arr = np.ascontiguousarray(arr)
-    if arr.dtype == BFLOAT16:
-        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    if arr.dtype.name in ML_DTYPES and hasattr(torch, arr.dtype.name):  # bfloat16, float8: through the bits
+        return torch.from_numpy(arr.view({1: np.uint8, 2: np.int16}[arr.dtype.itemsize])).view(
+            getattr(torch, arr.dtype.name))
     if not arr.flags.writeable:
         arr = arr.copy()
     return torch.from_numpy(arr)

@@ -18,9 +18,8 @@ import torch
 
 from .arrays import c_contiguous
 from .errors import ConvertersError, OutputExistsError
-from .readers.safetensors import _DTYPES as _ST_DTYPES
+from .dtypes import SAFETENSORS
 
-_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items() if v is not None}
 _SHA_PLACEHOLDER = "0" * 64
 
 
@@ -127,10 +126,11 @@ def stream_safetensors(entries, path, provenance: dict, force: bool = False, pro
     header, offset = {}, 0
     for name, shape, dtype, _ in entries:
         dtype = np.dtype(dtype)
-        if dtype not in _ST_NAMES:
+        code = SAFETENSORS.code_of(dtype)
+        if code is None:
             raise ConvertersError(f"safetensors cannot hold dtype {dtype}", array=name)
         n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        header[name] = {"dtype": _ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     # values still being computed (the source sha256, hashed in a background thread) are written as
     # placeholders of their final length and patched in once the data is written

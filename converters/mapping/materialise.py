@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from ..readers._binary import release_pages
+from ..arrays import release_pages
 from .transforms import chain_apply
 
 try:

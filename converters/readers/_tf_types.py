@@ -6,28 +6,14 @@ integers on disk and are exposed as such.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from ..arrays import BFLOAT16
+from ..dtypes import TENSORFLOW, CodeTable
 
 _NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
           8: "complex64", 9: "int64", 10: "bool", 11: "qint8", 12: "quint8", 13: "qint32", 14: "bfloat16",
           15: "qint16", 16: "quint16", 17: "uint16", 18: "complex128", 19: "float16", 20: "resource",
           21: "variant", 22: "uint32", 23: "uint64", 24: "float8_e5m2", 25: "float8_e4m3fn"}
 
-DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 8: "<c8", 9: "<i8", 10: "?",
-          11: "i1", 12: "u1", 13: "<i4", 15: "<i2", 16: "<u2", 17: "<u2", 18: "<c16", 19: "<f2",
-          22: "<u4", 23: "<u8"}
-if BFLOAT16 is not None:
-    DTYPES[14] = BFLOAT16
-try:
-    import ml_dtypes
-
-    DTYPES[24] = np.dtype(ml_dtypes.float8_e5m2)
-    DTYPES[25] = np.dtype(ml_dtypes.float8_e4m3fn)
-except (ImportError, AttributeError):  # pragma: no cover
-    pass
-DTYPES.update({k + 100: v for k, v in list(DTYPES.items())})
+DTYPES = CodeTable({**TENSORFLOW.names, **{k + 100: v for k, v in TENSORFLOW.names.items()}})
 
 DT_STRING = 7
 

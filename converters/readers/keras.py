@@ -23,7 +23,8 @@ import zipfile
 
 import numpy as np
 
-from ..arrays import BFLOAT16, ArrayFile, ArrayHandle, Layer, role_from_name
+from ..arrays import ArrayFile, ArrayHandle, Layer, role_from_name
+from ..dtypes import bfloat16
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from ._binary import FileView
 from ._limits import PARSER_ERRORS, check_inflation, element_count, parser_errors
@@ -319,8 +320,8 @@ class _Source:
     def handle(self, name: str, ds, meta: dict) -> ArrayHandle:
         """A lazy handle for dataset `ds`, checking its byte range before anything is read."""
         dtype = ds.dtype
-        if _text(ds.attrs.get("dtype", "")) == "bfloat16" and dtype.itemsize == 2 and BFLOAT16 is not None:
-            dtype = BFLOAT16
+        if _text(ds.attrs.get("dtype", "")) == "bfloat16" and dtype.itemsize == 2 and bfloat16() is not None:
+            dtype = bfloat16()
         elif dtype.kind not in "biuf?c" or dtype.fields or dtype.subdtype:
             raise UnsupportedError(f"dataset dtype {ds.dtype} is not a numeric array", file=self.path,
                                    array=name, hint=f"HDF5 path {ds.name}")

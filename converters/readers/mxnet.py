@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arrays import BFLOAT16, SUFFIX_ROLES, ArrayFile, ArrayHandle, role_from_name, split_role_suffix
+from ..arrays import SUFFIX_ROLES, ArrayFile, ArrayHandle, role_from_name, split_role_suffix
 from ..dtypes import MXNET as TYPE_FLAGS
 from ..errors import FormatError, UnsupportedError
 from ._binary import FileView

@@ -4,7 +4,8 @@
 walks the protobuf wire format instead (see `_protowire`) and remembers *where* each tensor's data
 lies: `raw_data` and packed `float_data`/`double_data` become memory-map views, varint fields
 (`int32_data`, `int64_data`, `uint64_data`) are decoded only when `.numpy()` is called, and
-external data files are memory-mapped. The `onnx` package supplies the dtype table only.
+external data files are memory-mapped. The dtype table is converters/dtypes.py's: the `onnx`
+package is not needed to read.
 
 Field numbers (onnx/onnx.proto, checked against onnx 1.23):
     ModelProto    ir_version=1 producer_name=2 producer_version=3 domain=4 model_version=5
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..arrays import ArrayFile, ArrayHandle, Layer, role_from_name
-from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
+from ..dtypes import ONNX
+from ..errors import FormatError, TruncatedError, UnsupportedError
 from . import _protowire as pw
 from ._limits import element_count, parser_errors
 from ._binary import FileView
@@ -76,20 +78,14 @@ def _looks_like_model(head: bytes) -> bool:
 # --------------------------------------------------------------------------- dtypes
 
 def _np_dtype(data_type: int, path, name, offset) -> np.dtype:
-    try:
-        from onnx import helper
-    except ImportError:  # pragma: no cover - onnx is a declared dependency
-        raise MissingDependencyError("reading ONNX files needs the `onnx` package (dtype table)",
-                                     file=path, hint="pip install onnx") from None
     if data_type in _SUBBYTE:
         raise UnsupportedError(f"packed sub-byte data_type {data_type} is not supported", file=path,
                                array=name, offset=offset)
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(data_type))
-    except (KeyError, ValueError, TypeError):
+    dtype = ONNX.get(data_type)
+    if dtype is None:
         raise UnsupportedError(f"unknown ONNX data_type {data_type}", file=path, array=name, offset=offset,
-                               hint="the file is corrupt or newer than the installed onnx package") from None
-    return dtype if dtype.hasobject else dtype.newbyteorder("<")
+                               hint="the file is corrupt or uses a type newer than converters/dtypes.py knows")
+    return dtype
 
 
 # --------------------------------------------------------------------------- tensors

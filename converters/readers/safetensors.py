@@ -10,7 +10,8 @@ import json
 
 import numpy as np
 
-from ..arrays import BFLOAT16, ArrayFile, ArrayHandle, role_from_name
+from ..arrays import ArrayFile, ArrayHandle, role_from_name
+from ..dtypes import SAFETENSORS as _DTYPES
 from ..errors import FormatError, UnsupportedError
 from ._binary import FileView
 from ._limits import element_count, parser_errors
@@ -18,8 +19,6 @@ from ._limits import element_count, parser_errors
 NAME = "safetensors"
 OPTIONS = {}
 """Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
-_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": BFLOAT16, "I64": "<i8", "I32": "<i4",
-           "I16": "<i2", "I8": "i1", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "?"}
 _MAX_HEADER = 100 * 1024 * 1024
 
 

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..arrays import BFLOAT16, ArrayFile, ArrayHandle, role_from_name
+from ..arrays import ArrayFile, ArrayHandle, role_from_name
+from ..dtypes import ML_DTYPES, of_torch
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from ._limits import PARSER_ERRORS, parser_errors
 
@@ -201,11 +202,10 @@ def _find_state_dict(obj, path, key: str | None) -> tuple:
 
 def _numpy_dtype(tensor, path, name):
     torch = _torch()
-    if tensor.dtype == torch.bfloat16:
-        return BFLOAT16, lambda t: t.view(torch.int16).numpy().view(BFLOAT16)
-    if tensor.dtype in _float8_map():
-        dt = _float8_map()[tensor.dtype]
-        return dt, lambda t: t.view(torch.uint8).numpy().view(dt)
+    dt = of_torch(tensor.dtype)
+    if dt is not None and dt.name in ML_DTYPES:  # bfloat16, float8: numpy sees the bits, ml_dtypes the type
+        bits = {1: torch.uint8, 2: torch.int16}[dt.itemsize]
+        return dt, lambda t: t.view(bits).numpy().view(dt)
     if tensor.is_quantized or tensor.layout != torch.strided or tensor.device.type != "cpu":
         raise UnsupportedError(f"{tensor.layout} / quantized / {tensor.device} tensors are not supported",
                                file=path, array=name)
@@ -214,18 +214,6 @@ def _numpy_dtype(tensor, path, name):
     except (TypeError, RuntimeError):
         raise UnsupportedError(f"torch dtype {tensor.dtype} has no numpy equivalent", file=path, array=name) from None
     return dt, lambda t: t.numpy()
-
-
-def _float8_map() -> dict:
-    torch = _torch()
-    import ml_dtypes
-
-    out = {}
-    for tname, mname in (("float8_e4m3fn", "float8_e4m3fn"), ("float8_e5m2", "float8_e5m2"),
-                         ("float8_e4m3fnuz", "float8_e4m3fnuz"), ("float8_e5m2fnuz", "float8_e5m2fnuz")):
-        if hasattr(torch, tname) and hasattr(ml_dtypes, mname):
-            out[getattr(torch, tname)] = np.dtype(getattr(ml_dtypes, mname))
-    return out
 
 
 def _guess_layout(name: str, ndim: int) -> str | None:
