@@ -4,6 +4,7 @@ mxnet itself (the side interpreter .venv-mxnet) through the normal table + write
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,18 @@ def test_pnet_without_input_shape_is_fully_convolutional(tmp_path):
 ])
 def test_op_families_match_mxnet(tmp_path, name, shape):
     _verified(tmp_path, FIX / f"{name}-0000.params", {"data": shape})
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("name", ["mobilenet_v2_0_25", "resnet18_v1"])
+def test_gluon_model_zoo_networks_match_mxnet(tmp_path, name):
+    """Whole Gluon networks (random weights) exported by mxnet at test time, ported and verified."""
+    if not MXNET_PY.exists():
+        pytest.skip(f"the mxnet environment {MXNET_PY} is missing (scripts/setup.sh creates it)")
+    prefix = tmp_path / name
+    subprocess.run([str(MXNET_PY), str(FIX / "export_zoo.py"), name, str(prefix), "64"], check=True,
+                   capture_output=True, timeout=300)
+    _verified(tmp_path, f"{prefix}-0000.params", {"data": (1, 3, 64, 64)})
 
 
 def test_batchnorm_defaults_and_fix_gamma():

@@ -60,6 +60,26 @@ def test_frozen_keras_model_matches_tensorflow(tmp_path):
     assert "permute(0,2,3,1)" in "".join(source.split())   # Flatten reads NHWC memory order
 
 
+@pytest.mark.heavy
+def test_keras_mobilenet_v2_frozen_graph_matches_tensorflow(tmp_path):
+    """A whole Keras application (random weights): ZeroPadding, depthwise/pointwise convs, BN,
+    ReLU6, residual adds, global pooling, Dense; the logits are compared too (softmax hides errors)."""
+    _tf()  # TensorFlow imported the safe way before tf_keras
+    import tf_keras as keras
+
+    model = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, weights=None, classes=10)
+    rng = np.random.RandomState(0)
+    for w in model.weights:
+        if "moving_variance" in w.name:
+            w.assign(rng.rand(*w.shape).astype("float32") + 0.5)
+        elif "moving_mean" in w.name or "beta" in w.name:
+            w.assign(rng.randn(*w.shape).astype("float32") * 0.2)
+    pb = _freeze(lambda x: model(x, training=False), (None, 64, 64, 3), tmp_path / "mobilenet_v2.pb")
+    logits = f"{model.name}/predictions/BiasAdd"
+    result = _verified(tmp_path, pb, outputs=[logits, "Identity"])
+    assert [o["name"] for o in result.parity.outputs] == [logits, "Identity"]
+
+
 def test_conv_and_dense_biases_come_from_the_biasadd_constants():
     """Issue #10: a frozen graph's conv bias is the BiasAdd's Const, never zeros."""
     graph = build_graph([str(FIX / "keras_cnn.pb")])
