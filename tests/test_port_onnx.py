@@ -284,3 +284,26 @@ def test_ppocr_cls_port_verify(tmp_path):
     assert "# Conv@0: Conv" in text and "self.Conv_0 = nn.Conv2d(3, 8, kernel_size=3, stride=2, padding=1" in text
     table = open(result.table_file).read()
     assert "conv1_weights" in table and "layout: NCHW" in table
+
+
+def test_nhwc_input_tf2onnx_style_and_outputs_cut(tmp_path):
+    """tf2onnx/keras2onnx graphs take NHWC and transpose themselves: the module keeps that
+    transpose and takes the same array; --outputs cuts the graph at an inner tensor."""
+    inits = {"w": rand(4, 3, 3, 3), "b": rand(4), "k": rand(4 * 3 * 3, 5), "kb": rand(5)}
+    nodes = [helper.make_node("Transpose", ["img"], ["nchw"], perm=[0, 3, 1, 2], name="to_nchw"),
+             helper.make_node("Conv", ["nchw", "w", "b"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Transpose", ["r"], ["nhwc"], perm=[0, 2, 3, 1], name="to_nhwc"),
+             helper.make_node("Reshape", ["nhwc", "shape"], ["flat"], name="flatten"),
+             helper.make_node("MatMul", ["flat", "k"], ["mm"], name="dense/MatMul"),
+             helper.make_node("Add", ["mm", "kb"], ["y"], name="dense/BiasAdd")]
+    inits["shape"] = np.array([-1, 36], np.int64)
+    path = save(nodes, [vi("img", ["N", 5, 5, 3])], [vi("y", None)], inits, tmp_path / "nhwc.onnx")
+    graph, _s, _e = assert_matches_ort(path, {"img": rand(2, 5, 5, 3)})
+    assert graph.inputs[0].shape == (1, 5, 5, 3) and "channels-last" in graph.notes[0]
+    assert_ports_and_verifies(path, tmp_path)
+    cut = build_graph([str(path)], reader_options={}, outputs=["relu"], input_shapes=None)
+    assert cut.outputs == ["r"] and [n.op for n in cut.nodes] == ["transpose", "conv", "activation"]
+    assert "--outputs" in cut.unused_arrays["k"]
+    result = port([str(path)], tmp_path / "cut", outputs=["relu"], verify=True)
+    assert result.parity.passed, str(result.parity)

@@ -1048,7 +1048,8 @@ def _build(f, path, options, outputs, input_shapes) -> Graph:
         b.consts[a.name] = _Const(tuple(a.shape), np.dtype(a.dtype), source=a.name)
     inputs = _graph_inputs(b, f, input_shapes)
     if outputs:
-        b.graph_outputs = list(outputs)
+        b.graph_outputs = [f.layers[o].outputs[0] if o in f.layers and o not in b.shapes and f.layers[o].outputs else o
+                           for o in outputs]
     for L in layers:
         for t in L.inputs:
             if t:
@@ -1069,6 +1070,8 @@ def _build(f, path, options, outputs, input_shapes) -> Graph:
     for o in b.graph_outputs:
         if o not in b.runtime:
             raise PortError(f"graph output {o!r} is a constant or is not computed", file=path)
+    if outputs:
+        _prune(b)
     unused = {}
     for a in f.values():
         if a.name not in b.used:
@@ -1076,9 +1079,47 @@ def _build(f, path, options, outputs, input_shapes) -> Graph:
     graph = Graph(name=_model_name(f, path), framework="onnx", source_files=[path], inputs=inputs,
                   outputs=list(b.graph_outputs), nodes=b.nodes,
                   output_layouts={o: _LAYOUTS.get(len(b.shapes.get(o, ())), "") for o in b.graph_outputs},
-                  output_names={o: o for o in b.graph_outputs}, unused_arrays=unused, reader_options=options)
+                  output_names=_output_names(f, b.graph_outputs), unused_arrays=unused, reader_options=options,
+                  notes=_notes(f, inputs))
     graph.check()
     return graph
+
+
+def _output_names(f, outputs) -> dict:
+    """Graph outputs by their tensor name; other requested tensors by the layer that produces them
+    (the ONNX oracle taps layers)."""
+    real = {o["name"] for o in f.meta["graph"]["outputs"]}
+    producer = {t: L.name for L in f.layers.values() for t in L.outputs}
+    return {o: o if o in real else producer.get(o, o) for o in outputs}
+
+
+def _notes(f, inputs) -> list:
+    """A channels-last input that the graph transposes itself (tf2onnx, keras2onnx): say so."""
+    notes = []
+    for inp in inputs:
+        users = [L for L in f.layers.values() if inp.name in L.inputs]
+        if len(inp.shape) == 4 and users and all(L.type == "Transpose" and list(L.params.get("perm") or []) ==
+                                                  [0, 3, 1, 2] for L in users):
+            notes.append(f"Input {inp.name} is channels-last (N, H, W, C): the source graph transposes it to NCHW "
+                         "itself, and so does model.py, so both take the same array.")
+    return notes
+
+
+def _prune(b: _Builder) -> None:
+    """Keep only the nodes the requested outputs need (--outputs); their weights become unused."""
+    needed, kept = set(b.graph_outputs), []
+    for node in reversed(b.nodes):
+        if any(o in needed for o in node.outputs):
+            kept.append(node)
+            needed.update(node.inputs)
+        else:
+            for p in node.params.values():
+                if p.source:
+                    b.used.discard(p.source)
+                    b.folded[p.source] = f"read by {node.name}, which the requested outputs (--outputs) do not need"
+    b.nodes = kept[::-1]
+    for node in b.nodes:
+        b.used.update(p.source for p in node.params.values() if p.source)
 
 
 def _model_name(f, path) -> str:
