@@ -18,7 +18,8 @@ def add_source_arguments(p) -> None:
     A.add_from(p, extra=ORACLES)
     A.add_map(p)
     p.add_argument("--architecture", help="the file the source framework needs beside the weights "
-                                          "(deploy.prototxt, net-symbol.json)")
+                                          "(deploy.prototxt, net-symbol.json; for a weights-only Keras file "
+                                          "its model config .json or a full model file)")
     A.add_option(p)
     p.add_argument("--source-python", metavar="PATH",
                    help="Python interpreter with the source framework (MXNet); default $CONVERTERS_SOURCE_PYTHON "

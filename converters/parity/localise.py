@@ -15,7 +15,9 @@ right after it, and the closest one counts.
 A differing row is blamed only when it can be: a row whose shapes are a permutation of each other
 compares differently laid-out arrays, and a row followed by an agreeing row that depends on it
 (found by running the PyTorch model once more with that module's output as the only tensor that
-requires grad) did not really diverge; both are reported as undecided ("cannot tell").
+requires grad) did not really diverge; both are reported as undecided ("cannot tell"). A layer
+after an undecided one that no later agreeing layer vouches for is not named either: the
+divergence may have begun at the undecided one.
 """
 from __future__ import annotations
 
@@ -187,26 +189,34 @@ def _with_fused(candidates, activation):
 
 
 def judge_layers(rows: list[dict], model: nn.Module, args, limit: int = 20):
-    """(first divergent row or None, undecided rows before it): see the module docstring."""
-    unsure = []
+    """(first divergent row or None, undecided rows): see the module docstring. A differing row
+    is named only when every row before it agreed, or was shown not to matter by a later agreeing
+    row computed from it; an undecided row nothing vouches for leaves the rest undecided too."""
+    unsure, pending, checks = [], [], 0
     for i, row in enumerate(rows):
         row.pop("unsure", None)
         if row["passed"]:
             continue
         reason = _laid_out_differently(row)
-        if reason is None:
-            agreeing = [r for r in rows[i + 1:] if r["passed"]]
-            if agreeing and len(unsure) >= limit:
-                reason = "not checked"
-            elif agreeing:
-                depends = downstream_of(model, args, row.get("module", ""), [r["compared_with"].split("+")[0] for r in agreeing])
-                later = [r for r, d in zip(agreeing, depends) if d is not False]
-                if later:
-                    reason = f"{later[0]['name']}, computed from it, agrees"
+        agreeing = [r for r in rows[i + 1:] if r["passed"]]
+        depends = [None] * len(agreeing)
+        if agreeing and checks < limit:
+            checks += 1
+            depends = downstream_of(model, args, row.get("module", ""),
+                                    [r["compared_with"].split("+")[0] for r in agreeing])
+        vouched = next((r for r, d in zip(agreeing, depends) if d is True), None)
+        doubted = next((r for r, d in zip(agreeing, depends) if d is not False), None)
+        if reason is None and doubted is not None:
+            reason = f"{doubted['name']}, computed from it, agrees" if vouched else                 f"{doubted['name']} after it agrees"
+        if reason is None and pending:
+            row["unsure"] = f"{pending[0]['name']} before it could not be compared"
+            return None, unsure + [row]
         if reason is None:
             return row, unsure
         row["unsure"] = reason
         unsure.append(row)
+        if vouched is None:
+            pending.append(row)
     return None, unsure
 
 

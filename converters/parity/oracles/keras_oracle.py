@@ -9,11 +9,14 @@ Activations of inner layers come from a second Keras model over the same graph w
 the model's outputs followed by the tapped layers' outputs (the standard Keras way to read
 intermediate activations); it is built once per set of taps. Arrays are NHWC, as Keras uses them.
 
-Weights-only files (`.weights.h5`) hold no architecture and cannot be run: use the full model
-file, or a reference file made where the model can be built.
+Weights-only files (`.weights.h5`, Keras 2 `save_weights` .h5) hold no architecture: give it as
+the architecture (`--architecture`): a model config (`model.to_json()` as a .json file) or a
+full model file (.keras/.h5) of the same network; the model is built from it and the weights
+file is loaded into it (`load_weights`), so what runs is the weights file's values.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -53,6 +56,11 @@ def _import_keras(which: str):
 
 def _file_keras_version(path: Path) -> str:
     """The `keras_version` recorded in a legacy HDF5 model file ('' if none or not HDF5)."""
+    if path.suffix.lower() == ".json":  # a model config (model.to_json()) records it too
+        try:
+            return str(json.loads(path.read_text()).get("keras_version", ""))
+        except (OSError, ValueError, AttributeError):
+            return ""
     if path.suffix.lower() not in (".h5", ".hdf5"):
         return ""
     try:
@@ -61,8 +69,10 @@ def _file_keras_version(path: Path) -> str:
             version = f.attrs.get("keras_version", b"")
             if "model_config" not in f.attrs:
                 raise ConvertersError("this HDF5 file holds weights only, no model architecture: the Keras "
-                                      "oracle needs the full model file (model.save)", file=path,
-                                      hint="or verify against a reference .npz (--reference)")
+                                      "oracle needs the network too", file=path,
+                                      hint="give its model config (model.to_json() saved as .json) or a full "
+                                           "model file as --architecture, or verify against a reference .npz "
+                                           "(--reference)")
     except ConvertersError:
         raise
     except Exception:
@@ -93,7 +103,11 @@ class KerasOracle(Oracle):
         self.path = Path(model.weights)
         if not self.path.exists():
             raise ConvertersError("Keras model file not found", file=self.path)
-        self.keras, self.net = self._load(_loaders_to_try(self.path, model.options.get("keras")))
+        self.architecture = Path(model.architecture) if model.architecture else None
+        if self.architecture is not None and not self.architecture.exists():
+            raise ConvertersError("Keras architecture file not found", file=self.architecture)
+        described_by = self.architecture or self.path
+        self.keras, self.net = self._load(_loaders_to_try(described_by, model.options.get("keras")))
         self._tapped: dict[tuple, object] = {}
 
     def _load(self, loaders):
@@ -105,7 +119,9 @@ class KerasOracle(Oracle):
                 failures.append(str(e))
                 continue
             try:
-                net = keras.models.load_model(str(self.path), compile=False)
+                net = self._build(keras)
+            except ConvertersError:
+                raise
             except Exception as e:  # the framework's own refusal: keep its words
                 failures.append(f"{which}: {type(e).__name__}: {str(e).strip()[-800:]}")
                 continue
@@ -114,6 +130,17 @@ class KerasOracle(Oracle):
             raise OracleUnavailable("Keras is not installed here: " + "; ".join(failures), file=self.path,
                                     hint=INSTALL_HINT)
         raise OracleCrashed("Keras could not load the model:\n" + "\n".join(failures), file=self.path)
+
+    def _build(self, keras):
+        """The model file itself, or the architecture given beside a weights-only file."""
+        if self.architecture is None:
+            return keras.models.load_model(str(self.path), compile=False)
+        if self.architecture.suffix.lower() == ".json":
+            net = keras.models.model_from_json(self.architecture.read_text())
+        else:
+            net = keras.models.load_model(str(self.architecture), compile=False)
+        net.load_weights(str(self.path))
+        return net
 
     # ----------------------------------------------------------------------------- interface
 
@@ -125,6 +152,20 @@ class KerasOracle(Oracle):
 
     def layer_order(self) -> list[str]:
         return [layer.name for layer in self.net.layers if type(layer).__name__ != "InputLayer"]
+
+    def fused_activations(self, taps):
+        """Layers with an `activation=` of their own (Conv2D(activation="relu")): their tap is the
+        activated output, which a port may compute with a function after the module."""
+        fused = {}
+        for name in taps:
+            try:
+                layer = self.net.get_layer(name)
+            except ValueError:
+                continue
+            activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
+            if type(layer).__name__ != "Activation" and activation not in ("linear", None):
+                fused[name] = activation
+        return fused
 
     def run(self, inputs, taps=()):
         taps = [t for t in dict.fromkeys(taps)]

@@ -5,6 +5,12 @@ Layer names are the reader's (converters.readers.onnx_files): a node's name, els
 array is directly a tap. Tapping a layer adds the node's first output to the graph outputs of a
 copy of the model (onnxruntime computes only what is asked for); the copy's session is cached per
 set of taps. Arrays are in the model's own layout (NCHW for most ONNX models).
+
+Graphs converted from TensorFlow (tf2onnx, keras2onnx) often take an NHWC input and transpose it
+to NCHW at once: their inner tensors are NCHW although the table's input is NHWC. Each tensor's
+layout is therefore followed through the graph (`activation_layouts`): Transpose permutes it,
+the channel-first operators (Conv, BatchNormalization, pooling, ...) make it NC + spatial axes,
+elementwise operators keep it, anything else (Reshape, MatMul, ...) leaves it unknown.
 """
 from __future__ import annotations
 
@@ -66,6 +72,15 @@ class OnnxOracle(Oracle):
     def layer_order(self) -> list[str]:
         return list(self._keys)  # ONNX requires nodes in topological order
 
+    def activation_layouts(self, names, input_layouts):
+        layouts = tensor_layouts(self.proto.graph, input_layouts)
+        out = {}
+        for name in names:
+            tensor = self._first_output.get(name, name)
+            if tensor in layouts:
+                out[name] = layouts[tensor]
+        return out
+
     def _session(self, extra: tuple):
         if extra not in self._sessions:
             options = self.ort.SessionOptions()
@@ -115,6 +130,46 @@ class OnnxOracle(Oracle):
 
     def close(self) -> None:
         self._sessions.clear()
+
+
+CHANNEL_FIRST_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "MaxPool", "AveragePool",
+                     "GlobalAveragePool", "GlobalMaxPool", "LpPool", "LRN", "DepthToSpace", "SpaceToDepth"}
+LAYOUT_KEEPING_OPS = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "HardSigmoid",
+                      "HardSwish", "Softplus", "Softsign", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean",
+                      "Identity", "Dropout", "Cast", "Pad", "Resize", "Upsample", "Abs", "Neg", "Exp", "Log", "Sqrt",
+                      "Pow", "Erf", "Gelu", "Mish", "Concat"}
+CHANNEL_FIRST_LAYOUT = {3: "NCL", 4: "NCHW", 5: "NCDHW"}
+
+
+def tensor_layouts(graph, input_layouts: dict) -> dict:
+    """{tensor name: layout letters or None}, followed from the graph inputs' layouts (module
+    docstring). Initializers have no layout; a constant beside a tensor does not change its."""
+    constants = {t.name for t in graph.initializer}
+    layouts = {name: layout for name, layout in (input_layouts or {}).items() if layout}
+    for node in graph.node:
+        known = [layouts.get(i) for i in node.input if i and i not in constants and layouts.get(i)]
+        layout = None
+        if node.op_type == "Transpose" and known:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            source = known[0]
+            if perm is None:
+                perm = list(range(len(source)))[::-1]
+            layout = "".join(source[p] for p in perm) if len(perm) == len(source) else None
+        elif node.op_type in CHANNEL_FIRST_OPS:
+            rank = len(known[0]) if known else _weight_rank(graph, node, constants)
+            layout = CHANNEL_FIRST_LAYOUT.get(rank)
+        elif node.op_type in LAYOUT_KEEPING_OPS and known and len(set(known)) == 1:
+            layout = known[0]
+        for out in node.output:
+            layouts[out] = layout
+    return layouts
+
+
+def _weight_rank(graph, node, constants):
+    """The data rank of a Conv-like node from its weight initializer (same rank as the data)."""
+    if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2 or node.input[1] not in constants:
+        return None
+    return next((len(t.dims) for t in graph.initializer if t.name == node.input[1]), None)
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
