@@ -274,6 +274,9 @@ def test_ppocr_cls_real_model():
     convs = [n for n in graph.nodes if n.op == "conv"]
     assert len(convs) == 53 and sum(n.attrs["bias"] for n in convs) == 18  # the 9 SE blocks' two convs each
     assert ".reshape(pool2d_10_tmp_0.shape[0], 200)" in source  # the folded Shape chain, batch kept free
+    # x * clip(x + 3, 0, 6) / 6 is one hard-swish line each; its constants are attributes, not buffers
+    assert sum(n.attrs.get("kind") == "hard_swish" for n in graph.nodes) == 18 and "F.hardswish(" in source
+    assert not any(n.op == "constant" for n in graph.nodes)
 
 
 def test_ppocr_cls_port_verify(tmp_path):

@@ -542,10 +542,46 @@ _ELTWISE = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max"
 def _eltwise(b: _Builder, L):
     if all(b.is_const(t) for t in L.inputs) and L.type in ("Add", "Sub", "Mul", "Div"):
         return _fold_arith(b, L)
+    if L.type == "Add" and _hard_swish(b, L):
+        return
     shapes = [b.shape(t) for t in L.inputs]
     attrs = {"coeffs": None} if _ELTWISE[L.type] == "add" else {}
     b.emit(L.name, _ELTWISE[L.type], [b.tensor(t) for t in L.inputs], L.outputs[:1], attrs,
            shape=_broadcast(b, shapes))
+
+
+def _scalar(b, t):
+    c = b.consts.get(t)
+    if c is None or c.source is None or _prod(c.shape) != 1:
+        return None
+    return float(np.asarray(c.value(b.f)).reshape(-1)[0])
+
+
+def _only_user(b, t, op):
+    users = b.consumers.get(t, [])
+    return users[0] if len(users) == 1 and users[0].type == op and t not in b.graph_outputs else None
+
+
+def _hard_swish(b, L) -> bool:
+    """x * clip(x + 3, 0, 6) / 6 (Paddle2ONNX, older torch exports) -> one hard_swish activation."""
+    x, three = (L.inputs if _scalar(b, L.inputs[1]) == 3.0 else L.inputs[::-1])
+    if _scalar(b, three) != 3.0 or x not in b.runtime:
+        return False
+    clip = _only_user(b, L.outputs[0], "Clip")
+    if clip is None or b.opset < 11 or len(clip.inputs) != 3 or [_scalar(b, t) for t in clip.inputs[1:]] != [0.0, 6.0]:
+        return False
+    mul = _only_user(b, clip.outputs[0], "Mul")
+    if mul is None or sorted(mul.inputs) != sorted([x, clip.outputs[0]]):
+        return False
+    div = _only_user(b, mul.outputs[0], "Div")
+    if div is None or div.inputs[0] != mul.outputs[0] or _scalar(b, div.inputs[1]) != 6.0:
+        return False
+    for t in (three, *clip.inputs[1:], div.inputs[1]):
+        b.note_folded(t, f"a constant of the hard-swish {L.name} .. {div.name}")
+    b.skip.update({clip.name, mul.name, div.name})
+    b.emit(div.name, "activation", [x], div.outputs[:1], {"kind": "hard_swish"}, source_op="Add+Clip+Mul+Div",
+           shape=b.shape(x))
+    return True
 
 
 def _fold_arith(b, L):
