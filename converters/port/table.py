@@ -108,8 +108,8 @@ def _source_shape(inp):
     if any(d is None for d in dims):
         return None
     layout = inp.source_layout or ""
-    if len(layout) == len(dims) and layout.startswith("N") and layout[1] != "C" and "C" in layout:
-        dims = [dims[0], *dims[2:], dims[1]]  # module NC... -> the source's channels-last order
+    if len(layout) == len(dims) and layout.startswith("N") and layout[1] != "C" and "C" in layout and "T" not in layout:
+        dims = [dims[0], *dims[2:], dims[1]]  # module NC... -> the source's channels-last order (NTC: as is)
     return [int(d) for d in dims]
 
 

@@ -523,6 +523,28 @@ def rnn(b, node, a):
     b.shapes[node["name"]] = None if s is None else (s[0], s[1], hidden * len(dirs))
     for t in outs[1:]:
         b.shapes[t] = None if s is None else (layers * len(dirs), s[1], hidden)
+    _rnn_layouts(b, x, states, layers * len(dirs), hidden)
+
+
+def _rnn_layouts(b, x, states, stacked, hidden):
+    """The RNN op reads TNC: name the sequence input's layout letters (through one SwapAxis /
+    transpose) and declare state inputs (stacked, N, hidden) with the batch of the sequence, so
+    verify feeds matching states to both sides."""
+    by_tensor = {n.outputs[0]: n for n in b.nodes}
+    src, perm = x, (0, 1, 2)
+    if x in by_tensor and by_tensor[x].op == "transpose":
+        src, perm = by_tensor[x].inputs[0], by_tensor[x].attrs["perm"]
+    position = {inp.name: k for k, inp in enumerate(b.inputs)}
+    if src in position:
+        letters = [""] * 3
+        for i, p in enumerate(perm):
+            letters[p] = "TNC"[i]
+        b.inputs[position[src]].source_layout = "".join(letters)
+    for state in states:
+        if state in position and position[state] > 0:
+            b.inputs[position[state]].source_layout = "LNC"
+            b.extra_inputs[state] = {"shape": [stacked, "N", hidden], "fill": "random",
+                                     "target_arg": position[state]}
 
 
 OPS.update({"SwapAxis": swap_axis, "swapaxes": swap_axis, "RNN": rnn})
