@@ -250,3 +250,26 @@ def test_table_target_is_the_file_beside_it_from_any_directory(tmp_path, monkeyp
     model, rep = convert(str(PNET), str(moved / os.path.basename(result.table_file)))
     assert rep.ok and type(model).__name__ == "PNetPort"
     assert type(model).__module__.startswith("_converters_target_")
+
+
+def test_long_statements_and_awkward_names_stay_formatted_and_valid(tmp_path):
+    """Long signatures and operator chains wrap as ruff wraps them; layer / tensor names that are
+    keywords, nn.Module attributes or helper names do not shadow anything."""
+    ins = [GraphInput(f"input_tensor_number_{i}", (1, 4, 5, 5)) for i in range(6)]
+    nodes = [Node("parameters", "add", [i.name for i in ins], ["tf_same_pad"], {"coeffs": [1, 2, 3, 4, 5, -1.5]}),
+             Node("class", "pool", ["tf_same_pad"], ["lambda"], {"kind": "max", "dims": 2, "kernel": (2, 2),
+                                                                  "stride": (2, 2), "padding": "same"})]
+    gen = codegen.generate(Graph("awkward", "test", ["-"], ins, ["lambda"], nodes), "Awkward")
+    path = tmp_path / "model.py"
+    path.write_text(gen.source)
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    r = subprocess.run([ruff, "format", "--isolated", "--check", "--diff", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    net = _load(path, "Awkward")()
+    attrs = [b.attr for b in gen.bindings]
+    assert attrs[0].startswith("parameters_") and attrs[1] == "class_"
+    assert not set(attrs) & set(dir(torch.nn.Module))
+    xs = [torch.full((1, 4, 5, 5), float(i)) for i in range(6)]
+    with torch.no_grad():
+        y = net(*xs)
+    assert y.shape == (1, 4, 3, 3) and torch.allclose(y, torch.full_like(y, 1 * 0 + 2 + 6 + 12 + 20 - 7.5))

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from . import ops
 from .graph import Graph, PortError, sanitise
-from .pyformat import STEP, statement
+from .pyformat import STEP, WIDTH, statement
 
 HEADER_IMPORTS = ["import torch", "import torch.nn.functional as F", "from torch import nn"]
 
@@ -35,7 +37,9 @@ class Generated:
 
 def generate(graph: Graph, class_name: str) -> Generated:
     file = graph.source_files[0] if graph.source_files else None
-    attrs, variables = set(), set()
+    ops.load_all()
+    # attributes must not shadow nn.Module's own; variables must not shadow the helpers forward calls
+    attrs, variables = set(dir(torch.nn.Module)), set(ops.HELPERS)
     names = {}
     for inp in graph.inputs:
         names[inp.name] = sanitise(inp.name, variables)
@@ -96,7 +100,7 @@ def _assemble(graph, class_name, args, init, forward, ret, helper_names, binding
               f"{STEP}def __init__(self):", f"{STEP * 2}super().__init__()"]
     for stmt in init:
         lines += statement(stmt, STEP * 2)
-    lines += ["", *statement(f"def forward(self, {', '.join(args)}):", STEP)]
+    lines += ["", *_def_line("forward", ["self", *args], STEP)]
     for (comment, stmts), binding in zip(forward, bindings):
         lines.append(STEP * 2 + comment)
         first = len(lines) + 1
@@ -105,3 +109,14 @@ def _assemble(graph, class_name, args, init, forward, ret, helper_names, binding
         binding.lines = (first, len(lines))
     lines += statement(ret, STEP * 2)
     return "\n".join(lines) + "\n"
+
+
+def _def_line(name: str, params: list, indent: str) -> list:
+    """`def name(params):` laid out as ruff does when it is too long."""
+    one = f"{indent}def {name}({', '.join(params)}):"
+    if len(one) <= WIDTH:
+        return [one]
+    inner = indent + STEP
+    if len(inner) + len(", ".join(params)) <= WIDTH:
+        return [f"{indent}def {name}(", inner + ", ".join(params), f"{indent}):"]
+    return [f"{indent}def {name}(", *(f"{inner}{p}," for p in params), f"{indent}):"]

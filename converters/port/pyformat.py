@@ -70,8 +70,14 @@ def _split(head: str, node, text: str, indent: str, tail: str) -> list[str]:
         opener, closer = head + ("(" if isinstance(node, ast.Tuple) else "["), ")" if isinstance(node, ast.Tuple) else "]"
         items = [_segment(text, e) for e in node.elts]
         nodes, prefixes = list(node.elts), [""] * len(node.elts)
-    else:  # a binary expression: parenthesised, on one line
-        return [indent + head + "(", inner + _segment(text, node), indent + ")" + tail]
+    else:  # a binary expression: parenthesised, on one line, else one operand per line
+        one = inner + _segment(text, node)
+        if len(one) <= WIDTH:
+            return [indent + head + "(", one, indent + ")" + tail]
+        operands, ops = _chain(node, type(node.op))
+        lines = [indent + head + "(", inner + _segment(text, operands[0])]
+        lines += [f"{inner}{_OPS[type(op)]} {_segment(text, x)}" for op, x in zip(ops, operands[1:])]
+        return lines + [indent + ")" + tail]
     joined = ", ".join(items)
     if len(inner) + len(joined) <= WIDTH and not (isinstance(node, ast.Tuple) and len(items) == 1):
         return [indent + opener, inner + joined, indent + closer + tail]
@@ -83,3 +89,15 @@ def _split(head: str, node, text: str, indent: str, tail: str) -> list[str]:
             lines += _split(prefix, sub, text, inner, ",")
     lines.append(indent + closer + tail)
     return lines
+
+
+_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+def _chain(node, kind):
+    """a + b - c -> ([a, b, c], [+, -]) for a left-nested chain of one precedence level."""
+    same = (ast.Add, ast.Sub) if kind in (ast.Add, ast.Sub) else (ast.Mult, ast.Div)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, same):
+        operands, ops = _chain(node.left, kind)
+        return operands + [node.right], ops + [node.op]
+    return [node], []
