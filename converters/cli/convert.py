@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import args as A
@@ -43,6 +44,7 @@ def run(args) -> int:
     options = A.parse_options(args.option)
     rep = None
     text = sys.stderr if args.json == "-" else sys.stdout  # stdout carries the JSON alone
+    made = None if args.dry_run else _make_parent(args.output)
     try:
         _, rep = convert(args.input, args.map, args.target, None if args.dry_run else args.output,
                          framework=args.framework, target_kwargs=args.target_kwargs,
@@ -51,6 +53,10 @@ def run(args) -> int:
     except CoverageError as e:
         rep = e.report
         print(rep.problem_table(), file=sys.stderr)
+        _remove_made(made)
+        raise
+    except BaseException:
+        _remove_made(made)
         raise
     finally:
         if args.json and rep is not None:
@@ -64,6 +70,26 @@ def run(args) -> int:
     if args.verify:
         return _verify_written(args, options)
     return 0
+
+
+def _make_parent(output):
+    """Create the output's missing folders (`convert ... out/net.pth`); returns the ones made, deepest first."""
+    made, parent = [], os.path.dirname(os.path.abspath(output))
+    while not os.path.isdir(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
+    if made:
+        os.makedirs(made[0])
+    return made
+
+
+def _remove_made(made) -> None:
+    """A failed conversion leaves none of the folders it made behind (only while they are empty)."""
+    for folder in made or ():
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def _verify_written(args, options) -> int:
