@@ -341,3 +341,186 @@ def test_gluoncv_resnet50_v1b_draft(MX, mx_model, mx_oracle, form):
     d = _check_mx(MX, mx_model("resnet50_v1b"), mx_oracle("resnet50_v1b"), "resnet50_v1b", form,
                   "torchvision.models:resnet50", "gluon")
     assert d.stats["matched_sources"] == 267 and len(d.rules) <= 30
+
+
+# ------------------------------------------------- never confidently wrong (issue #10 items 4-8)
+
+import test_draft_pairs as PAIRS  # noqa: E402  (the pair builders: real frameworks, tmp_path)
+
+
+def _pair(d, target):
+    return next(p for p in d.matching.pairs if p.target.name == target)
+
+
+class TwoBranches(nn.Module):
+    """Silero-style: a 16k and an 8k sub-network of the same shapes; the forward runs one."""
+
+    def __init__(self):
+        super().__init__()
+        self.branch16k = nn.ModuleDict({"conv": nn.Conv2d(3, 8, 3, padding=1)})
+        self.branch8k = nn.ModuleDict({"conv": nn.Conv2d(3, 8, 3, padding=1)})
+
+    def forward(self, x, sr16k: bool = False):
+        return (self.branch16k if sr16k else self.branch8k)["conv"](x)
+
+
+def test_item4_names_beat_order_onnx_if_branches(tmp_path):
+    """An ONNX If with two same-shaped sub-graphs whose arrays carry the target's names: the
+    trace runs only the 8k branch (order [8k, 16k]) while the file lists 16k first; the names win."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper as H
+    from onnx import numpy_helper as NH
+
+    rng = np.random.default_rng(0)
+
+    def branch(name):
+        w = NH.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), f"{name}.conv.weight")
+        b = NH.from_array(rng.standard_normal(8).astype(np.float32), f"{name}.conv.bias")
+        node = H.make_node("Conv", ["x", w.name, b.name], [f"{name}_y"], pads=[1, 1, 1, 1])
+        return H.make_graph([node], name, [], [H.make_tensor_value_info(f"{name}_y", TP.FLOAT, [1, 8, 8, 8])], [w, b])
+
+    g = H.make_graph([H.make_node("If", ["cond"], ["y"], then_branch=branch("branch16k"),
+                                  else_branch=branch("branch8k"))], "g",
+                     [H.make_tensor_value_info("x", TP.FLOAT, [1, 3, 8, 8]), H.make_tensor_value_info("cond", TP.BOOL, [])],
+                     [H.make_tensor_value_info("y", TP.FLOAT, [1, 8, 8, 8])])
+    model = H.make_model(g, opset_imports=[H.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "if.onnx")
+    d = draft(tmp_path / "if.onnx", TwoBranches(), out=tmp_path / "m.yaml")
+    assert_clean(d)
+    for branch in ("branch16k", "branch8k"):
+        p = _pair(d, f"{branch}.conv")
+        assert p.decided_by == "name" and p.confidence >= 0.9
+        assert {pr.source for pr in p.proposals} == {f"{branch}.conv.weight", f"{branch}.conv.bias"}
+    converted, _ = convert(tmp_path / "if.onnx", tmp_path / "m.yaml")
+    with converters.read(tmp_path / "if.onnx") as f:
+        for name, t in converted.state_dict().items():
+            assert np.array_equal(t.numpy(), f[name].numpy()), name
+
+
+def test_item4_order_only_pairs_are_low_confidence(tmp_path):
+    """A TF1 checkpoint lists keys alphabetically: its order says nothing about execution, so the
+    three same-shaped context convs, decided by that order alone, are 0.3 (low) and the draft is
+    unsure; with a graph (ONNX) order-only pairs are 0.6, still low."""
+    d = draft(PAIRS.tf1_checkpoint_context(tmp_path).source, PAIRS.SshContext(), framework="tensorflow")
+    assert d.stats["order_source"] == "alphabetical file order" and "alphabetically" in d.text
+    by_order = [p for p in d.matching.pairs if p.decided_by == "order"]
+    assert len(by_order) == 3 and all(p.confidence == 0.3 for p in by_order)
+    assert "(low)" in d.text and len(d.unsure) == 3
+    g = draft(PAIRS.onnx_torch_other_structure(tmp_path).source, PAIRS.SmallConvB())
+    assert [(p.target.name, p.confidence) for p in g.matching.pairs if p.decided_by == "order"] == [
+        ("body.first", 0.6), ("body.second", 0.6)]
+
+
+def test_item5_split_biases_are_mapped_not_filled(tmp_path):
+    """ONNX MatMul + Add and a frozen graph's Conv2D + BiasAdd (and MatMul + AddV2): each bias
+    joins its layer through the graph; nothing is filled with 0."""
+    for build, target in ((PAIRS.onnx_matmul_add, PAIRS.DensePort()), (PAIRS.tf_frozen_biasadd, PAIRS.FrozenPort())):
+        case = build(tmp_path)
+        d = draft(case.source, target, framework=case.framework)
+        assert_clean(d)
+        assert d.stats["filled"] == 0 and "value: 0" not in d.text
+        assert all(any(t.endswith(".bias") for pr in p.proposals for t in pr.targets) for p in d.matching.pairs)
+    assert "Mean/reduction_indices" in {n for n, *_ in d.matching.ignored}  # an int32 graph constant
+
+
+def test_item5_no_zero_fill_beside_a_candidate_bias(tmp_path):
+    """No graph joins them: the Linear's bias is left open, naming the candidate, not filled with 0."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    save_file({"fc.weight": rng.standard_normal((3, 6)).astype(np.float32),
+               "fc_add.b": rng.standard_normal(3).astype(np.float32)}, tmp_path / "w.safetensors")
+    d = draft(tmp_path / "w.safetensors", PAIRS.DensePort().logits.__class__(6, 3))
+    assert not d.complete and d.stats["filled"] == 0
+    (name, why, _), = d.matching.unmatched_targets
+    assert name == "bias" and "fc_add.b" in why and "not filled with 0" in why
+
+
+class ScaledFlatten(nn.Module):
+    """A forward that changes the values between the map and the Linear: no permutation to read."""
+
+    def __init__(self):
+        super().__init__()
+        self.features, self.classifier = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(8 * 6 * 4, 3)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1).cumsum(1))
+
+
+def test_item6_flatten_order_comes_from_the_traced_forward(tmp_path):
+    d = draft(PAIRS.keras_cnn_permuted_port(tmp_path).source, PAIRS.FacenetStyleNet())
+    assert "order: hwc_to_whc" in d.text and _pair(d, "dense5").confidence >= 0.9
+    d = draft(PAIRS.keras_permute_flatten(tmp_path).source, PAIRS.PlainFlattenNet())
+    assert "order: whc_to_chw" in d.text and "Permute + Flatten" in d.text
+    d = draft(tmp_path / "perm.h5", ScaledFlatten())
+    assert "cannot tell the feature order" in d.text and _pair(d, "classifier").confidence <= 0.5
+    assert any("classifier" in u for u in d.unsure)
+
+
+def test_item7_rule_kinds(tmp_path):
+    """Conv1D -> Conv2d (k, 1), PReLU (1, 1, C) slopes, LSTMCell, folded BatchNorm (identity)."""
+    audio = draft(PAIRS.keras_conv1d_audio(tmp_path).source, PAIRS.AudioPort())
+    assert audio.text.count("tf_conv1d_as_2d") >= 1 and audio.complete
+    assert "shape: [1, 64]" in audio.text and "layout: NC" in audio.text  # the graph's declared (N, L) input
+    prelu = draft(PAIRS.keras_prelu(tmp_path).source, PAIRS.PreluPort())
+    assert "reshape: [-1]" in prelu.text and prelu.complete
+    cell = draft(PAIRS.keras_lstm_cell_port(tmp_path).source, PAIRS.CellPort())
+    assert cell.complete and "bias_ih_hh" in cell.text and "cell.weight_ih" in cell.text
+    folded = draft(PAIRS.onnx_bn_folded(tmp_path).source, PAIRS.ConvBnA())
+    assert folded.complete and "BatchNorm folded" in folded.text and "bn1\\.running_var" in folded.text
+    assert _pair(folded, "conv1+bn1").confidence < 0.7  # said, not hidden
+
+
+class Conv3dNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(2, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_item7_input_shapes_of_any_rank_and_true_unmatched_reasons(tmp_path):
+    from safetensors.numpy import save_file
+
+    d = draft(tmp_path / "audio.keras" if (tmp_path / "audio.keras").exists() else
+              PAIRS.keras_conv1d_audio(tmp_path).source, PAIRS.AudioPort(), input_shape=[2, 64])
+    assert d.matching is not None and "shape: [2, 64]" in d.text
+    rng = np.random.default_rng(2)
+    save_file({"conv.weight": rng.standard_normal((4, 2, 3, 3, 3)).astype(np.float32)}, tmp_path / "c3.safetensors")
+    d = draft(tmp_path / "c3.safetensors", Conv3dNet(), input_shape=[1, 2, 5, 6, 6])
+    assert "shape: [1, 2, 5, 6, 6]" in d.text and "[1, 2, 5, 6, 6]" in d.stats["order_target"]
+    # same sizes, no layout recorded, several axis orders fit: say so
+    save_file({"conv.weight": rng.standard_normal((3, 3, 4, 4)).astype(np.float32)}, tmp_path / "sq.safetensors")
+    d = draft(tmp_path / "sq.safetensors", nn.Conv2d(4, 4, 3, bias=False))
+    (_, why, _), = d.matching.unmatched_sources
+    assert why.startswith("ambiguous layout") and "no layout preset says which" in why
+
+
+def test_item8_like_reproduces_the_port_and_base_keeps_a_table(tmp_path, capsys):
+    """--like: the MXNet P-Net drafted into the Caffe-frame port bit for bit (H/W swap + BGR flip
+    found), and the draft says what the port's frame is. --base: a table missing the heads is kept
+    and only the heads are drafted."""
+    case = PAIRS.mxnet_pnet_like(tmp_path)
+    out = tmp_path / "like.yaml"
+    assert main(["draft", str(case.source), "--target", "converters.models.mtcnn:PNet", "--like", str(case.like),
+                 "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "permute: [0, 1, 3, 2]}, {flip: {axis: 1}}" in text and "H and W swapped" in text
+    model, _ = convert(case.source, out)
+    port = torch.load(case.like, weights_only=True)
+    assert all(torch.equal(v, port[k]) for k, v in model.state_dict().items())
+    # --base: the Caffe draft without its two head rules, then drafted again from it
+    import yaml
+
+    table = yaml.safe_load(draft(CAFFE, "converters.models.mtcnn:PNet").text)
+    table["rules"] = [r for r in table["rules"] if "conv4" not in str(r["to"])]
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(table, sort_keys=False))
+    d = draft(CAFFE, "converters.models.mtcnn:PNet", base=tmp_path / "base.yaml", out=tmp_path / "b2.yaml")
+    assert_clean(d)
+    assert {p.target.name for p in d.matching.pairs} == {"conv4_1", "conv4_2"} and "kept as they are" in d.text
+    shipped, _ = convert(CAFFE, "caffe/mtcnn_pnet")
+    again, _ = convert(CAFFE, tmp_path / "b2.yaml")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in shipped.state_dict().items())

@@ -365,6 +365,28 @@ def keras_prelu(tmp) -> Case:
     return Case(tmp / "prelu.h5", PreluPort(), what="Keras PReLU (1,1,C) slopes vs nn.PReLU port")
 
 
+class DenseHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def tf_keras_savedmodel_metrics(tmp) -> Case:
+    """A compiled, trained tf-keras (Keras 2) model saved as a SavedModel: optimizer slots and
+    metric state (keras_api/metrics/...) beside the weights."""
+    import tf_keras as k
+
+    k.utils.set_random_seed(11)
+    model = k.Sequential([k.Input((4,)), k.layers.Dense(3, name="dense")])
+    model.compile(optimizer="adam", loss="mse", metrics=["mae", "mse"])
+    model.fit(np.ones((2, 4), np.float32), np.ones((2, 3), np.float32), verbose=0)
+    model.save(tmp / "saved")
+    return Case(tmp / "saved", DenseHead(), "tensorflow", what="tf-keras SavedModel with optimizer and metric state")
+
+
 PAIRS = {
     "keras_cnn_permuted_port": keras_cnn_permuted_port,
     "keras_permute_flatten": keras_permute_flatten,
@@ -378,6 +400,7 @@ PAIRS = {
     "keras_lstm_cell_port": keras_lstm_cell_port,
     "keras_conv1d_audio": keras_conv1d_audio,
     "keras_prelu": keras_prelu,
+    "tf_keras_savedmodel_metrics": tf_keras_savedmodel_metrics,
 }
 # what each pair must come to: as is, or (checkpoint order, no graph) only "unsure"
 EXPECTED = {name: "as is" for name in PAIRS} | {"tf1_checkpoint_context": "unsure"}

@@ -27,6 +27,10 @@ def add_arguments(p) -> None:
     p.add_argument("--verify", action="store_true",
                    help="run the draft through the parity check and name the rules the first divergent layer implicates")
     p.add_argument("--source-python", help="interpreter with the source framework (MXNet), for --verify")
+    p.add_argument("--like", metavar="PORT", help="an existing port's weights (.pth, .safetensors, ...): make every "
+                   "rule reproduce its tensors bit for bit (layout steps searched), say where none does")
+    p.add_argument("--base", metavar="TABLE", help="start from this table: its rules, ignores and fills are kept, "
+                   "only what it leaves open is drafted")
     A.add_json(p, help="print the draft's summary (matches, confidence, unmatched) as JSON (or write it to PATH)")
     A.add_quiet(p, help="print only the table (without -o) or nothing (with -o)")
 
@@ -38,7 +42,7 @@ def run(args) -> int:
         raise ConvertersError("--verify needs -o: the parity check reads the written table")
     d = draft(args.source, args.target, framework=args.framework, target_kwargs=args.target_kwargs,
               out=args.output, input_shape=args.input_shape, reader_options=A.parse_options(args.option),
-              force=args.force)
+              force=args.force, like=args.like, base=args.base)
     if args.output is None:
         sys.stdout.write(d.text)
     elif not args.quiet and not args.json:

@@ -69,11 +69,13 @@ class Draft:
 
 
 def draft(source, target, *, framework=None, target_kwargs=None, out=None, input_shape=None,
-          reader_options=None, force=False, like=None) -> Draft:
+          reader_options=None, force=False, like=None, base=None) -> Draft:
     """Propose a mapping from `source` (path or opened ArrayFile) to `target` (an nn.Module or
     'package.module:callable' built with `target_kwargs`). Writes YAML to `out` when given.
     `like`: an existing port's weight file; every rule is made to reproduce its tensors bit for
-    bit where a layout step can (like.py), and says so where none can."""
+    bit where a layout step can (like.py), and says so where none can. `base`: an existing table
+    (path or shipped name) whose rules, ignores and fills are kept as they are; only what it leaves
+    open is drafted."""
     import torch
 
     from .. import read
@@ -104,7 +106,8 @@ def draft(source, target, *, framework=None, target_kwargs=None, out=None, input
         input_section = {**_section(list(tr.input_shape), fw in NHWC_FRAMEWORKS, model, from_target=True),
                          "_note": "the shape the target was traced with: no input is declared in the source, "
                                   "check it"}
-    matching = match.match(arrays, model, tr, fw)
+    base_doc, covered = _base(base, arrays, model)
+    matching = match.match(arrays, model, tr, fw, exclude=covered)
     if like is not None:
         from .like import apply_like
 
@@ -114,8 +117,11 @@ def draft(source, target, *, framework=None, target_kwargs=None, out=None, input
     rules = emit.build_rules(matching, set(arrays), order)
     outputs = match.output_order(arrays, matching, tr)
     stats = _stats(arrays, model, matching, tr, rules)
+    if base_doc:
+        input_section = base_doc.get("input") or input_section
     text = emit.write(matching, source_path=str(arrays.path), framework=fw, target_spec=target_spec,
-                      input_section=input_section, outputs=outputs, rules=rules, stats=stats, extra_notes=matching.notes)
+                      input_section=input_section, outputs=outputs, rules=rules, stats=stats, extra_notes=matching.notes,
+                      base=base_doc)
 
     path = _write(text, out)
     try:
@@ -127,6 +133,26 @@ def draft(source, target, *, framework=None, target_kwargs=None, out=None, input
     rep = plan.report
     problems = [f"{p.kind}: {p.name} {p.detail}" for p in rep.problems]
     return Draft(text, os.fspath(out) if out is not None else None, matching, rules, stats, rep.ok, rep, problems)
+
+
+def _base(base, arrays, model):
+    """(the base table's YAML data, (source names, target names) it already covers) or (None, None)."""
+    if base is None:
+        return None, None
+    import yaml
+
+    from ..mapping import spec
+    from ..mapping.plan import make_plan
+    from ..target import describe
+
+    m = spec.load(base)
+    plan = make_plan(m, arrays, describe(model))
+    sources = {s for a in plan.assignments for s in a.sources} | {n for n, *_ in plan.report.ignored}
+    targets = {t for a in plan.assignments for t in a.targets} | {t for t, _ in plan.fills} | {t for t, _ in plan.inits}
+    with open(m.path, encoding="utf-8") as fh:
+        doc = yaml.safe_load(fh) or {}
+    doc["_path"] = m.path
+    return doc, (sources, targets)
 
 
 def _write(text, out) -> str:

@@ -327,8 +327,12 @@ def rule_comments(rule: Rule) -> list:
     return lines
 
 
+def _base_entries(base, key) -> list:
+    return list((base or {}).get(key) or [])
+
+
 def write(matching, *, source_path, framework, target_spec, input_section, rules, stats, extra_notes,
-          outputs=None) -> str:
+          outputs=None, base=None) -> str:
     out = []
     add = out.append
     add(f"# Drafted by `convert draft` from {source_path} ({framework}) for {target_spec['model']}.")
@@ -359,8 +363,12 @@ def write(matching, *, source_path, framework, target_spec, input_section, rules
             add(f"  {k}: {flow(v) if isinstance(v, (list, dict)) else v}")
         add("  # channels (RGB/BGR), range, mean and std are not recorded in weights: add them if you know them")
     add("rules:")
-    if not rules:
+    if not rules and not _base_entries(base, "rules"):
         add("  []")
+    if _base_entries(base, "rules"):
+        add(f"  # kept as they are from the base table {base['_path']}:")
+        for entry in _base_entries(base, "rules"):
+            add("  - " + flow(entry))
     for rule in rules:
         add("")
         for c in rule_comments(rule):
@@ -372,22 +380,38 @@ def write(matching, *, source_path, framework, target_spec, input_section, rules
             add(f"    with: {flow(rule.with_)}")
         if rule.transforms:
             add(f"    transforms: {flow(rule.transforms)}")
-    if matching.ignored:
+    if matching.ignored or _base_entries(base, "ignore"):
         add("ignore:")
+        for entry in _base_entries(base, "ignore"):
+            add("  - " + flow(entry))
+    if matching.ignored:
         if all(n.startswith("optimizer/") for n, _, _ in matching.ignored):
             add(f"  - pattern: {q('optimizer/.*')}")
             add(f"    reason: {matching.ignored[0][2]}")
         else:
             for role in sorted({r for _, r, _ in matching.ignored}):
-                add(f"  - role: {role}")
-                add(f"    reason: {q(next(x for _, r, x in matching.ignored if r == role))}")
+                reason = q(next(x for _, r, x in matching.ignored if r == role))
+                names = [n for n, r, _ in matching.ignored if r == role]
+                if role in ("optimizer", "counter"):
+                    add(f"  - role: {role}")
+                else:  # set aside by the draft, not a reader role: by name, so nothing else is caught
+                    add(f"  - pattern: {q('|'.join(rx(n) for n in names))}")
+                add(f"    reason: {reason}")
     fills = _fills(matching.fills)
-    if fills:
+    if fills or _base_entries(base, "fill"):
         add("fill:")
-        for pattern, value, why in fills:
-            add(f"  - to: {q(pattern)}")
-            add(f"    value: {value}   # {why}")
-    if outputs:
+        for entry in _base_entries(base, "fill"):
+            add("  - " + flow(entry))
+    for pattern, value, why in fills:
+        add(f"  - to: {q(pattern)}")
+        add(f"    value: {value}   # {why}")
+    if _base_entries(base, "init"):
+        add("init:")
+        for entry in _base_entries(base, "init"):
+            add("  - " + flow(entry))
+    if (base or {}).get("parity") and not outputs:
+        add("parity: " + flow(base["parity"]))
+    elif outputs:
         add("parity:")
         add("  # the source outputs in the order the target returns them, paired by channel count")
         add(f"  outputs: {flow(outputs)}")

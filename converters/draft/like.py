@@ -160,7 +160,8 @@ def _frame_notes(matching):
     port is fed images with H and W swapped; the first conv's input channels reversed, BGR/RGB
     swapped. A verify against the source then needs `parity.source_input` for that frame."""
     convs = [p for pair in matching.pairs if pair.source.kind == "conv" for p in pair.proposals
-             if p.targets[0].endswith("weight") and len(pair.target.shapes[p.targets[0]]) == 4]
+             if p.targets[0].endswith("weight") and len(pair.target.shapes[p.targets[0]]) == 4
+             and pair.target.shapes[p.targets[0]][2] * pair.target.shapes[p.targets[0]][3] > 1]  # 1x1: no frame
     if convs and all({"permute": [0, 1, 3, 2]} in p.transforms for p in convs):
         matching.notes.append("Every conv kernel of the port is the source's with H and W swapped: the port is fed "
                               "images transposed relative to the source (verify against the source needs "

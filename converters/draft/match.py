@@ -99,10 +99,13 @@ def _rnn_descriptor(unit: str) -> tuple[int, bool]:
     return 0, False
 
 
-def source_units(arrays) -> tuple[list, list]:
-    """(units in source order, ignored arrays). Training state is set aside by role."""
+def source_units(arrays, exclude=()) -> tuple[list, list]:
+    """(units in source order, ignored arrays). Training state is set aside by role; `exclude`d
+    names (a base table's) are left out."""
     ignored, groups, types = [], {}, {}
     for name, h in arrays.items():
+        if name in exclude:
+            continue
         if h.meta.get("role") in ("optimizer", "counter") or name.startswith("optimizer/"):
             ignored.append((name, h.meta.get("role") or "optimizer",
                             "training state saved with a compiled model (optimizer slots, iteration counter)"))
@@ -269,7 +272,7 @@ def _source_slots(u: SourceUnit) -> dict:
 
 # ---- target side --------------------------------------------------------------------------------
 
-def target_units(model, order: list) -> list:
+def target_units(model, order: list, exclude=()) -> list:
     modules = dict(model.named_modules())
     sd = model.state_dict(keep_vars=True)
     units = []
@@ -284,12 +287,16 @@ def target_units(model, order: list) -> list:
                 for rev in ([False, True] if mod.bidirectional else [False]):
                     sfx = f"_l{k}" + ("_reverse" if rev else "")
                     tensors = {role: prefix + role + sfx for role in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-                               if role + sfx in local}
+                               if role + sfx in local and prefix + role + sfx not in exclude}
+                    if not tensors:
+                        continue
                     units.append(TargetUnit(f"{name}[l{k}{'_reverse' if rev else ''}]", type(mod).__name__, kind,
                                             tensors, {t: tuple(sd[t].shape) for t in tensors.values()},
                                             len(units), mod, (k, rev)))
             continue
-        tensors = {n: prefix + n for n in local if prefix + n in sd}
+        tensors = {n: prefix + n for n in local if prefix + n in sd and prefix + n not in exclude}
+        if not tensors and local:
+            continue
         units.append(TargetUnit(name, type(mod).__name__, kind, tensors,
                                 {t: tuple(sd[t].shape) for t in tensors.values()}, len(units), mod))
     return units
@@ -573,16 +580,17 @@ def _natural(name: str) -> list:
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.findall(r"\d+|[A-Za-z]+", name.lower())]
 
 
-def match(arrays, model, tr, framework: str) -> Matching:
+def match(arrays, model, tr, framework: str, exclude=None) -> Matching:
+    """`exclude`: (source names, target names) a base table already covers: left out of the draft."""
     result = Matching()
-    src, ignored = source_units(arrays)
+    src, ignored = source_units(arrays, exclude[0] if exclude else ())
     result.ignored = ignored
     result.order = order_kind(arrays)
     if result.order == "alphabetical":  # numbers as numbers at least: conv2 before conv10
         src.sort(key=lambda u: _natural(u.name))
         result.notes.append("The file lists arrays alphabetically (no graph): layer order is only guessed from "
                             "the names' numbers, so pairs decided by order alone are low confidence.")
-    tgt = target_units(model, tr.order)
+    tgt = target_units(model, tr.order, exclude[1] if exclude else ())
     proposals, compat = {}, {}
     for i, s in enumerate(src):
         for j, t in enumerate(tgt):
