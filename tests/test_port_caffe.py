@@ -189,3 +189,26 @@ def test_inner_product_transpose_is_caffe_semantics(nets, tmp_path):
     with torch.no_grad():
         y = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(y, x @ f["fc/0"].numpy() + f["fc/1"].numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_legacy_v1_caffemodel_alone_ports_and_runs_like_opencv(tmp_path):
+    """A V1 (`layers`, enum types) caffemodel with legacy 4-d blob shapes and no prototxt: the port
+    reshapes the InnerProduct blobs; OpenCV runs the same net from a deploy prototxt written here."""
+    weights = ROOT / "fixtures/caffe/v1_layers.caffemodel"
+    proto = tmp_path / "deploy.prototxt"
+    proto.write_text('input: "data"\ninput_dim: 1\ninput_dim: 1\ninput_dim: 8\ninput_dim: 8\n'
+                     'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" '
+                     'convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }\n'
+                     'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n'
+                     'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" '
+                     'pooling_param { pool: AVE kernel_size: 2 stride: 2 } }\n'
+                     'layer { name: "ip1" type: "InnerProduct" bottom: "pool1" top: "ip1" '
+                     'inner_product_param { num_output: 3 } }\n'
+                     'layer { name: "prob" type: "Softmax" bottom: "ip1" top: "prob" }\n')
+    result = converters.port(str(weights), tmp_path / "out", reader_options={"prototxt": False}, verify=True,
+                             verify_options={"architecture": str(proto)})
+    _assert_pass(result.parity)
+    import yaml
+
+    rules = {r["from"]: r for r in yaml.safe_load(Path(result.table_file).read_text())["rules"]}
+    assert rules["ip1/0"]["transforms"] == [{"reshape": [3, 64]}] and rules["ip1/1"]["transforms"] == [{"reshape": [3]}]

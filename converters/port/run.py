@@ -159,6 +159,6 @@ def _verify(graph, result: PortResult, source_python, options: dict):
     from ..target import load_converted
 
     model = load_converted(result.weights_file, result.table_file)
-    return verify(graph.source_files[0], result.table_file, framework=graph.framework, model=model,
-                  architecture=graph.architecture, source_python=source_python,
-                  reader_options=graph.reader_options, **options)
+    kwargs = {"framework": graph.framework, "architecture": graph.architecture, "source_python": source_python,
+              "reader_options": graph.reader_options, **options}
+    return verify(graph.source_files[0], result.table_file, model=model, **kwargs)
