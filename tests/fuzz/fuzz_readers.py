@@ -65,6 +65,7 @@ SOURCES = {
     "numpy": [("@generated", f, [f], {}) for f in ("array.npy", "fortran.npy", "stored.npz", "compressed.npz")],
 }
 READERS = tuple(SOURCES)
+REFUSED_SOURCES = {"sparse.params"}  # real files a reader refuses on purpose (row_sparse storage)
 _BOUNDARY = (0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
              0xFFFFFFFF, 1 << 32, 1 << 40, 1 << 62, (1 << 63) - 1, (1 << 64) - 1)
 
