@@ -21,13 +21,10 @@ import numpy as np
 import torch
 
 from ..errors import CoverageError, ConvertersError, FormatError
-from .checkpoints import FORMAT as CHECKPOINT_FORMAT, strip_prefixes, unwrap
+from .checkpoints import strip_prefixes, unwrap
 from .report import Report
 
 MATCH_MODES = ("name", "name+shape", "suffix")
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network", "params",
-                "weights", "module", "ema", "model_ema", "state_dict_ema")
-"""Keys under which checkpoints commonly nest the weights, tried in this order."""
 
 
 @dataclass
@@ -149,11 +146,11 @@ def _open_source(source, framework):
     if isinstance(source, (str, Path)):
         from .sources import open_weights
 
-        f = open_weights(source, framework)
+        f = open_weights(source, framework)  # a checkpoint's state dict is found by the torch reader
         return dict(f), str(source), getattr(f, "close", _noop)
     if isinstance(source, Mapping):
         label = getattr(source, "path", "") or ""
-        return _flatten(_descend(source)), str(label), _noop
+        return _flatten(_state_dict_of(source)), str(label), _noop
     raise ConvertersError(f"cannot load weights from a {type(source).__name__}",
                           hint="pass a path, a state dict, an ArrayFile or an nn.Module")
 
@@ -166,22 +163,15 @@ def _is_array(v) -> bool:
     return isinstance(v, (torch.Tensor, np.ndarray)) or (hasattr(v, "numpy") and hasattr(v, "shape"))
 
 
-def _descend(state: Mapping) -> Mapping:
-    """The weights inside a nested checkpoint dictionary ({'state_dict': {...}, 'epoch': 3, ...}).
+def _state_dict_of(state: Mapping) -> Mapping:
+    """The weights inside a nested checkpoint dictionary ({'state_dict': {...}, 'epoch': 3, ...}), by
+    the rule the torch reader applies to files (readers/torch_files.py), so a dict and the file it
+    was saved to load the same way. Whatever nesting is left is flattened, and a prefix no target
+    name has is removed later (`_unwrap_prefix`)."""
+    from ..readers.torch_files import state_dict_location
 
-    Descends while the level holds no array itself: into a known wrapper key, or into its only
-    sub-dictionary.
-    """
-    if state.get("format") == CHECKPOINT_FORMAT and isinstance(state.get("model"), Mapping):
-        return state["model"]
-    while not any(_is_array(v) for v in state.values()):
-        subs = [v for v in state.values() if isinstance(v, Mapping)]
-        inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), Mapping)), None)
-        if inner is None and len(subs) == 1:
-            inner = subs[0]
-        if inner is None:
-            break
-        state = inner
+    for key in state_dict_location(state):
+        state = state[key]
     return state
 
 
@@ -213,13 +203,15 @@ def _unwrap_prefix(arrays: dict, targets: dict):
     candidates = set()
     for n in arrays:
         candidates.update(n[:m.end()] for m in list(re.finditer(r"[./]", n))[:3])
-    scores = {}
+    scores, results = {}, {}
     for prefix in candidates:
-        stripped = strip_prefixes({n[len(prefix):]: None for n in arrays if n.startswith(prefix)})
+        stripped = strip_prefixes({n[len(prefix):]: n for n in arrays if n.startswith(prefix)})
         scores[prefix] = sum(n in targets for n in stripped)
+        results[prefix] = tuple(sorted(stripped.items()))
     best_hits = max(scores.values(), default=0)
-    winners = [p for p, h in scores.items() if h == best_hits]
-    if best_hits == 0 or len(winners) != 1:
+    winners = sorted((p for p, h in scores.items() if h == best_hits), key=len)
+    # `a.model.` and `a.model.module.` are one answer when `module.` is stripped anyway
+    if best_hits == 0 or len({results[p] for p in winners}) != 1:
         return arrays, "", []
     best = winners[0]
     inside = strip_prefixes({n[len(best):]: a for n, a in arrays.items() if n.startswith(best)})

@@ -174,6 +174,12 @@ def _is_plain(obj) -> bool:
     return False
 
 
+def state_dict_location(obj) -> tuple:
+    """Keys leading to the state dict inside a checkpoint object: the one rule for files and for
+    in-memory dicts (finetune's load_partial uses it too)."""
+    return _find_state_dict(obj, None, None)
+
+
 def _find_state_dict(obj, path, key: str | None) -> tuple:
     """Path (tuple of keys) of the state dict inside the checkpoint."""
     if key is not None:
