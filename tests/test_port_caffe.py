@@ -212,3 +212,27 @@ def test_legacy_v1_caffemodel_alone_ports_and_runs_like_opencv(tmp_path):
 
     rules = {r["from"]: r for r in yaml.safe_load(Path(result.table_file).read_text())["rules"]}
     assert rules["ip1/0"]["transforms"] == [{"reshape": [3, 64]}] and rules["ip1/1"]["transforms"] == [{"reshape": [3]}]
+
+
+def test_training_net_alone_skips_its_loss_and_label_and_equals_the_deploy_port(tmp_path):
+    """bn_scale.caffemodel holds its training net (an Input layer with data + label, a loss layer):
+    ported without the prototxt it is the deploy net (the label, read only by the loss, dropped)."""
+    weights = ROOT / "fixtures/caffe/bn_scale/bn_scale.caffemodel"
+    alone = converters.port(str(weights), tmp_path / "alone", reader_options={"prototxt": False})
+    deploy = converters.port(str(weights), tmp_path / "deploy")  # deploy.prototxt found beside it
+    a, b = (load_converted(r.weights_file, r.table_file) for r in (alone, deploy))
+    assert "label" not in Path(alone.model_file).read_text().split("def forward")[1].split(":")[0]
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the deploy net ends in a Softmax `prob`, the training net in its loss
+        torch.testing.assert_close(torch.softmax(a(x), dim=1), b(x), rtol=1e-6, atol=1e-7)
+    assert "SoftmaxWithLoss" not in Path(alone.model_file).read_text()
+
+
+def test_fork_layer_params_the_caffemodel_cannot_name_need_the_prototxt(tmp_path, capsys):
+    from converters.cli import main
+
+    weights = ROOT / "fixtures/caffe/res10_head/res10_head.caffemodel"
+    code = main(["port", str(weights), "-o", str(tmp_path / "out"), "--option", "prototxt=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'conv4_3_norm'" in err and "norm_param" in err and "prototxt" in err
+    assert not (tmp_path / "out").exists()

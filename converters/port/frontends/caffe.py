@@ -36,6 +36,7 @@ class State:
     nodes: list = field(default_factory=list)
     producer: dict = field(default_factory=dict)   # tensor -> Caffe layer name that wrote it
     keep: set = field(default_factory=set)         # layer / blob names asked for with --outputs
+    from_prototxt: bool = False                    # layer params as written (else decoded from the caffemodel)
 
     def shape(self, name):
         return tuple(self.arrays[name].shape)
@@ -61,7 +62,7 @@ def build_graph(sources, *, reader_options, outputs=None, input_shapes=None) -> 
     weights, prototxt = _split_sources(sources, reader_options)
     arrays = caffe_reader.open(weights, prototxt=prototxt)
     used_prototxt = arrays.meta.get("prototxt")
-    st = State(weights, arrays, keep=set(outputs or ()))
+    st = State(weights, arrays, keep=set(outputs or ()), from_prototxt=bool(used_prototxt))
     missing = arrays.meta.get("prototxt_layers_without_blobs") or []
     if missing:
         first = missing[0]
@@ -78,13 +79,17 @@ def build_graph(sources, *, reader_options, outputs=None, input_shapes=None) -> 
     while i < len(kept):
         i = caffe_layers.translate(st, kept, i)
     outs = _outputs(st, kept, outputs)
+    read = {t for n in st.nodes for t in n.inputs} | set(outs)
+    unread = [i.name for i in inputs if st.current.get(i.name, i.name) not in read and i.name not in read]
+    inputs = [i for i in inputs if i.name not in unread]  # labels only a loss layer reads
     graph = Graph(name=arrays.meta.get("name") or "caffe_net", framework="caffe", source_files=[weights],
                   inputs=inputs, outputs=outs, nodes=st.nodes,
                   output_names={t: st.producer.get(t, t) for t in outs},
                   reader_options={"prototxt": used_prototxt or False}, architecture=used_prototxt,
                   unused_arrays=_unused(st, arrays, skipped, cut),
                   notes=["Caffe files do not record the input's channel order (usually BGR), range or mean:",
-                         "the input section gives only the shape and layout the prototxt declares."])
+                         "the input section gives only the shape and layout the prototxt declares."]
+                  + ([f"Inputs read by no ported layer (dropped): {', '.join(unread)}."] if unread else []))
     graph.check()
     return graph
 

@@ -219,6 +219,15 @@ def _scale(st, layer):
     _add(st, layer, "scale", [x], {"num_features": n, "bias": bias, "axis": 1}, params)
 
 
+def _fork_params(st, layer, key) -> dict:
+    """An SSD-fork layer's parameters: a prototxt keeps them as written; a caffemodel stores them in
+    fields BVLC's schema cannot name, which the reader skips, so the defaults would be a guess."""
+    if key in layer.params or st.from_prototxt:
+        return layer.params.get(key) or {}
+    raise st.error(layer, f"its {key} is in a field of a forked caffe.proto that the caffemodel reader cannot "
+                          "decode: give the deploy prototxt")
+
+
 def _count(shape):
     n = 1
     for d in shape:
@@ -241,7 +250,7 @@ def _prelu(st, layer):
 @layer_type("Normalize")
 def _normalize(st, layer):
     (x,) = _ins(st, layer, 1)
-    npar = layer.params.get("norm_param") or {}
+    npar = _fork_params(st, layer, "norm_param")
     # SSD's caffe.proto defaults: across_spatial true, channel_shared true, eps 1e-10
     across, shared = bool(npar.get("across_spatial", True)), bool(npar.get("channel_shared", True))
     (name,) = _arrays(st, layer, 1)
@@ -389,7 +398,7 @@ def _reshape(st, layer):
 @layer_type("Permute")
 def _permute(st, layer):
     (x,) = _ins(st, layer, 1)
-    order = [int(v) for v in (layer.params.get("permute_param") or {}).get("order") or []]
+    order = [int(v) for v in _fork_params(st, layer, "permute_param").get("order") or []]
     rank = st.rank.get(x, 4)
     order += [a for a in range(rank) if a not in order]  # Caffe completes a partial order
     _add(st, layer, "transpose", [x], {"perm": tuple(order)}, channels=None, rank=len(order))
