@@ -1,7 +1,10 @@
 """Writing converted tensors: into a module, to `.pth`, or streamed to `.safetensors`.
 
 Files appear whole or not at all: bytes go to a temporary file beside the output, which is
-renamed over the output only after it was completely written and flushed.
+renamed over the output only after it was completely written and flushed. A run killed mid-write
+(kill -9, SIGTERM) leaves `.<name>.<pid>.<random>.partial`; the next write of the same output
+removes partials whose process is gone. Outputs get 0666 minus the umask, or, with --force, the
+mode of the file they replace; any existing path, a dangling symlink included, needs --force.
 """
 from __future__ import annotations
 

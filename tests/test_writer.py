@@ -122,3 +122,10 @@ def test_cli_refuses_a_dangling_symlink_without_force(tmp_path):
                         str(CAFFE), str(link)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "output exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert link.is_symlink() and not (tmp_path / "missing.pth").exists()
+
+
+def test_scalar_parity_inputs_stay_0d():
+    from converters.parity.verify import _tensors
+
+    scalar, image = _tensors([np.array(3, np.int64), np.ones((1, 3, 4, 4), np.float32).transpose(0, 1, 3, 2)])
+    assert scalar.shape == () and image.shape == (1, 3, 4, 4) and image.is_contiguous()
