@@ -183,6 +183,18 @@ class ArrayFile(Mapping):
     def __repr__(self) -> str:
         return f"<ArrayFile {self.framework} {self.path!r}: {len(self)} arrays, {self.nbytes} bytes>"
 
+    def _repr_html_(self, limit: int = 50) -> str:
+        """The notebook view: the file, then name / shape / dtype / role of the first `limit` arrays."""
+        import html
+
+        rows = "".join(f"<tr><td><code>{html.escape(a.name)}</code></td><td>{'x'.join(map(str, a.shape)) or 'scalar'}"
+                       f"</td><td>{a.dtype}</td><td>{html.escape(a.role or '')}</td></tr>"
+                       for a in list(self.values())[:limit])
+        more = f"<div><i>... and {len(self) - limit} more arrays</i></div>" if len(self) > limit else ""
+        return (f"<div><b>{html.escape(self.framework)}</b> <code>{html.escape(str(self.path))}</code>: "
+                f"{len(self)} arrays, {self.nbytes:,} bytes</div><table><tr><th>name</th><th>shape</th>"
+                f"<th>dtype</th><th>role</th></tr>{rows}</table>{more}")
+
 
 def c_contiguous(arr) -> np.ndarray:
     """`arr` as a C-contiguous array of the same shape; np.ascontiguousarray would turn 0-d into (1,)."""

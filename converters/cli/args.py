@@ -7,9 +7,11 @@ and the type against its OPTIONS (converters/readers/__init__.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
+import threading
 
 from ..errors import ConvertersError
 
@@ -105,6 +107,31 @@ def add_quiet(p, help="print only errors and the verdict") -> None:
 def progress_enabled(args) -> bool:
     """Progress bars only for a person watching: stderr is a terminal and -q is not given."""
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def activity(args, desc: str):
+    """A live `desc 0:12` line on a terminal while a step without countable parts runs (a verify,
+    a diff, a draft); nothing when output is not a terminal or -q is given."""
+    if not progress_enabled(args):
+        yield
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc=desc, bar_format="{desc} {elapsed}", leave=False, file=sys.stderr)
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(0.5):
+            bar.refresh()
+    thread = threading.Thread(target=tick, daemon=True, name="converters-activity")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
 
 
 def write_output(path, text: str) -> None:

@@ -99,7 +99,8 @@ def _verify_written(args, options) -> int:
     from .verify import emit
 
     model = load_converted(args.output, args.map, args.target, args.target_kwargs)
-    rep = verify(args.input, args.map, args.target, framework=args.framework, model=model, reader_options=options,
-                 source_python=args.source_python, architecture=args.architecture)
+    with A.activity(args, "verifying"):
+        rep = verify(args.input, args.map, args.target, framework=args.framework, model=model,
+                     reader_options=options, source_python=args.source_python, architecture=args.architecture)
     emit(rep, argparse.Namespace(quiet=args.quiet))  # the coverage report keeps --json; verify prints its text
     return rep.exit_code

@@ -31,8 +31,9 @@ def run(args) -> int:
             args._parser.error(f"--rename {rule!r}: expected REGEX=REPL")
     if args.atol < 0 or args.rtol < 0:
         raise ConvertersError("--atol and --rtol must not be negative")
-    report = diff_files(args.a, args.b, from_a=args.from_a, from_b=args.from_b, atol=args.atol, rtol=args.rtol,
-                        rename=args.rename, check_dtype=not args.ignore_dtype)
+    with A.activity(args, "comparing"):
+        report = diff_files(args.a, args.b, from_a=args.from_a, from_b=args.from_b, atol=args.atol, rtol=args.rtol,
+                            rename=args.rename, check_dtype=not args.ignore_dtype)
     if args.json:
         A.write_output(args.json, report.to_json(indent=1))
     else:

@@ -66,12 +66,14 @@ def run_from_args(args, model=None):
     if model is None and getattr(args, "converted", None):
         model = load_converted(args.converted, args.map, getattr(args, "target", None), getattr(args, "target_kwargs", None))
     localise = {"auto": True, "always": "always", "never": False}[getattr(args, "localise", "auto")]
-    rep = verify(args.input, args.map, getattr(args, "target", None), framework=args.framework,
-                 architecture=args.architecture, inputs=args.inputs, n=args.n, seed=args.seed, tolerance=tolerance,
-                 localise=localise, source_python=args.source_python, reference=getattr(args, "reference", None),
-                 dtype="float64" if getattr(args, "float64", False) else "float32", model=model,
-                 target_kwargs=getattr(args, "target_kwargs", None), reader_options=options,
-                 input_shape=args.input_shape, inputs_convention=args.inputs_convention)
+    with A.activity(args, "verifying"):
+        rep = verify(args.input, args.map, getattr(args, "target", None), framework=args.framework,
+                     architecture=args.architecture, inputs=args.inputs, n=args.n, seed=args.seed,
+                     tolerance=tolerance, localise=localise, source_python=args.source_python,
+                     reference=getattr(args, "reference", None),
+                     dtype="float64" if getattr(args, "float64", False) else "float32", model=model,
+                     target_kwargs=getattr(args, "target_kwargs", None), reader_options=options,
+                     input_shape=args.input_shape, inputs_convention=args.inputs_convention)
     emit(rep, args)
     return rep
 

@@ -27,6 +27,8 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing non-empty DIR")
     p.add_argument("--verify", action="store_true", help="run `convert verify` on the result; exit 0 only on PASS")
     p.add_argument("--source-python", metavar="PY", help="interpreter with the source framework (mxnet) for --verify")
+    A.add_json(p, help="print the result (conversion report, parity verdict) as JSON (or write it to PATH)")
+    A.add_quiet(p, help="print only errors and the parity verdict")
 
 
 def _shapes(items) -> dict | None:
@@ -46,6 +48,7 @@ def _shapes(items) -> dict | None:
 
 
 def run(args) -> int:
+    from ..cli import args as A
     from ..cli.args import parse_options
     from .run import port
 
@@ -53,10 +56,19 @@ def run(args) -> int:
     result = port(args.sources, args.out, framework=args.framework, name=args.name, fmt=args.fmt, force=args.force,
                   verify=args.verify, source_python=args.source_python, outputs=outputs,
                   input_shapes=_shapes(args.input_shape), reader_options=parse_options(args.option))
-    print(result.summary())
-    print(f"conversion: {result.report.summary()}")
+    if args.json:
+        import json
+
+        parity = result.parity.to_dict() if result.parity is not None and hasattr(result.parity, "to_dict") else None
+        A.write_output(args.json, json.dumps({"summary": result.summary(), "conversion": result.report.to_dict(),
+                                              "parity": parity}, indent=1, default=str))
+    elif not args.quiet:
+        print(result.summary())
+        print(f"conversion: {result.report.summary()}")
     if result.parity is not None:
-        print(result.parity.summary() if hasattr(result.parity, "summary") else str(result.parity))
+        if not args.json:
+            text = result.parity.summary() if hasattr(result.parity, "summary") else str(result.parity)
+            print(text.splitlines()[0] if args.quiet else text)
         return 0 if result.parity.passed else 1
     return 0
 

@@ -282,6 +282,9 @@ def _open(path: str, key: str | None) -> ArrayFile:
             "checkpoint": plain}
     if other:
         meta["unread"] = dict(other)
+    recorded = ((getattr(obj, "_metadata", None) or {}).get("") or {}).get("converters")
+    if isinstance(recorded, dict):  # the provenance converters' writer records (writer.save_pth)
+        meta["provenance"] = _jsonish(dict(recorded))
     return ArrayFile(path, NAME, arrays, meta=meta)
 
 

@@ -1,0 +1,206 @@
+"""The command line a PyTorch user expects (issue #14): one test per convention, in-process
+(`converters.cli.main` with capsys) unless a terminal or a fresh process is the point."""
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import distribution, entry_points
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import converters
+from converters.cli import COMMANDS, available, build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+PNET = ROOT / "fixtures/caffe/mtcnn_pnet/det1.caffemodel"
+TABLE = "caffe/mtcnn_pnet"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version_long_and_short(capsys):
+    for flag in ("--version", "-v"):
+        code, out, err = run(capsys, flag)
+        assert code == 0 and out.strip().endswith(converters.__version__), out
+
+
+def test_unknown_subcommand_is_named_with_a_suggestion(capsys):
+    code, out, err = run(capsys, "inpsect", PNET)
+    assert code == 2
+    assert "unknown subcommand 'inpsect'" in err and "did you mean 'inspect'" in err and "--map" not in err
+
+
+def test_help_lists_subcommands_and_the_conversion_options(capsys):
+    code, out, err = run(capsys, "--help")
+    assert code == 0
+    for name in available():
+        assert re.search(rf"^\s+{name}\s", out, re.M), name
+    for flag in ("--map", "--allow-unused", "--allow-missing", "--dry-run", "--verify", "--report", "--option"):
+        assert flag in out, flag
+    assert run(capsys)[0] == 2  # no arguments at all: the help, and a usage error
+
+
+def test_every_subcommand_has_help_json_and_quiet():
+    assert set(COMMANDS) >= {"convert", "inspect", "maps", "verify", "reference", "diff", "draft"}
+    for name in available():
+        text = build_parser("convert", only=name).commands[name].format_help()
+        assert "--json" in text and "-q, --quiet" in text, name
+
+
+def test_unknown_option_is_rejected_by_every_subcommand(tmp_path, capsys):
+    """Each with its required arguments given, so the unknown flag is what argparse refuses."""
+    valid = {"convert": [PNET, tmp_path / "o.pth", "--map", TABLE], "inspect": [PNET], "maps": [],
+             "verify": [PNET, "--map", TABLE], "reference": [PNET, tmp_path / "r.npz", "--map", TABLE],
+             "diff": [PNET, PNET], "draft": [PNET, "--target", "converters.models.mtcnn:PNet"],
+             "port": [PNET, "-o", tmp_path / "port"]}
+    assert set(valid) >= set(available())
+    for name in available():
+        with pytest.raises(SystemExit) as e:
+            main([name, *map(str, valid[name]), "--no-such-flag"])
+        assert e.value.code == 2, name
+        assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err, name
+    assert not any(tmp_path.iterdir())
+
+
+def test_report_dash_writes_json_to_stdout(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "--from", "caffe", "--map", TABLE, PNET, tmp_path / "p.pth", "--report", "-")
+    assert code == 0 and not (tmp_path / "-").exists()
+    report = json.loads(out)  # stdout holds the JSON alone; the summary went to stderr
+    assert report["ok"] is True and len(report["assignments"]) == 13, report.keys()
+    assert "wrote" in err
+
+
+def test_json_and_quiet_on_inspect_maps_and_diff(tmp_path, capsys):
+    code, out, err = run(capsys, "inspect", PNET, "-q")
+    assert code == 0 and out.splitlines() == [out.splitlines()[-1]] and out.startswith("13 arrays")
+    code, out, err = run(capsys, "maps", "--json")
+    names = [t["name"] for t in json.loads(out)]
+    assert code == 0 and TABLE in names
+    code, out, err = run(capsys, "maps", "-q")
+    assert out.split() == names
+    run(capsys, "--from", "caffe", "--map", TABLE, PNET, tmp_path / "p.safetensors", "-q")
+    code, out, err = run(capsys, "diff", PNET, tmp_path / "p.safetensors", "-q")
+    assert code == 1 and len(out.strip().splitlines()) == 1  # different names: one verdict line
+    code, out, err = run(capsys, "diff", tmp_path / "p.safetensors", tmp_path / "p.safetensors", "--json")
+    assert code == 0 and json.loads(out)["compared"] == 13
+
+
+def test_quiet_conversion_prints_nothing(tmp_path, capsys):
+    code, out, err = run(capsys, "--from", "caffe", "--map", TABLE, PNET, tmp_path / "p.pth", "-q")
+    assert code == 0 and out == "" and err == "" and (tmp_path / "p.pth").is_file()
+
+
+def test_target_module_in_the_current_directory(tmp_path, capsys, monkeypatch):
+    """`convert --target mymod:Net` finds ./mymod.py, as `python -m converters` does (the console
+    script's sys.path starts with its bin directory, not the current one)."""
+    (tmp_path / "mymod_cli_target.py").write_text(
+        "from converters.models.mtcnn import PNet\n\nclass Net(PNet):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd(), str(tmp_path))])
+    code, out, err = run(capsys, "--from", "caffe", "--map", TABLE, PNET, "out.pth", "--target", "mymod_cli_target:Net")
+    assert code == 0, err
+    import torch
+
+    from converters.models.mtcnn import PNet
+
+    PNet().load_state_dict(torch.load(tmp_path / "out.pth", weights_only=True))
+
+
+def test_output_folder_is_created_and_removed_on_failure(tmp_path, capsys):
+    code, out, err = run(capsys, "--from", "caffe", "--map", TABLE, PNET, tmp_path / "new/dir/p.pth", "-q")
+    assert code == 0 and (tmp_path / "new/dir/p.pth").is_file()
+    code, out, err = run(capsys, "--from", "caffe", "--map", "keras/lstm", PNET, tmp_path / "gone/p.pth")
+    assert code == 2 and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("ext", [".pth", ".safetensors"])
+def test_inspect_shows_the_provenance_of_our_outputs(tmp_path, capsys, ext):
+    out_file = tmp_path / f"p{ext}"
+    assert run(capsys, "--from", "caffe", "--map", TABLE, PNET, out_file, "-q")[0] == 0
+    code, out, err = run(capsys, "inspect", out_file)
+    line = out.splitlines()[1]
+    from converters.provenance import sha256_files
+
+    assert line.startswith("written by converters ") and "source_file det1.caffemodel" in line
+    assert f"source_sha256 {sha256_files([PNET])}" in line and "mapping mtcnn_pnet.yaml" in line
+
+
+def test_array_file_has_a_notebook_view(tmp_path):
+    np.savez(tmp_path / "w.npz", **{"a<b": np.zeros((2, 3), np.float32)},
+             **{f"x{i}": np.zeros(1, np.int8) for i in range(60)})
+    with converters.read(tmp_path / "w.npz") as f:
+        page = f._repr_html_()
+    assert "<table>" in page and "<code>a&lt;b</code>" in page and "2x3" in page and "float32" in page
+    assert "... and 11 more arrays" in page  # 61 arrays, the first 50 shown
+
+
+def test_html_report_is_a_standalone_styled_page(tmp_path, capsys):
+    pytest.importorskip("cv2")
+    page = tmp_path / "r.html"
+    code, out, err = run(capsys, "verify", PNET, "--map", TABLE, "--html", page)
+    assert code == 0
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "<meta charset=\"utf-8\">" in text and "<style>" in text
+    assert "<title>parity PASS" in text and "<table" in text and text.rstrip().endswith("</html>")
+    code, out, err = run(capsys, "verify", PNET, "--map", TABLE, "--html", "-")
+    assert code == 0 and out.startswith("<!DOCTYPE html>")
+
+
+def test_one_table_validator_always_on(tmp_path):
+    """jsonschema is a core dependency and the one validator: `channels: RBG` is always refused."""
+    requires = distribution("weightport").requires
+    core = [r for r in requires if "extra ==" not in r]
+    assert any(r.startswith("jsonschema") for r in core) and any(r.startswith("tqdm") for r in core), core
+    from converters.errors import MappingError
+    from converters.mapping import spec
+
+    bad = tmp_path / "t.yaml"
+    bad.write_text("source: caffe\ninput: {layout: NCHW, channels: RBG}\nrules: []\n")
+    with pytest.raises(MappingError, match="RBG"):
+        spec.load(bad)
+
+
+def test_distribution_name_and_second_script():
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("weightport") == "converters.cli:main" and scripts.get("convert") == "converters.cli:main"
+    assert distribution("weightport").metadata["Name"] == "weightport"
+
+
+def test_plugin_import_is_light():
+    """The pytest11 plugin is imported by every pytest run: it must not pull in numpy or yaml."""
+    code = ("import time, sys, pytest; t = time.perf_counter(); import converters.testing; "
+            "print(time.perf_counter() - t, 'numpy' in sys.modules, 'yaml' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    seconds, numpy_loaded, yaml_loaded = r.stdout.split()
+    assert (numpy_loaded, yaml_loaded) == ("False", "False"), r.stdout
+    assert float(seconds) < 0.15, seconds  # measured 0.02 s (0.3 s before: numpy through converters.arrays)
+
+
+def test_readme_main_job_writes_into_out_and_ci_runs_it():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    main_job = blocks[0].strip()
+    assert " out/pnet.pth " in main_job and main_job.startswith("./scripts/setup.sh && .venv/bin/weightport ")
+    ci = (ROOT / ".ci/run").read_text()
+    assert main_job.split(" && ", 1)[1] in ci and blocks[1].strip().split(" && ", 1)[1] in ci
+    assert "/out/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    """A conversion shows a tqdm bar when stderr is a terminal (`script` gives it a pty), none when piped."""
+    out = tmp_path / "p.pth"
+    cmd = [sys.executable, "-m", "converters", "--from", "caffe", "--map", TABLE, str(PNET), str(out)]
+    # a terminal 100 columns wide (script's pty has none set, and tqdm draws nothing in 0 columns)
+    tty = subprocess.run(["script", "-q", "-e", "-c", "stty cols 100 rows 40; " + " ".join(map(str, cmd)), os.devnull],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert tty.returncode == 0 and "converting:" in tty.stdout and "tensor" in tty.stdout, tty.stdout
+    piped = subprocess.run([*cmd, "--force"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert piped.returncode == 0 and "converting:" not in piped.stderr + piped.stdout
