@@ -115,3 +115,17 @@ def test_compressed_member_claiming_1e12_elements_is_refused_before_allocating(t
         zf.write(tmp_path / "h.npy", "x.npy")
     with pytest.raises(FormatError, match="needs 8000000000000 bytes but its record holds"):
         converters.read(tmp_path / "stored.npz")
+
+
+def test_inspect_passes_reader_options(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "det1.npy"
+    facenet_like(path)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "converters", "inspect", str(path), *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    refused = run()
+    assert refused.returncode == 2 and "allow_pickle" in refused.stderr
+    ok = run("--option", "allow_pickle=true", "--option", "encoding=latin1")
+    assert ok.returncode == 0 and "conv4-1/weights" in ok.stdout and "PReLU1/alpha" in ok.stdout
