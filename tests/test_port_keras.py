@@ -137,6 +137,23 @@ def test_sequence_model(k3, k2, tmp_path, which):
     assert err < 1e-5
 
 
+def test_rnn_first_sequence_output(k3, tmp_path):
+    """A 3-d input an RNN reads first stays (batch, time, features) on both sides, and so does a
+    3-d output (here also after a Conv1D, which works channels-first inside)."""
+    L = k3.layers
+    x = k3.Input((6, 3), name="steps")
+    y = L.LSTM(4, return_sequences=True, name="lstm")(x)
+    y = L.Conv1D(5, 2, padding="same", name="conv")(y)
+    y = L.Dense(2, name="head")(y)
+    path = tmp_path / "rnn_first.keras"
+    k3.Model(x, [y, L.Conv1D(2, 1, name="conv_out")(y)]).save(path)
+    graph = build_graph([str(path)])
+    assert graph.inputs[0].source_layout == "NTC" and graph.inputs[0].shape == (1, 6, 3)
+    assert set(graph.output_layouts.values()) == {"NTC"}
+    _result, err = ports_and_verifies([path], tmp_path / "out")
+    assert err < 1e-5
+
+
 def test_sequential_reshape_and_weights_only_architecture(k3, tmp_path):
     L = k3.layers
     model = k3.Sequential([k3.Input((12,), name="vec"), L.Dense(16, activation="tanh", name="d1"),

@@ -231,8 +231,11 @@ def test_slice_resize_pad_inputs_opset13(tmp_path):
              helper.make_node("Mul", ["rs", "k"], ["y"]),
              helper.make_node("Squeeze", ["y", "ax"], ["y0"])]
     nodes.append(helper.make_node("Pad", ["x0", "pads"], ["reflected"], mode="reflect"))
-    path = save(nodes, [vi("x0", [1, 3, 3, 6])], [vi("y0", None), vi("reflected", None)], inits, tmp_path / "r.onnx",
-                opset=13)
+    inits["half"] = np.array([1, 1, 0.5, 0.5], np.float32)  # downscaling: every source coordinate is a tie
+    nodes.append(helper.make_node("Resize", ["reflected", "roi", "half"], ["exact"], mode="nearest",
+                                  coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil"))
+    path = save(nodes, [vi("x0", [1, 3, 3, 6])], [vi("y0", None), vi("reflected", None), vi("exact", None)], inits,
+                tmp_path / "r.onnx", opset=13)
     graph, _s, _e = assert_matches_ort(path, {"x0": rand(1, 3, 3, 6)})
     assert_ports_and_verifies(path, tmp_path, batch=1)  # Resize sizes fix the batch
     const = [n for n in graph.nodes if n.op == "constant"]

@@ -13,7 +13,7 @@ frontend inserts a `transpose` back to it first: a Flatten before a Dense then o
 features (h, w, c) exactly as Keras, and the Dense kernel needs no reordering. Axis arguments
 (Concatenate, Softmax, BatchNormalization) are translated to the module's order. 4-d inputs are
 taken NCHW by the module (table input layout NHWC); 3-d inputs NLC (-> NCL) when a Conv1D/
-pooling reads them first, otherwise as Keras takes them (NTC).
+pooling reads them first, otherwise as Keras takes them (NTC: batch, time, features).
 
 Semantics worth knowing: `hard_sigmoid` is clip(0.2 x + 0.5) in Keras 2 but x / 6 + 0.5 in
 Keras 3; padding "same" is TF SAME (static pads when the input size is known; extra pixel at the
@@ -857,7 +857,10 @@ def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None
     b.layer = ("(outputs)", "output")
     final = []
     for t in outs:
-        t = b.to_cf(t) if t.rank >= 4 else t
+        # outputs follow the input's convention, which the table's parity section permutes by:
+        # 4-d+ channels-first; 3-d channels-first only when the input is NLC
+        nlc_input = any(i.source_layout == "NLC" for i in walker.inputs)
+        t = b.to_cf(t) if t.rank >= 4 or (t.rank == 3 and nlc_input) else b.to_keras(t)
         final.append(t)
     out_names = [t.name for t in final]
     if len(set(out_names)) != len(out_names):

@@ -833,9 +833,11 @@ def _resize(b: _Builder, L):
         nearest_mode = text("nearest_mode", "round_prefer_floor")
         if L.type == "Upsample" or (coord == "asymmetric" and nearest_mode == "floor"):
             attrs = {"mode": "nearest", "align_corners": False, "half_pixel": False}
+        elif coord == "half_pixel" and nearest_mode == "round_prefer_ceil":  # torch's nearest-exact
+            attrs = {"mode": "nearest", "align_corners": False, "half_pixel": True}
         else:
             raise b.unsupported(f"nearest with coordinate_transformation_mode {coord!r} and nearest_mode "
-                                f"{nearest_mode!r}", hint="torch's nearest is asymmetric + floor")
+                                f"{nearest_mode!r}", hint="torch's nearest is asymmetric + floor, nearest-exact half_pixel + round_prefer_ceil")
     elif mode in ("linear", "bilinear") and nd == 4 and L.type == "Resize":
         if coord == "align_corners":
             attrs = {"mode": "bilinear", "align_corners": True, "half_pixel": False}
