@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ConvertersError
 from .checkpoints import unwrap
-from .report import Report
+from ..reporting import Report
 
 SCHEMES = ("kaiming", "kaiming_uniform", "xavier", "xavier_normal", "normal", "zeros", "constant",
            "classic", "pytorch")

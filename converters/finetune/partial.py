@@ -22,7 +22,7 @@ import torch
 
 from ..errors import CoverageError, ConvertersError, FormatError
 from .checkpoints import strip_prefixes, unwrap
-from .report import Report
+from ..reporting import Report
 
 MATCH_MODES = ("name", "name+shape", "suffix")
 

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import ConvertersError
 from .checkpoints import unwrap
 from .init import NORM_TYPES
-from .report import Report
+from ..reporting import Report
 
 _BN_LOCK = "_converters_bn_lock"
 HEAD_ATTRS = ("fc", "classifier", "head", "heads", "last_linear")

@@ -1,12 +1,14 @@
 """The conversion report: what went where, and everything that did not.
 
-One object, three views: `str()` (a terminal table), `.to_dict()` (JSON) and `_repr_html_()`
-(notebooks). `ok` is False while anything would be dropped, left unfilled or mismatched.
+One object, three views (converters/reporting.py renders them): `str()` (a terminal table),
+`.to_dict()` (JSON) and `_repr_html_()` (notebooks). `ok` is False while anything would be
+dropped, left unfilled or mismatched.
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
+
+from ..reporting import Report as _Base
 
 
 @dataclass
@@ -32,7 +34,7 @@ PROBLEM_TITLES = {
 
 
 @dataclass
-class Report:
+class Report(_Base):
     source: str = ""
     mapping: str = ""
     target: str = ""
@@ -45,6 +47,8 @@ class Report:
     allowed: set = field(default_factory=set)  # problem kinds relaxed on purpose
     bn_eps: dict = field(default_factory=dict)  # source BatchNorm layer -> its eps
     output: str | None = None
+
+    text_rows = 50
 
     @property
     def blocking(self) -> list:
@@ -80,20 +84,32 @@ class Report:
             "bn_eps": dict(self.bn_eps),
         }
 
-    def problem_table(self) -> str:
-        lines = []
+    def headline(self) -> str:
+        return f"conversion {'OK' if self.ok else 'FAILED'}: {self.summary()}"
+
+    def sections(self):
+        """One table per kind of problem, in PROBLEM_TITLES order."""
+        out = []
         for kind, title in PROBLEM_TITLES.items():
-            items = [p for p in self.problems if p.kind == kind]
-            if not items:
-                continue
-            lines.append(f"{title} ({len(items)}{', allowed' if kind in self.allowed else ''}):")
-            for p in items[:50]:
-                sug = f"  -> did you mean {', '.join(p.suggestions)}?" if p.suggestions else ""
-                rule = f"  [{p.rule}]" if p.rule else ""
-                lines.append(f"  {p.name}: {p.detail}{rule}{sug}")
-            if len(items) > 50:
-                lines.append(f"  ... and {len(items) - 50} more (see --report)")
-        return "\n".join(lines)
+            rows = [(p.name, p.detail, p.rule, ", ".join(p.suggestions)) for p in self.problems if p.kind == kind]
+            out.append((title + (", allowed" if kind in self.allowed else ""),
+                        ("name", "detail", "rule", "did you mean"), rows))
+        return out
+
+    def details(self):
+        return [("assignments", ("source", "transforms", "target", "shape"),
+                 [(", ".join(r["sources"]), " -> ".join(r["transforms"]), ", ".join(r["targets"]),
+                   str(r["out_shapes"])) for r in self.rows]),
+                ("ignored", ("name", "reason", "rule"), self.ignored),
+                ("filled", ("target", "value", "rule"), self.filled),
+                ("initialised", ("target", "scheme", "rule"), self.initialised)]
+
+    def notes(self) -> list[str]:
+        return [f"warning: {w}" for w in self.warnings]
+
+    def problem_table(self) -> str:
+        """The problems alone (what the CLI prints when a conversion stops)."""
+        return "\n".join(self.section_text()).strip("\n")
 
     def plan_table(self) -> str:
         """source -> transforms -> target, with shapes (the --dry-run view)."""
@@ -111,26 +127,3 @@ class Report:
         for n, r, w in self.ignored:
             lines.append(f"ignore {n}" + (f" ({r})" if r else ""))
         return "\n".join(lines)
-
-    def __str__(self) -> str:
-        out = [f"conversion {'OK' if self.ok else 'FAILED'}: {self.summary()}"]
-        table = self.problem_table()
-        if table:
-            out.append(table)
-        out += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(out)
-
-    def _repr_html_(self) -> str:
-        e = html.escape
-        head = f"<p><b>conversion {'OK' if self.ok else 'FAILED'}</b>: {e(self.summary())}</p>"
-        rows = "".join(
-            f"<tr><td>{e(', '.join(r['sources']))}</td><td>{e(' → '.join(r['transforms']))}</td>"
-            f"<td>{e(', '.join(r['targets']))}</td><td>{e(str(r['out_shapes']))}</td></tr>" for r in self.rows)
-        probs = "".join(
-            f"<tr style='color:#b00'><td>{e(p.kind)}</td><td>{e(p.name)}</td><td>{e(p.detail)}</td>"
-            f"<td>{e(', '.join(p.suggestions))}</td></tr>" for p in self.problems)
-        warn = "".join(f"<li>{e(w)}</li>" for w in self.warnings)
-        return (head + (f"<table><tr><th>problem</th><th>name</th><th>detail</th><th>suggestions</th></tr>{probs}</table>" if probs else "")
-                + (f"<ul>{warn}</ul>" if warn else "")
-                + f"<details><summary>{len(self.rows)} assignments</summary><table><tr><th>source</th>"
-                  f"<th>transforms</th><th>target</th><th>shape</th></tr>{rows}</table></details>")
