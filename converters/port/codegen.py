@@ -14,6 +14,8 @@ from . import ops
 from .graph import Graph, PortError, sanitise
 from .pyformat import STEP, WIDTH, statement
 
+# builtins the emitted code calls: no variable may shadow them (`input`, `id`, ... may be shadowed)
+USED_BUILTINS = {"list", "range", "float", "int", "tuple", "len", "max", "min", "sum", "abs", "super", "print"}
 HEADER_IMPORTS = ["import torch", "import torch.nn.functional as F", "from torch import nn"]
 
 
@@ -38,8 +40,8 @@ class Generated:
 def generate(graph: Graph, class_name: str) -> Generated:
     file = graph.source_files[0] if graph.source_files else None
     ops.load_all()
-    # attributes must not shadow nn.Module's own; variables must not shadow the helpers forward calls
-    attrs, variables = set(dir(torch.nn.Module)), set(ops.HELPERS)
+    # attributes must not shadow nn.Module's own; variables neither the helpers nor builtins forward calls
+    attrs, variables = set(dir(torch.nn.Module)), set(ops.HELPERS) | USED_BUILTINS
     names = {}
     for inp in graph.inputs:
         names[inp.name] = sanitise(inp.name, variables)
