@@ -524,3 +524,21 @@ def test_item8_like_reproduces_the_port_and_base_keeps_a_table(tmp_path, capsys)
     shipped, _ = convert(CAFFE, "caffe/mtcnn_pnet")
     again, _ = convert(CAFFE, tmp_path / "b2.yaml")
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in shipped.state_dict().items())
+
+
+def test_item8_like_settles_an_ambiguous_layer(tmp_path):
+    """Two PReLU(32) in a row: the Caffe PReLU3 fits both (ambiguous without the port); the port
+    holds its slopes in `y`, so --like picks y, and x stays open (nothing in the file fills it)."""
+    rng = np.random.default_rng(3)
+    with converters.read(CAFFE) as f:
+        port = {"c1.weight": f["conv1/0"].numpy(), "c1.bias": f["conv1/1"].numpy(), "a1.weight": f["PReLU1/0"].numpy(),
+                "c2.weight": f["conv2/0"].numpy(), "c2.bias": f["conv2/1"].numpy(), "a2.weight": f["PReLU2/0"].numpy(),
+                "c3.weight": f["conv3/0"].numpy(), "c3.bias": f["conv3/1"].numpy(),
+                "x.weight": rng.standard_normal(32).astype(np.float32), "y.weight": f["PReLU3/0"].numpy(),
+                "h1.weight": f["conv4-1/0"].numpy(), "h1.bias": f["conv4-1/1"].numpy(),
+                "h2.weight": f["conv4-2/0"].numpy(), "h2.bias": f["conv4-2/1"].numpy()}
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in port.items()}, tmp_path / "port.pth")
+    d = draft(CAFFE, TwinActivations(), like=tmp_path / "port.pth")
+    assert d.matching.ambiguous == []
+    assert _pair(d, "y").decided_by == "like (bit-equal to the port)"
+    assert _unmatched(d) == (set(), {"x.weight"})

@@ -95,8 +95,8 @@ def reproduce(chain: list, source_value, port: np.ndarray) -> tuple[list | None,
 
 def apply_like(matching, arrays, port_path) -> dict:
     """Check and correct every proposal against the port (module docstring). Returns counts."""
-    from ..finetune.sources import open_weights
     from ..diff import _numpy
+    from ..finetune.sources import open_weights
 
     port = open_weights(port_path)
     counts = {"equal": 0, "corrected": 0, "differ": 0, "absent": 0, "fills_differ": 0}
@@ -114,6 +114,7 @@ def apply_like(matching, arrays, port_path) -> dict:
                 pair.decided_by, pair.confidence = "like (bit-equal to the port)", 1.0
             elif not ok:
                 pair.confidence = min(pair.confidence, 0.4)
+        _resolve_ambiguous(matching, arrays, port, port_path, _numpy)
     finally:
         getattr(port, "close", lambda: None)()
     _frame_notes(matching)
@@ -169,3 +170,37 @@ def _frame_notes(matching):
     if convs and {"flip": {"axis": 1}} in convs[0].transforms:
         matching.notes.append("The port's first conv has the source's input channels reversed: it is fed the other "
                               "channel order (RGB vs BGR) than the source.")
+
+
+def _resolve_ambiguous(matching, arrays, port, port_path, to_numpy):
+    """An ambiguous layer whose arrays reproduce the port's tensors for exactly one candidate is
+    that candidate's: the port settles what neither order nor names could."""
+    from .match import Pair
+
+    taken = {t for p in matching.pairs for pr in p.proposals for t in pr.targets}
+    for entry in list(matching.ambiguous):
+        s = entry[0]
+        hits = []
+        for t, (props, fills, _remarks) in matching.candidates.get(s.name, []):
+            if any(n in taken for p in props for n in p.targets):
+                continue
+            if all(_check_proposal(p, arrays, port, port_path, {"equal": 0, "corrected": 0, "differ": 0, "absent": 0},
+                                   to_numpy) for p in props):
+                hits.append((t, props, fills))
+        if len(hits) != 1:
+            continue
+        t, props, fills = hits[0]
+        pair = Pair(s, t, "like (bit-equal to the port)", 1.0,
+                    [f"kind {s.type or s.kind} -> {t.module_type}",
+                     f"ambiguous among {', '.join(entry[1])}; only {t.name} reproduces the port"], props, fills)
+        for p in props:
+            p.pair = pair
+        matching.pairs.append(pair)
+        matching.pairs.sort(key=lambda p: p.source.position)
+        matching.fills += fills
+        matching.ambiguous.remove(entry)
+        names = {h.name for h in s.arrays}
+        matching.unmatched_sources = [u for u in matching.unmatched_sources if u[0] not in names]
+        done = set(t.tensors.values())
+        matching.unmatched_targets = [u for u in matching.unmatched_targets if u[0] not in done]
+        taken |= {n for p in props for n in p.targets}

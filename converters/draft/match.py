@@ -81,6 +81,7 @@ class Matching:
     fills: list = field(default_factory=list)  # (target name, value, why)
     notes: list = field(default_factory=list)  # file-level remarks (BGR, trace fallback, ...)
     order: str = "graph"  # what the source order is: graph, file or alphabetical (order_kind)
+    candidates: dict = field(default_factory=dict)  # ambiguous source unit -> [(target unit, proposal)]
 
 
 # ---- source side --------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def _merge_split_bias(units: list, arrays) -> list:
     producer = {o.split(":")[0]: name for name, lay in layers.items() for o in (lay.outputs or [name])}
     by_layer = {h.meta.get("layer"): u for u in units for h in u.arrays if h.meta.get("layer")}
     readers: dict = {}
-    for name, lay in layers.items():
+    for lay in layers.values():
         for inp in lay.inputs:
             if not inp.startswith("^"):  # control dependencies read no value
                 readers.setdefault(inp.split(":")[0], []).append(lay)
@@ -678,8 +679,8 @@ def _folded_batchnorm(src, tgt, framework, tr, used_s, used_t, result):
         eps = getattr(bn.module, "eps", 1e-5)
         fills = [(bn.tensors["weight"], 1, "BatchNorm folded into the source conv: identity gamma"),
                  (bn.tensors["running_mean"], 0, "BatchNorm folded into the source conv: identity mean"),
-                 (bn.tensors["running_var"], float(1 - eps), f"BatchNorm folded into the source conv: var = 1 - eps "
-                                                            f"makes it the identity")]
+                 (bn.tensors["running_var"], float(1 - eps), "BatchNorm folded into the source conv: var = 1 - eps "
+                                                            "makes it the identity")]
         if bias_to != bn.tensors["bias"]:
             fills.append((bn.tensors["bias"], 0, "BatchNorm folded into the source conv: identity beta"))
         fills += [(n, 0, "a PyTorch-only training counter") for r, n in bn.tensors.items() if r == "num_batches_tracked"]
@@ -807,6 +808,7 @@ def _second_pass(src, tgt, proposals, compat, used_s, used_t, result):
             continue
         cands = [j for (a, j) in compat if a == i and j not in used_t]
         if len(cands) >= 1:
+            result.candidates[s.name] = [(tgt[j], proposals[(i, j)]) for j in cands]
             result.ambiguous.append((s, [tgt[j].name for j in cands],
                                      "several targets fit by kind and shape and neither order nor names single "
                                      "one out"))
