@@ -43,19 +43,26 @@ def sha256_files(paths, chunk=1 << 22) -> str:
     return h.hexdigest()
 
 
-def start(arrays, mapping) -> dict:
-    """Provenance with the source hash still being computed: `source_sha256` is a Future until
-    `resolve()` is called."""
-    files = source_files(arrays.path)
+def record(source_path, framework, mapping, *, background: bool = False) -> dict:
+    """Where an output made from `source_path` with `mapping` came from; built here only, for
+    converted files and parity reference files alike. background=True: `source_sha256` is a Future
+    until `resolve()` is called."""
+    files = source_files(source_path)
+    digest = (_POOL.submit(sha256_files, files) if background else sha256_files(files)) if files else ""
     return {
         "tool": f"converters {__version__}",
-        "source_file": os.path.basename(os.path.normpath(arrays.path)),
-        "source_sha256": _POOL.submit(sha256_files, files) if files else "",
-        "source_framework": arrays.framework,
+        "source_file": os.path.basename(os.path.normpath(os.fspath(source_path))),
+        "source_sha256": digest,
+        "source_framework": framework,
         "mapping": os.path.basename(mapping.path),
         "mapping_sha256": mapping.sha256,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def start(arrays, mapping) -> dict:
+    """Provenance with the source hash still being computed in the background."""
+    return record(arrays.path, arrays.framework, mapping, background=True)
 
 
 def resolve(provenance: dict) -> dict:

@@ -8,13 +8,11 @@ a verify against the file can still name the first divergent layer.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 
 import numpy as np
 
-from .. import __version__
 from .oracles.reference import FORMAT, VERSION
 from .setup import ParitySetup
 
@@ -91,16 +89,11 @@ def _wanted_taps(setup: ParitySetup, oracle, taps) -> list:
 
 
 def _meta(setup: ParitySetup, names, outputs, wanted) -> dict:
-    from ..provenance import sha256_files, source_files
+    from ..provenance import record
 
-    source, m = setup.source_path, setup.mapping
-    return {"format": FORMAT, "version": VERSION, "framework": setup.framework,
-            "source_file": os.path.basename(os.fspath(source)),
-            "source_sha256": sha256_files(source_files(source)) if source_files(source) else "",
-            "mapping": os.path.basename(m.path), "mapping_sha256": m.sha256, "seed": setup.inputs.seed,
-            "n": setup.inputs.n, "input_names": names, "output_names": outputs, "layer_order": wanted,
-            "tool": f"converters {__version__}",
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {**record(setup.source_path, setup.framework, setup.mapping), "format": FORMAT, "version": VERSION,
+            "framework": setup.framework, "seed": setup.inputs.seed, "n": setup.inputs.n, "input_names": names,
+            "output_names": outputs, "layer_order": wanted}
 
 
 def _target_model(setup: ParitySetup):
