@@ -161,7 +161,10 @@ def test_sequential_reshape_and_weights_only_architecture(k3, tmp_path):
     L = k3.layers
     model = k3.Sequential([k3.Input((12,), name="vec"), L.Dense(16, activation="tanh", name="d1"),
                            L.BatchNormalization(scale=False, name="bn"), L.Reshape((2, 2, 4), name="to_image"),
-                           L.Conv2D(3, 1, activation="sigmoid", name="conv"), L.Flatten(name="flat"),
+                           L.Conv2D(4, 1, groups=2, activation="selu", name="grouped"),
+                           L.ReLU(max_value=0.8, negative_slope=0.1, name="relu_capped"), L.ELU(0.7, name="elu"),
+                           L.Conv2D(3, 1, activation="sigmoid", name="conv"),
+                           L.GlobalAveragePooling2D(keepdims=True, name="gap_keep"), L.Flatten(name="flat"),
                            L.Dense(2, name="d2")], name="seq_model")
     randomise_bn(model)
     model.save_weights(tmp_path / "w.weights.h5")
@@ -173,6 +176,15 @@ def test_sequential_reshape_and_weights_only_architecture(k3, tmp_path):
     bn = next(n for n in graph.nodes if n.op == "batchnorm")
     assert bn.params["weight"].fill == 1.0 and bn.attrs["dims"] == 1
     _result, err = ports_and_verifies([tmp_path / "w.weights.h5", tmp_path / "arch.json"], tmp_path / "out")
+    assert err < 1e-5
+
+
+@pytest.mark.parametrize("name", ["k2_convnet_full.h5", "k3_convnet.keras", "k3_convnet_legacy.h5", "k2_rnn_full.h5",
+                                  "k3_rnn.keras", "k3_rnn_legacy.h5"])
+def test_reader_fixtures_port(name, tmp_path):
+    """The reader's full-model fixtures (fixtures/keras/make_fixtures.py: Keras 3 and tf_keras, a
+    nested Sequential, Conv1D -> LSTM -> GRU) port and verify too."""
+    _result, err = ports_and_verifies([f"fixtures/keras/{name}"], tmp_path / "out")
     assert err < 1e-5
 
 
