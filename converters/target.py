@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import torch
 
+from .arrays import c_contiguous
 from .dtypes import ML_DTYPES, of_torch
 from .errors import ConvertersError
 from .mapping.plan import TargetTensor
@@ -24,8 +25,9 @@ def numpy_dtype(dtype: torch.dtype) -> np.dtype:
 
 
 def to_torch(arr: np.ndarray) -> torch.Tensor:
-    """numpy -> torch without a copy where possible (bfloat16 through an int16 view)."""
-    arr = np.ascontiguousarray(arr)
+    """numpy -> torch without a copy where possible (bfloat16 through an int16 view). 0-d arrays
+    stay 0-d (np.ascontiguousarray would make them (1,))."""
+    arr = c_contiguous(arr)
     if arr.dtype.name in ML_DTYPES and hasattr(torch, arr.dtype.name):  # bfloat16, float8: through the bits
         return torch.from_numpy(arr.view({1: np.uint8, 2: np.int16}[arr.dtype.itemsize])).view(
             getattr(torch, arr.dtype.name))
