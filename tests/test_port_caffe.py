@@ -137,7 +137,7 @@ def nets(tmp_path_factory):
 OUTPUTS = {
     "convs": ["conv1", "conv_g", "conv_hw", "dw", "deconv"],
     "norm_act": ["relu1", "bn2", "sc2", "prelu_c", "prelu_s", "sig", "tanh", "elu", "absval", "bnll", "power",
-                 "cat"],
+                 "lrn", "cat"],
     "pool_shape": ["pool_max", "pool_ave", "pool_ave2", "gpool", "sum", "prod", "emax", "cat", "crop", "norm", "perm",
                    "flat", "reshape", "fc", "fc_t", "prob"],
 }
@@ -236,3 +236,20 @@ def test_fork_layer_params_the_caffemodel_cannot_name_need_the_prototxt(tmp_path
     err = capsys.readouterr().err
     assert code == 2 and "'conv4_3_norm'" in err and "norm_param" in err and "prototxt" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_lrn_k_is_caffe_semantics(nets, tmp_path):
+    """LRN: b = a / (k + alpha/size * sum of a^2 over `size` channels)^beta. OpenCV's importer
+    ignores `k` (takes 1), so k != 1 is checked against Caffe's formula in numpy."""
+    mk, pb, d = nets
+    text = mk._input([2, 6, 3, 3]) + mk.L("lrn", "LRN", "data", "lrn", "lrn_param { local_size: 5 alpha: 0.5 "
+                                                                       "beta: 0.75 k: 2 }")
+    model, proto = mk.build(pb, "lrn_k", d, prototxt=text, blobs={})
+    result = converters.port([str(model), str(proto)], tmp_path / "out")
+    net = load_converted(result.weights_file, result.table_file)
+    x = np.random.default_rng(2).standard_normal((2, 6, 3, 3)).astype(np.float32) * 2
+    sq = np.pad(x ** 2, ((0, 0), (2, 2), (0, 0), (0, 0)))
+    window = sum(sq[:, i:i + 6] for i in range(5))
+    with torch.no_grad():
+        y = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, x / (2 + 0.5 / 5 * window) ** 0.75, rtol=1e-5, atol=1e-6)

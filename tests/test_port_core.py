@@ -189,12 +189,12 @@ def _leftovers(parent: Path) -> list:
 
 def test_unsupported_op_is_one_line_exit_2_and_writes_nothing(nets, tmp_path, capsys):
     mk, pb, d = nets
-    text = mk._input([1, 3, 8, 8]) + mk.L("lrn1", "LRN", "data", "lrn1", "lrn_param { local_size: 3 }")
-    model, proto = mk.build(pb, "lrn", d, prototxt=text, blobs={})
+    text = mk._input([1, 3, 8, 8]) + mk.L("spp1", "SPP", "data", "spp1", "spp_param { pyramid_height: 2 }")
+    model, proto = mk.build(pb, "spp", d, prototxt=text, blobs={})
     out = tmp_path / "out"
     code, _, err = _port(capsys, model, proto, "-o", out)
     assert code == 2
-    assert err.count("\n") == 1 and "'lrn1'" in err and "LRN" in err and "lrn.caffemodel" in err
+    assert err.count("\n") == 1 and "'spp1'" in err and "SPP" in err and "spp.caffemodel" in err
     assert not out.exists() and _leftovers(tmp_path) == []
 
 

@@ -58,6 +58,8 @@ Canonical ops and their attributes (all required unless a default is given):
     crop            offsets: per dim (None = keep), second input is the reference shape (Caffe Crop)
                     or sizes (tuple) when there is no reference
     normalize       across_spatial, channel_shared, eps; param weight (Caffe Normalize)
+    lrn             size, alpha, beta, k: b = a / (k + alpha/size * sum over `size` channels of a^2)^beta
+                    (Caffe LRN ACROSS_CHANNELS, ONNX LRN, torch LocalResponseNorm)
     reduce          kind mean|sum|max|min, axes, keepdims
     clip            min, max (None for unbounded)
     identity        (dropout in inference, Keras InputLayer, ...)
@@ -75,7 +77,7 @@ file: a port never approximates silently.
 
 Emitters (port/ops/__init__.py: `@emits`, `Ctx`, `Emitted`, `helper`) are the other side of
 this contract; frontends/__init__.py gives the frontend signature. Changes since the first
-version: Graph.reader_options, notes, architecture; activation kind power; reshape 0 = copy the input dim; constant
+version: Graph.reader_options, notes, architecture; op lrn; activation kind power; reshape 0 = copy the input dim; constant
 carries its shape; `sanitise` also avoids Python keywords and the names the generated file
 imports (torch, nn, F, math, self).
 """
@@ -103,7 +105,7 @@ class UnsupportedOpError(PortError):
 OPS = frozenset("""
 conv conv_transpose linear batchnorm scale activation prelu softmax pool global_pool
 add sub mul div max min matmul concat split slice flatten reshape transpose squeeze unsqueeze
-pad upsample crop normalize reduce clip identity constant lstm gru
+pad upsample crop normalize lrn reduce clip identity constant lstm gru
 """.split())
 
 

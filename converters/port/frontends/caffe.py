@@ -20,7 +20,7 @@ from . import caffe_layers
 
 PROTOTXT_SUFFIXES = (".prototxt", ".pbtxt", ".txt")
 TRAINING_ONLY = {"Data", "ImageData", "HDF5Data", "HDF5Output", "AnnotatedData", "MemoryData", "WindowData",
-                 "DummyData", "Accuracy", "Silence", "ArgMax"}
+                 "DummyData", "Accuracy", "Silence"}
 
 
 @dataclass

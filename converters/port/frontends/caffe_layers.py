@@ -416,3 +416,12 @@ def _crop(st, layer):
     if len(offsets) not in (1, rank - axis):
         raise st.error(layer, f"{len(offsets)} offsets for {rank - axis} cropped axes")
     _add(st, layer, "crop", [x, ref], {"offsets": per_dim})
+
+
+@layer_type("LRN")
+def _lrn(st, layer):
+    lp = layer.params.get("lrn_param") or {}
+    if lp.get("norm_region", "ACROSS_CHANNELS") != "ACROSS_CHANNELS":
+        raise st.error(layer, f"LRN norm_region {lp.get('norm_region')} is not supported (only ACROSS_CHANNELS)")
+    _add(st, layer, "lrn", _ins(st, layer, 1), {"size": int(lp.get("local_size", 5)), "alpha": float(lp.get("alpha", 1.0)),
+                                                "beta": float(lp.get("beta", 0.75)), "k": float(lp.get("k", 1.0))})

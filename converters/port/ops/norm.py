@@ -1,5 +1,5 @@
-"""batchnorm -> nn.BatchNormNd; scale (Caffe Scale) and normalize (SSD Normalize) -> small modules
-emitted into model.py."""
+"""batchnorm -> nn.BatchNormNd; lrn -> nn.LocalResponseNorm; scale (Caffe Scale) and normalize (SSD
+Normalize) -> small modules emitted into model.py."""
 from __future__ import annotations
 
 from ..pyformat import py
@@ -63,3 +63,13 @@ def emit_normalize(ctx: Ctx) -> Emitted:
     module = (f"Normalize({int(a['num_features'])}, across_spatial={bool(a['across_spatial'])}, "
               f"channel_shared={bool(a['channel_shared'])}, eps={py(float(a['eps']))})")
     return Emitted(forward=[ctx.call()], module=module, helpers=[NORMALIZE])
+
+
+@emits("lrn")
+def emit_lrn(ctx: Ctx) -> Emitted:
+    a = ctx.a
+    size = int(a["size"])
+    if size % 2 == 0:  # torch centres an even window differently from ONNX; Caffe refuses even sizes
+        raise ctx.unsupported(f"LRN over an even window ({size})")
+    module = f"nn.LocalResponseNorm({size}, alpha={py(float(a['alpha']))}, beta={py(float(a['beta']))}, k={py(float(a['k']))})"
+    return Emitted(forward=[ctx.call()], module=module)
