@@ -253,3 +253,17 @@ def test_lrn_k_is_caffe_semantics(nets, tmp_path):
     with torch.no_grad():
         y = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(y, x / (2 + 0.5 / 5 * window) ** 0.75, rtol=1e-5, atol=1e-6)
+
+
+def test_train_val_prototxt_layers_of_the_train_phase_are_skipped(nets, tmp_path):
+    mk, pb, d = nets
+    text, blobs = mk.NETS["convs"]
+    text += mk.L("drop_train", "Dropout", "deconv", "deconv", "include { phase: TRAIN }")
+    text += mk.L("extra", "Convolution", "deconv", "extra", "include { phase: TRAIN } convolution_param { "
+                                                             "num_output: 2 kernel_size: 1 }")
+    model, proto = mk.build(pb, "train_val", d, prototxt=text, blobs={**blobs, "extra": [(2, 6, 1, 1), (2,)]})
+    result = converters.port([str(model), str(proto)], tmp_path / "out", verify=True)
+    _assert_pass(result.parity)
+    assert {r["layer"] for r in result.layers} == {"conv1", "conv_g", "conv_hw", "dw", "deconv"}
+    ignored = {i.pattern.pattern: i.reason for i in mapping_spec.load(result.table_file).ignore}
+    assert set(ignored) == {"extra/0", "extra/1"} and all("TRAIN" in r for r in ignored.values())

@@ -14,6 +14,7 @@ Caffe files do not record the input's channel order or mean: the graph says only
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..graph import Graph, GraphInput, Node, Param, PortError, UnsupportedOpError
 from . import caffe_layers
@@ -71,7 +72,7 @@ def build_graph(sources, *, reader_options, outputs=None, input_shapes=None) -> 
                         "the prototxt does not describe these weights", file=used_prototxt or weights)
     inputs = _inputs(st, arrays, input_shapes)
     layers = [l for l in arrays.layers.values() if l.type not in TRAINING_ONLY and not l.type.endswith("Loss")
-              and l.type != "Input"]
+              and l.type != "Input" and "TRAIN" not in _phases(l)]
     skipped = {l.name: l for l in arrays.layers.values() if l not in layers}
     wanted = _wanted_layers(layers, outputs, st, weights)
     kept, cut = [l for l in layers if l.name in wanted], [l for l in layers if l.name not in wanted]
@@ -82,7 +83,7 @@ def build_graph(sources, *, reader_options, outputs=None, input_shapes=None) -> 
     read = {t for n in st.nodes for t in n.inputs} | set(outs)
     unread = [i.name for i in inputs if st.current.get(i.name, i.name) not in read and i.name not in read]
     inputs = [i for i in inputs if i.name not in unread]  # labels only a loss layer reads
-    graph = Graph(name=arrays.meta.get("name") or "caffe_net", framework="caffe", source_files=[weights],
+    graph = Graph(name=arrays.meta.get("name") or Path(weights).stem, framework="caffe", source_files=[weights],
                   inputs=inputs, outputs=outs, nodes=st.nodes,
                   output_names={t: st.producer.get(t, t) for t in outs},
                   reader_options={"prototxt": used_prototxt or False}, architecture=used_prototxt,
@@ -92,6 +93,12 @@ def build_graph(sources, *, reader_options, outputs=None, input_shapes=None) -> 
                   + ([f"Inputs read by no ported layer (dropped): {', '.join(unread)}."] if unread else []))
     graph.check()
     return graph
+
+
+def _phases(layer) -> set:
+    """The phases a layer is restricted to (`include { phase: TRAIN }`); a deploy net runs TEST."""
+    inc = layer.params.get("include") or []
+    return {str(i.get("phase")) for i in (inc if isinstance(inc, list) else [inc]) if isinstance(i, dict)}
 
 
 def _split_sources(sources, options):
@@ -203,7 +210,8 @@ def _unused(st: State, arrays, skipped, cut) -> dict:
         if layer in not_in_proto:
             out[name] = f"layer {layer} ({not_in_proto[layer]}) is in the caffemodel's training net, not in the prototxt"
         elif layer in skipped:
-            out[name] = f"layer {layer} ({skipped[layer].type}) is training-only"
+            phase = " (include phase TRAIN)" if "TRAIN" in _phases(skipped[layer]) else ""
+            out[name] = f"layer {layer} ({skipped[layer].type}) is training-only{phase}"
         elif layer in cut_names:
             out[name] = f"layer {layer} is not needed for the requested outputs (--outputs)"
         else:
