@@ -21,7 +21,7 @@ import torch
 
 from converters.cli import main as cli_main
 from converters.port import codegen
-from converters.port.graph import Graph, GraphInput, Node, Param, UnsupportedOpError
+from converters.port.graph import Graph, GraphInput, Node, UnsupportedOpError
 
 ROOT = Path(__file__).resolve().parents[1]
 PNET = ROOT / "fixtures/caffe/mtcnn_pnet/det1.caffemodel"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..graph import Graph, GraphInput, Node, Param, PortError, UnsupportedOpError
+from ..graph import Graph, GraphInput, PortError, UnsupportedOpError
 from . import caffe_layers
 
 PROTOTXT_SUFFIXES = (".prototxt", ".pbtxt", ".txt")
@@ -227,5 +227,3 @@ def unsupported(st: State, layer, why=None) -> UnsupportedOpError:
     op = layer.type if why is None else f"{layer.type} ({why})"
     return UnsupportedOpError(op, layer.name, st.file, hint=hint)
 
-
-__all__ = ["build_graph", "State", "Node", "Param", "unsupported"]
