@@ -47,7 +47,8 @@ Canonical ops and their attributes (all required unless a default is given):
     concat          axis
     split           axis, sizes (list): one output per size
     slice           axis, start, stop, step (1)
-    flatten         start_dim (1): of the tensor as stored in the module (frontends permute first)
+    flatten         start_dim (1), end_dim (-1): of the tensor as stored in the module (frontends
+                    permute first)
     reshape         shape: tuple as torch.reshape takes it (-1 allowed once); 0 copies the input's dim
                     at that index (Caffe/ONNX), so a batch dim stays free
     transpose       perm
@@ -77,7 +78,7 @@ file: a port never approximates silently.
 
 Emitters (port/ops/__init__.py: `@emits`, `Ctx`, `Emitted`, `helper`) are the other side of
 this contract; frontends/__init__.py gives the frontend signature. Changes since the first
-version: Graph.reader_options, notes, architecture; op lrn; activation kind power; reshape 0 = copy the input dim; constant
+version: Graph.reader_options, notes, architecture; op lrn; flatten end_dim; activation kind power; reshape 0 = copy the input dim; constant
 carries its shape; `sanitise` also avoids Python keywords and the names the generated file
 imports (torch, nn, F, math, self).
 """

@@ -135,16 +135,19 @@ def _inner_product(st, layer):
     if core[0] != out:
         raise st.error(layer, f"weight {names[0]} has {core[0]} outputs, the prototxt says num_output {out}")
     axis = int(ip.get("axis", 1))
-    if axis != 1:
-        raise st.error(layer, f"InnerProduct along axis {axis} is not supported")
-    if st.rank.get(x) != 2:
-        x = _add(st, layer, "flatten", [x], {"start_dim": 1}, name=f"{layer.name}/flatten",
-                 outs=[st.new_tensor(f"{layer.name}_flat", layer.name)], channels=None, rank=2).outputs[0]
+    rank = st.rank.get(x)
+    if axis < 0 and rank is None:
+        raise st.error(layer, f"InnerProduct along axis {axis} of an input of unknown rank")
+    axis = axis % rank if rank is not None else axis
+    if rank != axis + 1:  # Caffe flattens from `axis` on; nn.Linear works on the last dim
+        x = _add(st, layer, "flatten", [x], {"start_dim": axis}, name=f"{layer.name}/flatten",
+                 outs=[st.new_tensor(f"{layer.name}_flat", layer.name)], channels=None if axis <= 1 else "same",
+                 rank=axis + 1).outputs[0]
     params = {"weight": Param(names[0], transforms)}
     if bias:
         params["bias"] = Param(names[1], _vector(st, layer, names[1], out, "the bias"))
     _add(st, layer, "linear", [x], {"in_features": core[1], "out_features": out, "bias": bias}, params,
-         channels=out, rank=2)
+         channels=out if axis == 1 else "same", rank=axis + 1)
 
 
 def _folds(st, bn, scale, rest) -> bool:
@@ -379,10 +382,11 @@ def _slice(st, layer):
 @layer_type("Flatten")
 def _flatten(st, layer):
     fp = layer.params.get("flatten_param") or {}
-    if int(fp.get("end_axis", -1)) != -1:
-        raise st.error(layer, "Flatten with an end_axis is not supported")
-    _add(st, layer, "flatten", _ins(st, layer, 1), {"start_dim": int(fp.get("axis", 1))},
-         channels=None, rank=int(fp.get("axis", 1)) + 1)
+    (x,) = _ins(st, layer, 1)
+    start, end = int(fp.get("axis", 1)), int(fp.get("end_axis", -1))  # torch reads negative axes as Caffe does
+    rank = st.rank.get(x)
+    out_rank = rank - ((end % rank) - (start % rank)) if rank is not None else (start + 1 if end == -1 and start >= 0 else None)
+    _add(st, layer, "flatten", [x], {"start_dim": start, "end_dim": end}, channels=None, rank=out_rank)
 
 
 @layer_type("Reshape")

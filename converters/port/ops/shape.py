@@ -37,7 +37,9 @@ def emit_slice(ctx: Ctx) -> Emitted:
 
 @emits("flatten")
 def emit_flatten(ctx: Ctx) -> Emitted:
-    return Emitted(forward=[f"{ctx.y} = torch.flatten({ctx.x}, {int(ctx.a.get('start_dim', 1))})"])
+    end = int(ctx.a.get("end_dim", -1))
+    args = f"{int(ctx.a.get('start_dim', 1))}" + ("" if end == -1 else f", {end}")
+    return Emitted(forward=[f"{ctx.y} = torch.flatten({ctx.x}, {args})"])
 
 
 @emits("reshape")
