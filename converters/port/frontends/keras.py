@@ -35,6 +35,7 @@ from ..graph import (
     UnsupportedOpError,
     nhwc_axis,
 )
+from .onnx import prune_nodes
 
 _CONV_LIKE = {"Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D", "DepthwiseConv1D", "DepthwiseConv2D",
               "Conv1DTranspose", "Conv2DTranspose", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D",
@@ -722,6 +723,7 @@ class _Walker:
         self.input_shapes = input_shapes or {}
         self.inputs: list[GraphInput] = []
         self.output_names: list[str] = []
+        self.layer_outputs: dict[str, list] = {}  # qualified layer name -> its output tensors
 
     def graph_input(self, name, shape, first_consumer_cls):
         given = self.input_shapes.get(name)
@@ -748,7 +750,9 @@ class _Walker:
         if fn is None:
             hint = "Lambda layers hold Python code that cannot be ported" if cls == "Lambda" else None
             raise UnsupportedOpError(cls, q, self.b.path, hint=hint)
-        return fn(self.b, q, cfg, ins)
+        outs = fn(self.b, q, cfg, ins)
+        self.layer_outputs[q] = outs
+        return outs
 
     def model(self, model_config, prefix="", ins=None):
         cls = model_config.get("class_name")
@@ -809,7 +813,17 @@ class _Walker:
         return [produced[r] for r in refs]
 
 
-def _architecture(f, sources, reader_options, path):
+def _requested_outputs(walker, outputs, path) -> list:
+    """--outputs: layer names (nested ones as outer/inner) -> their first output tensors."""
+    missing = [o for o in outputs if o not in walker.layer_outputs]
+    if missing:
+        raise PortError(f"--outputs names no layer {missing[0]!r}", file=path,
+                        hint=f"layers: {', '.join(list(walker.layer_outputs)[:12])}, ...")
+    walker.output_names = list(outputs)
+    return [walker.layer_outputs[o][0] for o in outputs]
+
+
+def _architecture(f, path):
     if f.meta.get("config") is not None:
         return f.meta["config"]
     hint = "pass the architecture with --architecture (a model config .json, a .keras file or a full-model .h5)"
@@ -855,30 +869,44 @@ def _load_architecture(arch):
 def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None) -> Graph:
     """The port Graph of a Keras model (see the module docstring)."""
     f, path, options, arch = _open(sources, reader_options or {})
-    config = _architecture(f, sources, options, path)
+    try:
+        graph = _build(f, path, options, outputs, input_shapes)
+    finally:
+        f.close()
+    graph.architecture = arch
+    graph.check()
+    return graph
+
+
+def _build(f, path, options, outputs, input_shapes) -> Graph:
+    config = _architecture(f, path)
     b = _Builder(f, path, str(f.meta.get("version", "")) if f.meta.get("format") != "keras3" else "3")
     walker = _Walker(b, input_shapes)
     outs = walker.model(config)
     if outputs:
-        raise PortError("--outputs is not supported for Keras sources yet", file=path)
+        outs = _requested_outputs(walker, outputs, path)
     b.layer = ("(outputs)", "output")
-    final = []
-    for t in outs:
-        # outputs follow the input's convention, which the table's parity section permutes by:
-        # 4-d+ channels-first; 3-d channels-first only when the input is NLC
-        nlc_input = any(i.source_layout == "NLC" for i in walker.inputs)
-        t = b.to_cf(t) if t.rank >= 4 or (t.rank == 3 and nlc_input) else b.to_keras(t)
-        final.append(t)
+    # outputs follow the input's convention, which the table's parity section permutes by:
+    # 4-d+ channels-first; 3-d channels-first only when the input is NLC
+    nlc_input = any(i.source_layout == "NLC" for i in walker.inputs)
+    final = [b.to_cf(t) if t.rank >= 4 or (t.rank == 3 and nlc_input) else b.to_keras(t) for t in outs]
     out_names = [t.name for t in final]
     if len(set(out_names)) != len(out_names):
         raise PortError("the model returns one tensor twice", file=path)
     layouts = {t.name: (_CF_LAYOUT[t.rank] if t.cf else {2: "NC", 3: "NTC"}.get(t.rank, "")) for t in final}
-    unused = {a.name: "optimizer state (training only)" if a.name.startswith("optimizer") or a.meta.get("role") in (
-        "optimizer", "counter") else "no layer of the architecture reads it" for a in f.values() if a.name not in b.used}
+    dropped = {}
+    if outputs:
+        b.nodes, dropped = prune_nodes(b.nodes, out_names)
+        b.used = {p.source for node in b.nodes for p in node.params.values() if p.source}
+    unused = {a.name: dropped.get(a.name) or _unused_reason(a) for a in f.values() if a.name not in b.used}
     cfg = config.get("config") if isinstance(config, dict) else None
     name = (cfg.get("name") if isinstance(cfg, dict) else None) or os.path.splitext(os.path.basename(path))[0]
-    graph = Graph(name=name, framework="keras", source_files=[path], inputs=walker.inputs, outputs=out_names,
-                  nodes=b.nodes, output_layouts=layouts, output_names=dict(zip(out_names, walker.output_names)),
-                  unused_arrays=unused, reader_options=dict(options), architecture=arch)
-    graph.check()
-    return graph
+    return Graph(name=name, framework="keras", source_files=[path], inputs=walker.inputs, outputs=out_names,
+                 nodes=b.nodes, output_layouts=layouts, output_names=dict(zip(out_names, walker.output_names)),
+                 unused_arrays=unused, reader_options=dict(options))
+
+
+def _unused_reason(a) -> str:
+    if a.name.startswith("optimizer") or a.meta.get("role") in ("optimizer", "counter"):
+        return "optimizer state (training only)"
+    return "no layer of the architecture reads it"

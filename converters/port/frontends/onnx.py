@@ -1138,19 +1138,24 @@ def _notes(f, inputs) -> list:
 
 def _prune(b: _Builder) -> None:
     """Keep only the nodes the requested outputs need (--outputs); their weights become unused."""
-    needed, kept = set(b.graph_outputs), []
-    for node in reversed(b.nodes):
+    b.nodes, dropped = prune_nodes(b.nodes, b.graph_outputs)
+    b.used = {p.source for node in b.nodes for p in node.params.values() if p.source}
+    b.folded.update(dropped)
+
+
+def prune_nodes(nodes: list, outputs: list) -> tuple[list, dict]:
+    """(the nodes `outputs` need, in order; {source array: why unused} for the others' weights)."""
+    needed, kept, dropped = set(outputs), [], {}
+    for node in reversed(nodes):
         if any(o in needed for o in node.outputs):
             kept.append(node)
             needed.update(node.inputs)
         else:
-            for p in node.params.values():
-                if p.source:
-                    b.used.discard(p.source)
-                    b.folded[p.source] = f"read by {node.name}, which the requested outputs (--outputs) do not need"
-    b.nodes = kept[::-1]
-    for node in b.nodes:
-        b.used.update(p.source for p in node.params.values() if p.source)
+            dropped.update({p.source: f"read by {node.name}, which the requested outputs (--outputs) do not need"
+                            for p in node.params.values() if p.source})
+    kept.reverse()
+    still = {p.source for node in kept for p in node.params.values() if p.source}
+    return kept, {k: v for k, v in dropped.items() if k not in still}
 
 
 def _model_name(f, path) -> str:
