@@ -47,7 +47,8 @@ def write_reference_setup(setup: ParitySetup, out, *, taps="mapped", oracle=None
         names = oracle.input_names()
         model = _target_model(setup) if setup.inputs.extra else None  # its sizes shape the extra inputs
         src_in, tgt_in = setup.make_inputs(names, model)
-        wanted = _wanted_taps(setup, oracle, taps)
+        retapped = {}
+        wanted = _wanted_taps(setup, oracle, taps, retapped)
         as_outputs = output_taps(setup, oracle)  # parity.outputs read at inner layers are stored as outputs
         results = oracle.run(src_in, list(dict.fromkeys(wanted + as_outputs)))
         outputs = oracle.output_names() + as_outputs
@@ -58,7 +59,8 @@ def write_reference_setup(setup: ParitySetup, out, *, taps="mapped", oracle=None
         if own:
             oracle.close()
     meta = _meta(setup, names, outputs, wanted)
-    meta.update(activation_layouts={k: v for k, v in layouts.items() if v}, fused_activations=fused)
+    meta.update(activation_layouts={k: v for k, v in layouts.items() if v}, fused_activations=fused,
+                tap_for=retapped)
     entries = {"__meta__": np.array(json.dumps(meta))}
     entries.update({f"input/{k}": v for k, v in src_in.items()})
     entries.update({f"target_input/{k}": v for k, v in tgt_in.items()})
@@ -70,9 +72,11 @@ def write_reference_setup(setup: ParitySetup, out, *, taps="mapped", oracle=None
     return meta
 
 
-def _wanted_taps(setup: ParitySetup, oracle, taps) -> list:
+def _wanted_taps(setup: ParitySetup, oracle, taps, retapped: dict) -> list:
+    """The layers to record; `retapped` receives {reader layer: tap} where Oracle.tap_for moved one."""
     from ..convert import convert
     from .localise import pairs_from_conversion
+    from .verify import retap
 
     order = list(oracle.layer_order())
     if taps == "all":
@@ -84,8 +88,11 @@ def _wanted_taps(setup: ParitySetup, oracle, taps) -> list:
     arrays = setup.open_arrays()
     _, rep = convert(arrays, setup.mapping, setup.target, framework=setup.framework or None,
                      target_kwargs=setup.target_kwargs, dry_run=True, allow_unused=True, allow_missing=True)
-    layers = {p.source_layer for p in pairs_from_conversion(rep, arrays, setup.parity("layers"))}
-    return [name for name in order if name in layers]
+    pairs = pairs_from_conversion(rep, arrays, setup.parity("layers"))
+    layers = [p.source_layer for p in pairs]
+    retap(pairs, oracle, order)
+    retapped.update({old: p.source_layer for old, p in zip(layers, pairs) if old != p.source_layer})
+    return [name for name in order if name in {p.source_layer for p in pairs}]
 
 
 def _meta(setup: ParitySetup, names, outputs, wanted) -> dict:

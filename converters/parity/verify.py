@@ -255,7 +255,8 @@ def output_taps(setup: ParitySetup, oracle) -> list:
 
 
 def _tensors(args):
-    return [tuple(_tensors(a)) if isinstance(a, tuple) else torch.from_numpy(np.ascontiguousarray(a)) for a in args]
+    # np.asarray(order="C"), not np.ascontiguousarray: a 0-d extra input (an RNN step count) stays 0-d
+    return [tuple(_tensors(a)) if isinstance(a, tuple) else torch.from_numpy(np.asarray(a, order="C")) for a in args]
 
 
 def flatten_outputs(out) -> list:
@@ -310,6 +311,7 @@ def _localise(rep, setup: ParitySetup, model, oracle, arrays, conv_report, src_i
         return
     pairs = pairs_from_conversion(conv_report, arrays, setup.parity("layers"), dict(model.named_modules()))
     source_order = list(oracle.layer_order())
+    retap(pairs, oracle, source_order)
     unknown = sorted({p.source_layer for p in pairs} - set(source_order))
     if unknown:
         rep.notes.append(f"{len(unknown)} paired source layer(s) the {oracle.framework} oracle cannot tap: "
@@ -331,6 +333,16 @@ def _localise(rep, setup: ParitySetup, model, oracle, arrays, conv_report, src_i
         recorder.close()
     rep.localised = True
     _name_first_divergent(rep, model, args, conv_report)
+
+
+def retap(pairs, oracle, source_order) -> None:
+    """Each weight pair's source layer replaced by the tap that shows what its module computes
+    (Oracle.tap_for), when the oracle can tap that."""
+    known = set(source_order)
+    for p in pairs:
+        tap = oracle.tap_for(p.source_layer) if p.origin == "weights" else p.source_layer
+        if tap != p.source_layer and tap in known:
+            p.source_layer = tap
 
 
 def _name_first_divergent(rep, model, args, conv_report):

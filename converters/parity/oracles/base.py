@@ -75,6 +75,11 @@ class Oracle:
         the layouts of the inputs; names left out (or None) take the table's activation chain."""
         return {}
 
+    def tap_for(self, layer: str) -> str:
+        """The tap that shows what the PyTorch module paired with source `layer` computes (the
+        reader's layer name; a frozen TF graph's kernel is read at the op before its bias add)."""
+        return layer
+
     def fused_activations(self, taps: list[str]) -> dict[str, str]:
         """{tap: activation the source applies inside that layer ("relu", "sigmoid", ...)}: a
         Keras Conv2D(activation="relu") tap is compared with the PyTorch module's output after it."""

@@ -5,7 +5,8 @@ written where the source framework runs. It holds, without any pickled object:
 
     __meta__              JSON text: format, version, framework, source file + sha256, mapping,
                           input_names, output_names, layer_order (the tapped layers), created,
-                          activation_layouts and fused_activations (what the oracle knew, optional)
+                          activation_layouts, fused_activations and tap_for (what the oracle knew,
+                          optional)
     input/<name>          the inputs, in the source model's convention
     target_input/<name>   the same inputs in the PyTorch model's convention (when a mapping was given)
     output/<name>         the source model's outputs for them
@@ -75,6 +76,9 @@ class ReferenceOracle(Oracle):
     def layer_order(self) -> list[str]:
         taps = self._group("tap/")
         return [n for n in self.meta.get("layer_order") or taps if n in taps]
+
+    def tap_for(self, layer):
+        return (self.meta.get("tap_for") or {}).get(layer, layer)
 
     def activation_layouts(self, names, input_layouts):
         known = self.meta.get("activation_layouts") or {}

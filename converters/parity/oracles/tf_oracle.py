@@ -13,6 +13,13 @@ graph, option `outputs` or else the ops nothing consumes. A tap names an op (`co
 `name:1` for another output) or a name scope (`conv1`, the prefix the reader puts in
 meta["layer"]): a scope gives the output of its last op whose result leaves the scope. Arrays
 are in TensorFlow's layout (NHWC).
+
+Frozen graphs written op by op (TF1 code) keep a layer's pieces apart: a convolution's kernel is
+read by `conv1/Conv2D` but its bias is added by a separate `conv1/Add`, and an unfused BatchNorm's
+constants (`bn/gamma`) feed arithmetic under `bn/batchnorm/`. `tap_for` therefore reads a
+Conv2D/MatMul layer after the bias add that alone consumes it, and a layer the reader could only
+name after a constant at the name scope around it (`bn`). A tap whose value comes out of an
+activation op (a Keras scope ending in Relu) is reported by `fused_activations`.
 """
 from __future__ import annotations
 
@@ -27,6 +34,10 @@ from .keras_oracle import import_tensorflow_safely
 
 INSTALL_HINT = "pip install 'weightport[parity]' (tensorflow-cpu)"
 SKIP_OPS = {"Const", "Placeholder", "NoOp", "Identity", "VarHandleOp", "ReadVariableOp"}
+BIASED_OPS = {"Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul", "Conv2DBackpropInput"}
+BIAS_ADD_OPS = {"BiasAdd", "Add", "AddV2"}
+ACTIVATION_OPS = {"Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "elu", "Selu": "selu",
+                  "Softplus": "softplus", "Softsign": "softsign", "Softmax": "softmax"}
 
 
 def _import_tf():
@@ -146,6 +157,43 @@ class TensorFlowOracle(Oracle):
             order.append(name)
             order.extend(sorted(after.get(i, []), key=lambda s: -s.count("/")))  # inner scopes first
         return list(dict.fromkeys(order))
+
+    def tap_for(self, layer: str) -> str:
+        try:
+            op = self.graph.get_operation_by_name(self._by_display.get(layer, layer))
+        except KeyError:
+            return layer
+        if op.type in SKIP_OPS:  # a constant the reader could not attribute: its name scope
+            order = self._order_set()
+            parts = layer.split("/")
+            return next(("/".join(parts[:d]) for d in range(len(parts) - 1, 0, -1) if "/".join(parts[:d]) in order),
+                        layer)
+        consumers = op.outputs[0].consumers() if op.type in BIASED_OPS and op.outputs else []
+        if len(consumers) == 1 and consumers[0].type in BIAS_ADD_OPS and self._adds_constant(consumers[0], op):
+            return self._display.get(consumers[0].name, consumers[0].name)
+        return layer
+
+    def _adds_constant(self, add, op) -> bool:
+        others = [t.op for t in add.inputs if t.op is not op]
+        while others and others[0].type in ("Identity", "ReadVariableOp"):
+            others = [t.op for t in others[0].inputs]
+        return len(others) == 1 and others[0].type == "Const"
+
+    def _order_set(self) -> set:
+        if getattr(self, "_order", None) is None:
+            self._order = set(self.layer_order())
+        return self._order
+
+    def fused_activations(self, taps):
+        fused = {}
+        for tap in taps:
+            try:
+                op_type = self.graph.get_tensor_by_name(self._tap_tensor(tap)).op.type
+            except (ConvertersError, KeyError, ValueError):
+                continue
+            if op_type in ACTIVATION_OPS:
+                fused[tap] = ACTIVATION_OPS[op_type]
+        return fused
 
     def run(self, inputs, taps=()):
         taps = [t for t in dict.fromkeys(taps)]
