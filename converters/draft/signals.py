@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from .. import frameworks
 from ..errors import ConvertersError
 from ..mapping import transforms as T
 
@@ -148,7 +149,7 @@ def target_kind(module) -> str:
 
 # ---- layouts and shapes -------------------------------------------------------------------------
 
-NHWC_FRAMEWORKS = ("keras", "tensorflow", "tflite")
+NHWC_FRAMEWORKS = frameworks.NHWC_FRAMEWORKS  # channels-last sources (converters/frameworks.py)
 
 
 def layout_presets(handle, framework: str, kind: str, target_module=None) -> list[tuple[list, str]]:

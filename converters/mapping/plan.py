@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import MappingError
+from ..frameworks import default_bn_eps
 from .report import Problem, Report
 from .templates import render
 from .transforms import chain_shape
@@ -193,8 +194,6 @@ def _bn_eps_warnings(plan, arrays, targets):
                             f"the target modules {tgt:g} (build the target with eps={src:g})")
 
 
-# eps when the source layer does not record one (MXNet's symbol BatchNorm default is 1e-3)
-_DEFAULT_EPS = {"mxnet": 1e-3, "gluon": 1e-5, "caffe": 1e-5, "keras": 1e-3, "tensorflow": 1e-3}
 
 
 def _source_eps(info, framework) -> float | None:
@@ -206,4 +205,4 @@ def _source_eps(info, framework) -> float | None:
                 return float(p[key])
             except (TypeError, ValueError):
                 return None
-    return _DEFAULT_EPS.get(framework)
+    return default_bn_eps(framework)  # the layer records none: the framework's default

@@ -23,12 +23,13 @@ import numpy as np
 from ..arrays import ArrayFile, ArrayHandle, role_from_name
 from ..dtypes import ML_DTYPES, of_torch
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
+from ..frameworks import FRAMEWORKS
 from ._limits import PARSER_ERRORS, parser_errors
 
 NAME = "torch"
 OPTIONS = {"key": str}
 """Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
-EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
+EXTENSIONS = FRAMEWORKS["torch"].extensions
 # torch's legacy serialisation writes this number (as a pickled LONG1) before anything else
 _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 # keys under which training scripts store the model's state dict, most specific first
