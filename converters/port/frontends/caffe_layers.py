@@ -197,10 +197,30 @@ def _batchnorm(st, layer, scale):
         st.producer[node.outputs[0]] = scale.name
 
 
+def _scale_by_blob(st, layer):
+    """Scale with the factor as a second bottom (SE attention): y = x * s, s's dims aligned at axis."""
+    sp = layer.params.get("scale_param") or {}
+    x, s = _ins(st, layer, 2)
+    axis, rx, rs = int(sp.get("axis", 1)), st.rank.get(x), st.rank.get(s)
+    if sp.get("bias_term") or layer.arrays or rx is None or rs is None or axis < 0 or axis + rs > rx:
+        raise st.error(layer, "Scale by a second bottom is supported without bias, for inputs of known rank")
+    if axis == 0:
+        shape = (0,) * rs + (1,) * (rx - rs)
+    elif rs == 1:
+        shape = (1,) * axis + (-1,) + (1,) * (rx - axis - 1)
+    else:
+        raise st.error(layer, f"Scale by a {rs}-d second bottom at axis {axis} is not supported")
+    shaped = _add(st, layer, "reshape", [s], {"shape": shape}, name=f"{layer.name}/factor",
+                  outs=[st.new_tensor(f"{layer.name}_factor", layer.name)], channels=None, rank=rx).outputs[0]
+    _add(st, layer, "mul", [x, shaped])
+
+
 @layer_type("Scale", "Bias")
 def _scale(st, layer):
+    if len(layer.inputs) == 2 and layer.type == "Scale":
+        return _scale_by_blob(st, layer)
     if len(layer.inputs) != 1:
-        raise st.error(layer, f"{layer.type} with its factor as a second bottom is not supported")
+        raise st.error(layer, f"{layer.type} with its bias as a second bottom is not supported")
     (x,) = _ins(st, layer)
     if layer.type == "Bias":
         bp = layer.params.get("bias_param") or {}
