@@ -126,8 +126,55 @@ def test_inexpressible_resize_is_refused(tmp_path):
         build_graph([str(pb)])
 
 
-def test_checkpoint_and_saved_model_function_graph_are_refused():
+def test_a_checkpoint_is_refused():
     with pytest.raises(PortError, match="holds weights but no graph"):
         build_graph([str(ROOT / "fixtures" / "tensorflow" / "tf2_keras")])
-    with pytest.raises(UnsupportedOpError, match="SavedModel function graph.*freeze the serving signature"):
-        build_graph([str(ROOT / "fixtures" / "tensorflow" / "saved_model")])
+
+
+# ---------------------------------------------------------------- SavedModel function graphs
+
+def test_saved_model_signature_matches_tensorflow(tmp_path):
+    """tf.saved_model.save of a tf.Module: the serving function inlined, its captured variables
+    tied to the checkpoint keys through the object graph."""
+    result = _verified(tmp_path, ROOT / "fixtures" / "tensorflow" / "saved_model")
+    table = yaml.safe_load(Path(result.table_file).read_text())
+    assert table["input"]["name"] == "x" and table["parity"]["outputs"] == ["output_0"]
+    assert {r["from"] for r in table["rules"]} == {"w/\\.ATTRIBUTES/VARIABLE_VALUE", "b/\\.ATTRIBUTES/VARIABLE_VALUE"}
+
+
+def _keras_weights(model, rng):
+    for w in model.weights:
+        value = rng.randn(*w.shape).astype("float32") * 0.3
+        w.assign(np.abs(value) + 0.5 if "variance" in w.name else value)
+
+
+@pytest.mark.heavy
+def test_tf_keras_saved_model_matches_tensorflow(tmp_path):
+    _tf()
+    import tf_keras as keras
+
+    model = keras.Sequential([keras.Input((9, 9, 3)), keras.layers.Conv2D(5, 3, strides=2, padding="same"),
+                              keras.layers.BatchNormalization(), keras.layers.ReLU(),
+                              keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax")])
+    _keras_weights(model, np.random.RandomState(2))
+    model.save(tmp_path / "saved", save_format="tf")
+    _verified(tmp_path, tmp_path / "saved")
+
+
+@pytest.mark.heavy
+def test_keras3_export_matches_tensorflow_and_unfused_batchnorm_is_refused(tmp_path):
+    _tf()
+    import keras
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, padding="same"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    _keras_weights(model, np.random.RandomState(4))
+    model.export(str(tmp_path / "k3"))
+    result = _verified(tmp_path, tmp_path / "k3")
+    table = yaml.safe_load(Path(result.table_file).read_text())
+    # Keras 3 adds the conv bias reshaped to (1, 1, 1, 4): folded into the bias rule's transforms
+    assert any(r.get("transforms", [None])[-1] == {"reshape": {"shape": [4]}} for r in table["rules"])
+    bn = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.BatchNormalization()])
+    bn.export(str(tmp_path / "k3bn"))
+    with pytest.raises(UnsupportedOpError, match="op Rsqrt is not supported"):
+        build_graph([str(tmp_path / "k3bn")])

@@ -161,7 +161,8 @@ def _attr_value(buf, span, file, name, at):
         elif f == 6 and w == VARINT:
             value = dtype_name(v)
         elif f == 7 and w == LEN:
-            value = list(tensor_shape(buf, v, file, name, off, allow_unknown=True))
+            shape = tensor_shape(buf, v, file, name, off, allow_unknown=True)
+            value = None if shape is None else list(shape)  # None: unknown rank
         elif f == 8 and w == LEN:
             value = _tensor_proto(buf, v, file, name, off)
         elif f == 10 and w == LEN:
@@ -190,7 +191,8 @@ def _attr_list(buf, span, file, name) -> list:
             elif w == FIXED32:
                 out.append(struct.unpack("<f", struct.pack("<I", v))[0])
         elif f == 7 and w == LEN:
-            out.append(list(tensor_shape(buf, v, file, name, off, allow_unknown=True)))
+            shape = tensor_shape(buf, v, file, name, off, allow_unknown=True)
+            out.append(None if shape is None else list(shape))  # None: unknown rank
     return out
 
 

@@ -24,10 +24,13 @@ class _Value:
     whether it is stored channels-first) or a constant known at port time (`array` = the reader's
     array name when it is a stored Const, `value` loaded on demand)."""
 
-    __slots__ = ("ir", "shape", "cf", "array", "_value", "_load")
+    __slots__ = ("ir", "shape", "cf", "array", "transforms", "_value", "_load")
 
-    def __init__(self, ir=None, shape=None, cf=False, array=None, value=None, load=None):
+    def __init__(self, ir=None, shape=None, cf=False, array=None, value=None, load=None, transforms=()):
+        if shape is None and value is not None:
+            shape = tuple(np.shape(value))
         self.ir, self.shape, self.cf, self.array = ir, shape, cf, array
+        self.transforms = list(transforms)   # table transforms from the stored array to this value
         self._value, self._load = value, load
 
     @property
@@ -85,8 +88,8 @@ def _fused_bias(b, layer, channels):
     other = [i for i in nxt.inputs if not i.startswith("^") and i.split(":")[0] != layer.name]
     if len(other) != 1 or nxt.inputs[0].split(":")[0] != layer.name and nxt.type.startswith("BiasAdd"):
         return None, layer
-    v = b.value(other[0])
-    if not v.is_const or v.array is None or tuple(v.shape) != (channels,):
+    v = b.ensure(other[0])
+    if v is None or not v.is_const or v.array is None or v.array in b.extra or tuple(v.shape) != (channels,):
         return None, layer
     if nxt.type.startswith("BiasAdd"):
         _nhwc(b, nxt)
@@ -235,7 +238,7 @@ def binary(b, layer):
         _nhwc(b, layer)
     vs = [b.value(i) for i in layer.inputs if not i.startswith("^")]
     if all(v.is_const for v in vs):
-        return b.set(layer, _new(b, value=_FOLD[op](vs[0].value(), vs[1].value()), shape=None))
+        return b.set(layer, _new(b, value=_FOLD[op](vs[0].value(), vs[1].value())))
     tensors = [v for v in vs if not v.is_const]
     four = any(v.shape is not None and len(v.shape) == 4 for v in tensors)
     if four and any(v.shape is None or len(v.shape) not in (4,) for v in tensors):
@@ -261,7 +264,7 @@ def concat(b, layer):
     vs = [b.value(i) for i in parts]
     axis = int(b.const(axis_in, "concat axis"))
     if all(v.is_const for v in vs):
-        return b.set(layer, _new(b, value=np.concatenate([v.value() for v in vs], axis), shape=None))
+        return b.set(layer, _new(b, value=np.concatenate([v.value() for v in vs], axis)))
     rank = len(next(v.shape for v in vs if not v.is_const))
     axis %= rank
     four = rank == 4
@@ -276,7 +279,7 @@ def reshape(b, layer):
     v = b.value(layer.inputs[0])
     target = [int(d) for d in np.atleast_1d(b.const(layer.inputs[1], "Reshape shape"))]
     if v.is_const:
-        return b.set(layer, _new(b, value=v.value().reshape(target), shape=None))
+        return b.set(layer, _reshaped(v, v.value().reshape(target)))
     shape = _shapes.with_minus_one(target, _shapes.numel(v.shape))
     if v.shape is not None and v.shape[0] is not None and target[0] == v.shape[0] and -1 not in target[1:]:
         target[0] = 0      # the batch dim copied: the module keeps it free
@@ -284,7 +287,18 @@ def reshape(b, layer):
     b.set(layer, _new(b, ir=ir, shape=tuple(None if d == -1 else d for d in shape)))
 
 
+def _reshaped(v, out):
+    """A stored constant reshaped at port time keeps its array, the reshape becoming a transform."""
+    if v.array is None:
+        return _Value(value=out)
+    return _Value(array=v.array, value=out, transforms=v.transforms + [{"reshape": {"shape": list(out.shape)}}])
+
+
 def squeeze(b, layer):
+    v = b.value(layer.inputs[0])
+    if v.is_const:
+        dims = layer.params.get("squeeze_dims") or None
+        return b.set(layer, _reshaped(v, np.squeeze(v.value(), tuple(dims) if dims else None)))
     x = _tensor(b, layer)
     rank = len(x.shape)
     dims = layer.params.get("squeeze_dims") or [i for i, d in enumerate(x.shape) if d == 1]
@@ -301,7 +315,7 @@ def expand_dims(b, layer):
     v = b.value(layer.inputs[0])
     axis = int(b.const(layer.inputs[1], "ExpandDims axis"))
     if v.is_const:
-        return b.set(layer, _new(b, value=np.expand_dims(v.value(), axis), shape=None))
+        return b.set(layer, _reshaped(v, np.expand_dims(v.value(), axis)))
     axis %= len(v.shape) + 1
     ir = b.emit(layer.name, "unsqueeze", [b.source(v, layer)], {"axes": (axis,)}, source_op="ExpandDims")
     b.set(layer, _new(b, ir=ir, shape=v.shape[:axis] + (1,) + v.shape[axis:]))
@@ -311,7 +325,7 @@ def transpose(b, layer):
     v = b.value(layer.inputs[0])
     perm = [int(p) for p in b.const(layer.inputs[1], "Transpose perm")]
     if v.is_const:
-        return b.set(layer, _new(b, value=np.transpose(v.value(), perm), shape=None))
+        return b.set(layer, _new(b, value=np.transpose(v.value(), perm)))
     ir_in = v.ir
     ir_perm = [(0, 2, 3, 1)[p] for p in perm] if v.cf else perm   # cf -> TF order folded into one perm
     ir = b.emit(layer.name, "transpose", [ir_in], {"perm": tuple(ir_perm)}, source_op="Transpose")
@@ -390,7 +404,7 @@ def strided_slice(b, layer):
         for axis, start, stop, step in cuts:
             index[axis] = slice(start, stop, step)
         out = value[tuple(index)]
-        return b.set(layer, _new(b, value=out.squeeze(tuple(shrink)) if shrink else out, shape=None))
+        return b.set(layer, _new(b, value=out.squeeze(tuple(shrink)) if shrink else out))
     rank = len(v.shape)
     cuts, shrink = _strided_spec(b, layer, rank)
     kept = [i for i in range(rank) if i not in shrink]
@@ -418,21 +432,21 @@ def shape_op(b, layer):
     if shape is None or any(d is None for d in shape):
         raise UnsupportedOpError("Shape of a tensor whose size is not known at port time", layer.name, b.file,
                                  hint="pass --input-shape with a fixed batch size")
-    b.set(layer, _new(b, value=np.array(shape, dtype=np.int32), shape=None))
+    b.set(layer, _new(b, value=np.array(shape, dtype=np.int32)))
 
 
 def pack(b, layer):
     vs = [b.value(i) for i in layer.inputs if not i.startswith("^")]
     if not all(v.is_const for v in vs):
         raise UnsupportedOpError("Pack of run-time tensors", layer.name, b.file)
-    b.set(layer, _new(b, value=np.stack([v.value() for v in vs], int(layer.params.get("axis", 0))), shape=None))
+    b.set(layer, _new(b, value=np.stack([v.value() for v in vs], int(layer.params.get("axis", 0)))))
 
 
 def cast(b, layer):
     v = b.value(layer.inputs[0])
     dst = layer.params.get("DstT")
     if v.is_const:
-        return b.set(layer, _new(b, value=v.value().astype(dst or "float32"), shape=None))
+        return b.set(layer, _new(b, value=v.value().astype(dst or "float32")))
     if dst not in (None, "float32") or layer.params.get("SrcT") not in (None, "float32"):
         raise UnsupportedOpError(f"Cast to {dst}", layer.name, b.file)
     b.set(layer, v)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ... import readers
 from ..graph import Graph, GraphInput, Node, Param, PortError, UnsupportedOpError
+from . import _tf_saved
 from ._tf_ops import OPS, _Value
 
 NAME = "tensorflow"
@@ -62,23 +63,31 @@ def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None
 
 
 def _saved_model(folder: Path, reader_options, outputs, input_shapes) -> Graph:
-    if (folder / "keras_metadata.pb").is_file():
-        try:
-            from . import keras as keras_frontend
-        except ImportError:
-            keras_frontend = None
-        if keras_frontend is not None and hasattr(keras_frontend, "build_graph"):
-            return keras_frontend.build_graph([os.fspath(folder)], reader_options=dict(reader_options or {}),
-                                              outputs=outputs, input_shapes=input_shapes)
-    raise UnsupportedOpError("SavedModel function graph", "saved_model.pb", folder,
-                             hint="freeze the serving signature to a .pb (convert_variables_to_constants_v2) "
-                                  "and port that; a SavedModel is ported directly only through its Keras metadata")
+    """A SavedModel's serving signature (option `signature`), inlined from its function library;
+    Keras SavedModels too (their serving function is plain TF ops)."""
+    options = dict(reader_options or {})
+    signature = options.pop("signature", None)
+    arrays = readers.open_file(folder, "tensorflow", **options)
+    saved = _tf_saved.load(folder, list(arrays), signature)
+    b = _Builder(os.fspath(folder / "saved_model.pb"), arrays, layers=saved.layers, extra=saved.constants)
+    heads = [_canon(o) for o in outputs] if outputs else [t for _, t in saved.outputs]
+    names = {} if outputs else {t: k for k, t in saved.outputs}
+    b.build(heads, input_shapes)
+    outs = [b.output(h) for h in heads]
+    graph = Graph(name=folder.name, framework="tensorflow", source_files=[os.fspath(folder)], inputs=b.inputs,
+                  outputs=outs, nodes=b.nodes, output_layouts={t: b.layout_of(t) for t in outs if b.layout_of(t)},
+                  output_names={t: names.get(h, h.removesuffix(":0")) for t, h in zip(outs, heads)},
+                  unused_arrays=b.unused_arrays(), reader_options=options,
+                  notes=["ported from the SavedModel's serving signature (its function graph, inlined)"])
+    graph.check()
+    return graph
 
 
 class _Builder:
-    def __init__(self, file, arrays):
+    def __init__(self, file, arrays, layers=None, extra=None):
         self.file, self.arrays = file, arrays
-        self.layers = arrays.layers
+        self.layers = arrays.layers if layers is None else layers
+        self.extra = extra or {}     # SavedModel function constants: values, not stored arrays
         self.values: dict[str, _Value] = {}
         self.nodes, self.inputs = [], []
         self.used, self.read_at_port_time, self.taken = set(), set(), set()
@@ -171,7 +180,8 @@ class _Builder:
     def _const(self, layer) -> None:
         if not layer.arrays:
             raise UnsupportedOpError("a string constant", layer.name, self.file)
-        handle = self.arrays[layer.arrays[0]]
+        key = layer.arrays[0]
+        handle = self.extra[key] if key in self.extra else self.arrays[key]
         self.values[f"{layer.name}:0"] = _Value(array=handle.name, shape=handle.shape, load=handle.numpy)
 
     # -- values ----------------------------------------------------------------------------------
@@ -189,6 +199,23 @@ class _Builder:
                 raise UnsupportedOpError(f"output {key.split(':')[1]} of {key.split(':')[0]}", key.split(":")[0],
                                          self.file)
         return self.values[key]
+
+    def ensure(self, tf_name):
+        """The value of a tensor computed from constants only, folded now (a fused bias may be
+        reshaped from its variable after the conv in the walk); None when it needs run-time data."""
+        key = _canon(tf_name)
+        if key in self.values:
+            return self.values[key]
+        layer = self.layers.get(key.split(":")[0])
+        if layer is None or layer.type in ("Placeholder",) or layer.name in self.fused:
+            return None
+        if layer.type in ("Const", "HostConst") or layer.type in _PASS:
+            return self.value(tf_name)
+        inputs = [self.ensure(i) for i in layer.inputs if not i.startswith("^")]
+        if any(v is None or not v.is_const for v in inputs) or layer.type not in OPS:
+            return None
+        OPS[layer.type](self, layer)
+        return self.values.get(key)
 
     def const(self, tf_name, what) -> np.ndarray:
         """A constant read at port time (an axis, a shape): refused when the graph computes it."""
@@ -230,7 +257,12 @@ class _Builder:
         """A stored Const used as a tensor operand: a `constant` node, laid out for a cf operand."""
         if v.array is None:
             raise UnsupportedOpError("a constant computed from other constants used as an operand", layer.name, self.file)
-        shape, transforms = tuple(v.shape), []
+        if v.array in self.extra:   # a function constant: no stored array holds it
+            if tuple(v.shape) != ():
+                raise UnsupportedOpError("a non-scalar function constant used as an operand", layer.name, self.file)
+            return self.emit(self.fresh(f"{v.array}_const"), "constant", [], {"shape": (), "dtype": "float32"},
+                             {"value": Param(fill=float(v.value()))}, source_op="Const")
+        shape, transforms = tuple(v.shape), list(v.transforms)
         if cf and 1 <= len(shape) <= 4:
             full = (1,) * (rank - len(shape)) + shape
             if full != shape:
@@ -245,10 +277,11 @@ class _Builder:
 
     def param(self, tf_name, transforms=(), what="weight") -> Param:
         v = self.value(tf_name)
-        if not v.is_const or v.array is None:
-            raise UnsupportedOpError(f"{what} computed at run time (from {tf_name!r})", tf_name.split(":")[0], self.file)
+        if not v.is_const or v.array is None or v.array in self.extra:
+            raise UnsupportedOpError(f"{what} computed at run time or not stored as a variable (from {tf_name!r})",
+                                     tf_name.split(":")[0], self.file)
         self.used.add(v.array)
-        return Param(source=v.array, transforms=list(transforms))
+        return Param(source=v.array, transforms=v.transforms + list(transforms))
 
     def fresh(self, base) -> str:
         name, n = base, 1
