@@ -78,9 +78,10 @@ file: a port never approximates silently.
 
 Emitters (port/ops/__init__.py: `@emits`, `Ctx`, `Emitted`, `helper`) are the other side of
 this contract; frontends/__init__.py gives the frontend signature. Changes since the first
-version: Graph.reader_options, notes, architecture; op lrn; flatten end_dim; activation kind power; reshape 0 = copy the input dim; constant
-carries its shape; `sanitise` also avoids Python keywords and the names the generated file
-imports (torch, nn, F, math, self).
+version: Graph.reader_options, notes, architecture; op lrn; flatten end_dim; activation kind
+power; reshape 0 = copy the input dim; constant carries its shape; lstm/gru merge_mode,
+state_format, initial states; `sanitise` also avoids Python keywords and the names the
+generated file imports (torch, nn, F, math, self).
 """
 from __future__ import annotations
 
