@@ -542,3 +542,13 @@ def test_item8_like_settles_an_ambiguous_layer(tmp_path):
     assert d.matching.ambiguous == []
     assert _pair(d, "y").decided_by == "like (bit-equal to the port)"
     assert _unmatched(d) == (set(), {"x.weight"})
+
+
+def test_item4_names_that_decide_before_order():
+    """Only names that identify each other are decided before order: a shared tail of two tokens
+    (`..._batchnorm1` vs the stem's `bn1`) paired Gluon ResNet's stage BN with the stem BN."""
+    from converters.draft.signals import names_identify
+
+    assert names_identify("resnetv10_stage1_conv0", "stage1.conv0") and names_identify("conv4-1", "conv4_1")
+    assert names_identify("branch8k.conv", "branch8k.conv")
+    assert not names_identify("resnetv10_stage1_batchnorm1", "bn1") and not names_identify("c1", "conv1")

@@ -496,6 +496,12 @@ def _sim(s, t) -> float:
     return max(S.name_similarity(n, t.name) for n in names)
 
 
+def _identify(s, t) -> bool:
+    if s.rnn is not None or t.rnn is not None:
+        return S.names_identify(_unit_name(s), _unit_name(t))
+    return any(S.names_identify(n, t.name) for n in dict.fromkeys([s.name, *(_layer_from_name(h.name) for h in s.arrays)]))
+
+
 def _unit_name(u) -> str:
     if u.rnn is not None:
         k, rev = u.rnn
@@ -725,7 +731,7 @@ def _withhold_zero_fills(pairs, unmatched_units) -> dict:
 def _name_anchors(src, tgt, compat) -> list:
     """Compatible pairs whose normalised names agree, one-to-one: decided before any order is
     consulted (two same-shaped branches listed in another order must not be crossed)."""
-    named = [(i, j) for (i, j) in compat if _sim(src[i], tgt[j]) >= 1.0]
+    named = [(i, j) for (i, j) in compat if _identify(src[i], tgt[j])]
     per_s, per_t = {}, {}
     for i, j in named:
         per_s[i] = per_s.get(i, 0) + 1

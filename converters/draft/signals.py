@@ -57,6 +57,19 @@ def name_similarity(source_layer: str, target_module: str) -> float:
     return 0.9 * common / max(len(set(a) | set(b)), 1)
 
 
+def names_identify(source_layer: str, target_module: str) -> bool:
+    """Names strong enough to decide a pair before any order: the same normalised tokens, or one
+    ending with the other where the shorter has >= 3 tokens and at least half the longer's
+    (resnetv10_stage1_conv0 ~ stage1.conv0, but not resnetv10_stage1_batchnorm1 ~ bn1)."""
+    a, b = tokens(source_layer), tokens(target_module)
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    return len(short) >= 3 and 2 * len(short) >= len(long_) and long_[-len(short):] == short
+
+
 def tensor_word(name: str) -> str:
     """The normalised last component of an array name: 'bn/moving_variance' -> running_var."""
     last = re.split(r"[/.:]", name.removesuffix(":0"))
