@@ -40,6 +40,7 @@ COMMANDS = {
     "diff": "converters.cli.diff",
     "draft": "converters.cli.draft",
     "port": "converters.port.cli",
+    "batch": "converters.cli.batch",
 }
 DEFAULT = "convert"  # `convert --from F --map T IN OUT` is `convert convert ...`
 
