@@ -26,7 +26,7 @@ import numpy as np
 
 from ..arrays import ArrayFile, ArrayHandle, Layer, role_from_name
 from ..dtypes import ONNX
-from ..errors import FormatError, TruncatedError, UnsupportedError
+from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from . import _protowire as pw
 from ._limits import element_count, parser_errors
 from ._binary import FileView

@@ -18,7 +18,6 @@ import re
 import zipfile
 from collections.abc import Mapping
 
-import numpy as np
 
 from ..arrays import ArrayFile, ArrayHandle, role_from_name
 from ..dtypes import ML_DTYPES, of_torch

@@ -194,7 +194,7 @@ def exercise(path: str, reader: str, options: dict) -> str:
                 assert arr.shape == h.shape and arr.dtype == h.dtype, (arr.shape, h.shape)
             repr(f.meta)
         return "ok"
-    except ConvertersError as e:
+    except ConvertersError:
         return "ConvertersError"
     except MemoryError:
         return "memory"
