@@ -204,3 +204,10 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
     assert tty.returncode == 0 and "converting:" in tty.stdout and "tensor" in tty.stdout, tty.stdout
     piped = subprocess.run([*cmd, "--force"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert piped.returncode == 0 and "converting:" not in piped.stderr + piped.stdout
+    verify = [sys.executable, "-m", "converters", "verify", str(PNET), "--map", TABLE]
+    tty = subprocess.run(["script", "-q", "-e", "-c", "stty cols 100 rows 40; " + " ".join(verify), os.devnull],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert tty.returncode == 0 and "verifying" in tty.stdout and "parity PASS" in tty.stdout, tty.stdout
+    quiet = subprocess.run(["script", "-q", "-e", "-c", "stty cols 100 rows 40; " + " ".join(verify + ["-q"]),
+                            os.devnull], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert quiet.returncode == 0 and "verifying" not in quiet.stdout and "parity PASS" in quiet.stdout

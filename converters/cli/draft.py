@@ -40,9 +40,10 @@ def run(args) -> int:
 
     if args.verify and not args.output:
         raise ConvertersError("--verify needs -o: the parity check reads the written table")
-    d = draft(args.source, args.target, framework=args.framework, target_kwargs=args.target_kwargs,
-              out=args.output, input_shape=args.input_shape, reader_options=A.parse_options(args.option),
-              force=args.force, like=args.like, base=args.base)
+    with A.activity(args, "drafting"):
+        d = draft(args.source, args.target, framework=args.framework, target_kwargs=args.target_kwargs,
+                  out=args.output, input_shape=args.input_shape, reader_options=A.parse_options(args.option),
+                  force=args.force, like=args.like, base=args.base)
     if args.output is None:
         sys.stdout.write(d.text)
     elif not args.quiet and not args.json:
@@ -70,7 +71,8 @@ def _verify(d, args) -> int:
     kwargs = {"framework": args.framework}
     if args.source_python:
         kwargs["source_python"] = args.source_python
-    report = verify(args.source, args.output, **kwargs)
+    with A.activity(args, "verifying"):
+        report = verify(args.source, args.output, **kwargs)
     print(report if not args.quiet else str(report).splitlines()[0])
     if report.passed:
         return 0
