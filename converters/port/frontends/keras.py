@@ -196,7 +196,8 @@ def _requested_outputs(walker, outputs, path) -> list:
 def _architecture(f, path):
     if f.meta.get("config") is not None:
         return f.meta["config"]
-    hint = "pass the architecture with --architecture (a model config .json, a .keras file or a full-model .h5)"
+    hint = ("pass the architecture (--architecture): `convert port WEIGHTS ARCH` or --option architecture=ARCH, "
+            "ARCH a model.to_json() .json, a .keras or a full-model .h5")
     raise PortError("this Keras file holds weights only, no model architecture", file=path, hint=hint)
 
 
