@@ -291,6 +291,28 @@ def rep_oracle(tmp_path):
         return StateSource(w["fc.weight"], w["fc.bias"])
 
 
+def test_one_setup_object_serves_verify_and_write_reference(tmp_path):
+    """ParitySetup resolves verify's keywords once; verify_setup and write_reference_setup take it."""
+    from converters.parity.reference import write_reference_setup
+    from converters.parity.setup import ParitySetup
+    from converters.parity.verify import verify_setup
+
+    _state_case(tmp_path, None, "{h0: {shape: [N, units], fill: zeros}}")  # writes w.npz and t.yaml
+    setup = ParitySetup.create(tmp_path / "w.npz", tmp_path / "t.yaml", StateTarget(), n=3, seed=4,
+                               tolerance={"atol": 1e-5}, extra_inputs={"h0": {"shape": [3, 3], "fill": "random",
+                                                                           "target_arg": 1}})
+    assert (setup.framework, setup.inputs.n, setup.inputs.seed, setup.tolerance.atol) == ("numpy", 3, 4, 1e-5)
+    assert setup.conventions.source["layout"] == "NC" and setup.source_model().framework == "numpy"
+    rep = verify_setup(setup, oracle=rep_oracle(tmp_path))
+    assert rep.passed and rep.inputs["x"]["shape"] == [3, 4] and rep.tolerance["atol"] == 1e-5, str(rep)
+    meta = write_reference_setup(setup, tmp_path / "ref.npz", oracle=rep_oracle(tmp_path), taps="none")
+    with np.load(tmp_path / "ref.npz") as ref:
+        assert meta["n"] == 3 and ref["input/x"].shape == (3, 4) and ref["input/h0"].shape == (3, 3)
+    assert verify_setup(setup, reference=tmp_path / "ref.npz").passed
+    with pytest.raises(ConvertersError, match="dtype is float32 or float64"):
+        ParitySetup.create(tmp_path / "w.npz", tmp_path / "t.yaml", dtype="float16")
+
+
 def test_extra_source_inputs_fill_feed_and_shape_expressions(tmp_path):
     with pytest.raises(ConvertersError, match="parity.extra_inputs"):  # two inputs, one declared: say how
         _state_case(tmp_path, None)

@@ -190,7 +190,7 @@ def _run(rep, setup: ParitySetup, model, oracle, arrays, conv_report, localise):
     rep.passed = all(o["passed"] for o in rep.outputs)
     if localise and (localise == "always" or not rep.passed):
         t0 = time.perf_counter()
-        _localise(rep, setup, model, oracle, arrays, conv_report, src_in, args)
+        _localise(rep, setup, model, oracle, arrays, conv_report, src_in, args, localise)
         rep.timings["localise"] = time.perf_counter() - t0
 
 
@@ -304,10 +304,13 @@ def _np(t):
     return t.detach().to(torch.float64).cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def _localise(rep, setup: ParitySetup, model, oracle, arrays, conv_report, src_in, args):
+def _localise(rep, setup: ParitySetup, model, oracle, arrays, conv_report, src_in, args, localise=True):
     if isinstance(model, torch.jit.ScriptModule):
-        rep.notes.append("the PyTorch model is a TorchScript module, whose layers cannot be tapped: no layer "
-                         "was compared (verify the Python module it was scripted from to localise)")
+        why = "the PyTorch model is a TorchScript module, whose layers cannot be tapped"
+        if localise == "always":  # asked for explicitly: a usage error, not a verdict
+            raise ConvertersError(f"cannot localise: {why}", hint="verify the Python module it was scripted from, "
+                                                                  "or pass --localise never")
+        rep.notes.append(f"{why}: no layer was compared (verify the Python module it was scripted from to localise)")
         return
     pairs = pairs_from_conversion(conv_report, arrays, setup.parity("layers"), dict(model.named_modules()))
     source_order = list(oracle.layer_order())
