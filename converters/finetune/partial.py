@@ -64,9 +64,10 @@ class LoadReport(Report):
     def headline(self) -> str:
         src = f" from {self.source}" if self.source else ""
         pre = f" (prefix {self.prefix!r} removed)" if self.prefix else ""
-        return (f"loaded {len(self.loaded)} tensors{src}{pre}; {len(self.skipped_shape)} skipped for shape, "
-                f"{len(self.ambiguous)} ambiguous, {len(self.missing)} missing in source, "
-                f"{len(self.unexpected)} unexpected in source, {len(self.ignored)} ignored")
+        counts = {"skipped for shape": self.skipped_shape, "ambiguous": self.ambiguous,
+                  "missing in source": self.missing, "unexpected in source": self.unexpected,
+                  "ignored": self.ignored}
+        return f"loaded {len(self.loaded)} tensors{src}{pre}; " + ", ".join(f"{len(v)} {k}" for k, v in counts.items())
 
     def sections(self):
         return [
