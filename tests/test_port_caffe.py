@@ -268,3 +268,19 @@ def test_train_val_prototxt_layers_of_the_train_phase_are_skipped(nets, tmp_path
     assert {r["layer"] for r in result.layers} == {"conv1", "conv_g", "conv_hw", "dw", "deconv"}
     ignored = {i.pattern.pattern: i.reason for i in mapping_spec.load(result.table_file).ignore}
     assert set(ignored) == {"extra/0", "extra/1"} and all("TRAIN" in r for r in ignored.values())
+
+
+def test_inner_product_features_that_the_prototxt_does_not_give_are_refused(nets, tmp_path, capsys):
+    """Sizes are followed through the prototxt (Caffe's conv / ceil-pool arithmetic): an
+    InnerProduct blob for another input size stops the port before anything is written."""
+    from converters.cli import main
+
+    mk, pb, d = nets
+    text = mk._input([1, 2, 9, 9]) + mk.L("pool", "Pooling", "data", "pool", "pooling_param { pool: MAX kernel_size: 3 "
+                                                                            "stride: 2 pad: 1 }")
+    text += mk.L("fc", "InnerProduct", "pool", "fc", "inner_product_param { num_output: 3 }")
+    model, proto = mk.build(pb, "ip_bad", d, prototxt=text, blobs={"fc": [(3, 2 * 4 * 4), (3,)]})
+    code = main(["port", str(model), str(proto), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "'fc'" in err and "32 input features" in err and "2x5x5 = 50" in err
+    assert not (tmp_path / "out").exists()

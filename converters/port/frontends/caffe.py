@@ -33,6 +33,7 @@ class State:
     current: dict = field(default_factory=dict)    # Caffe blob name -> current tensor name
     channels: dict = field(default_factory=dict)   # tensor -> channel count when known
     rank: dict = field(default_factory=dict)       # tensor -> number of dims when known
+    spatial: dict = field(default_factory=dict)    # tensor -> spatial size (H, W, ...) when known
     tensors: set = field(default_factory=set)
     nodes: list = field(default_factory=list)
     producer: dict = field(default_factory=dict)   # tensor -> Caffe layer name that wrote it
@@ -142,6 +143,8 @@ def _inputs(st: State, arrays, input_shapes) -> list:
             st.rank[tensor] = len(shape)
             if len(shape) > 1:
                 st.channels[tensor] = shape[1]
+            if len(shape) > 2:
+                st.spatial[tensor] = tuple(shape[2:])
     return out
 
 

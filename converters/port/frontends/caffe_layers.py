@@ -38,13 +38,15 @@ def _ins(st, layer, n=None):
     return [st.current[b] for b in layer.inputs]
 
 
-def _add(st, layer, op, ins, attrs=None, params=None, name=None, outs=None, channels="same", rank="same"):
-    """Append a node; `channels` / `rank` of its outputs: "same" as the first input, an int, or None."""
+def _add(st, layer, op, ins, attrs=None, params=None, name=None, outs=None, channels="same", rank="same",
+         spatial="same"):
+    """Append a node; `channels` / `rank` / `spatial` (H, W, ...) of its outputs: "same" as the first
+    input, a value, or None (unknown)."""
     outs = outs if outs is not None else [st.new_tensor(t, layer.name) for t in layer.outputs]
     node = Node(name or layer.name, op, list(ins), outs, dict(attrs or {}), dict(params or {}), layer.type)
     st.nodes.append(node)
     for t in outs:
-        for known, value in ((st.channels, channels), (st.rank, rank)):
+        for known, value in ((st.channels, channels), (st.rank, rank), (st.spatial, spatial)):
             if value == "same":
                 value = known.get(ins[0]) if ins else None
             if value is None:
@@ -59,6 +61,38 @@ def _arrays(st, layer, n_min, n_max=None):
         want = str(n_min) if n_max in (None, n_min) else f"{n_min}-{n_max}"
         raise st.error(layer, f"has {len(layer.arrays)} weight blob(s) in the caffemodel, its definition needs {want}")
     return list(layer.arrays)
+
+
+def _conv_size(size, kernel, stride, pad, dilation, transpose):
+    if size is None or len(size) != len(kernel):
+        return None
+    if transpose:
+        return tuple((n - 1) * s - 2 * p + d * (k - 1) + 1 for n, k, s, p, d in zip(size, kernel, stride, pad, dilation))
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(size, kernel, stride, pad, dilation))
+
+
+def _pool_size(size, kernel, stride, pad, ceil):
+    """Caffe's pooled size: rounded up (a last window starting in the padding dropped) or down."""
+    if size is None or len(size) != len(kernel):
+        return None
+    out = []
+    for n, k, s, p in zip(size, kernel, stride, pad):
+        m = -(-(n + 2 * p - k) // s) + 1 if ceil else (n + 2 * p - k) // s + 1
+        if p and (m - 1) * s >= n + p:
+            m -= 1
+        out.append(m)
+    return tuple(out)
+
+
+def _check_features(st, layer, x, axis, expected):
+    """An InnerProduct's input features against channels x spatial size, where both are known."""
+    c, size = st.channels.get(x), st.spatial.get(x)
+    if axis != 1 or c is None or size is None or st.rank.get(x) != 2 + len(size):
+        return
+    have = c * _count(size)
+    if have != expected:
+        raise st.error(layer, f"its weight takes {expected} input features, but the prototxt's earlier layers give "
+                              f"{c}x{'x'.join(map(str, size))} = {have}: the prototxt does not describe these weights")
 
 
 def _check_channels(st, layer, tensor, expected, what):
@@ -110,7 +144,8 @@ def _conv(st, layer):
              "dilation": tuple(dil or [1] * dims), "groups": groups, "padding": [(q, q) for q in pad], "bias": bias}
     if transpose:
         attrs["output_padding"] = (0,) * dims
-    _add(st, layer, "conv_transpose" if transpose else "conv", [x], attrs, params, channels=cout)
+    _add(st, layer, "conv_transpose" if transpose else "conv", [x], attrs, params, channels=cout,
+         spatial=_conv_size(st.spatial.get(x), kernel, stride, pad, dil or [1] * dims, transpose))
 
 
 @layer_type("InnerProduct")
@@ -139,15 +174,18 @@ def _inner_product(st, layer):
     if axis < 0 and rank is None:
         raise st.error(layer, f"InnerProduct along axis {axis} of an input of unknown rank")
     axis = axis % rank if rank is not None else axis
+    if rank == 2 and axis == 1:
+        _check_channels(st, layer, x, core[1], "its weight")
     if rank != axis + 1:  # Caffe flattens from `axis` on; nn.Linear works on the last dim
-        x = _add(st, layer, "flatten", [x], {"start_dim": axis}, name=f"{layer.name}/flatten",
+        _check_features(st, layer, x, axis, core[1])
+        x = _add(st, layer, "flatten", [x], {"start_dim": axis}, name=f"{layer.name}/flatten", spatial=None,
                  outs=[st.new_tensor(f"{layer.name}_flat", layer.name)], channels=None if axis <= 1 else "same",
                  rank=axis + 1).outputs[0]
     params = {"weight": Param(names[0], transforms)}
     if bias:
         params["bias"] = Param(names[1], _vector(st, layer, names[1], out, "the bias"))
     _add(st, layer, "linear", [x], {"in_features": core[1], "out_features": out, "bias": bias}, params,
-         channels=out if axis == 1 else "same", rank=axis + 1)
+         channels=out if axis == 1 else "same", rank=axis + 1, spatial=None)
 
 
 def _folds(st, bn, scale, rest) -> bool:
@@ -211,7 +249,8 @@ def _scale_by_blob(st, layer):
     else:
         raise st.error(layer, f"Scale by a {rs}-d second bottom at axis {axis} is not supported")
     shaped = _add(st, layer, "reshape", [s], {"shape": shape}, name=f"{layer.name}/factor",
-                  outs=[st.new_tensor(f"{layer.name}_factor", layer.name)], channels=None, rank=rx).outputs[0]
+                  outs=[st.new_tensor(f"{layer.name}_factor", layer.name)], channels=None, rank=rx,
+                  spatial=None).outputs[0]
     _add(st, layer, "mul", [x, shaped])
 
 
@@ -341,12 +380,14 @@ def _pooling(st, layer):
         raise st.error(layer, f"{pp.get('pool')} pooling is not supported (no exact PyTorch equivalent)")
     (x,) = _ins(st, layer, 1)
     if pp.get("global_pooling"):
-        _add(st, layer, "global_pool", [x], {"kind": kind, "keepdims": True})
+        _add(st, layer, "global_pool", [x], {"kind": kind, "keepdims": True},
+             spatial=(1,) * len(st.spatial[x]) if x in st.spatial else None)
         return
     kernel, stride, pad = (tuple(p.get(k) or ()) for k in ("kernel", "stride", "pad"))
+    size = _pool_size(st.spatial.get(x), kernel, stride, pad, bool(p.get("ceil_mode", True)))
     _add(st, layer, "pool", [x], {"kind": kind, "dims": len(kernel), "kernel": kernel, "stride": stride,
                                   "padding": [(q, q) for q in pad], "ceil_mode": bool(p.get("ceil_mode", True)),
-                                  "count_include_pad": True, "dilation": (1,) * len(kernel)})
+                                  "count_include_pad": True, "dilation": (1,) * len(kernel)}, spatial=size)
 
 
 @layer_type("Eltwise")
@@ -371,7 +412,8 @@ def _concat(st, layer):
         axis = int(cp["concat_dim"])
     ins = _ins(st, layer)
     ch = [st.channels.get(t) for t in ins]
-    _add(st, layer, "concat", ins, {"axis": axis}, channels=sum(ch) if axis == 1 and None not in ch else None)
+    _add(st, layer, "concat", ins, {"axis": axis}, channels=sum(ch) if axis == 1 and None not in ch else None,
+         spatial="same" if axis == 1 else None)
 
 
 @layer_type("Slice")
@@ -396,7 +438,7 @@ def _slice(st, layer):
         size = None if bounds[k + 1] is None else bounds[k + 1] - bounds[k]
         _add(st, layer, "slice", [x], {"axis": axis, "start": bounds[k], "stop": bounds[k + 1], "step": 1},
              name=layer.name if k == 0 else f"{layer.name}/{k}", outs=[out],
-             channels=size if axis == 1 else "same")
+             channels=size if axis == 1 else "same", spatial="same" if axis == 1 else None)
 
 
 @layer_type("Flatten")
@@ -406,7 +448,8 @@ def _flatten(st, layer):
     start, end = int(fp.get("axis", 1)), int(fp.get("end_axis", -1))  # torch reads negative axes as Caffe does
     rank = st.rank.get(x)
     out_rank = rank - ((end % rank) - (start % rank)) if rank is not None else (start + 1 if end == -1 and start >= 0 else None)
-    _add(st, layer, "flatten", [x], {"start_dim": start, "end_dim": end}, channels=None, rank=out_rank)
+    _add(st, layer, "flatten", [x], {"start_dim": start, "end_dim": end}, channels=None, rank=out_rank,
+         spatial=None)
 
 
 @layer_type("Reshape")
@@ -416,7 +459,8 @@ def _reshape(st, layer):
         raise st.error(layer, "Reshape of part of the axes (axis / num_axes) is not supported")
     shape = rp.get("shape") or {}
     dims = [int(d) for d in (shape.get("dim") if isinstance(shape, dict) else shape) or []]
-    _add(st, layer, "reshape", _ins(st, layer, 1), {"shape": tuple(dims)}, channels=None, rank=len(dims))
+    _add(st, layer, "reshape", _ins(st, layer, 1), {"shape": tuple(dims)}, channels=None, rank=len(dims),
+         spatial=None)
 
 
 @layer_type("Permute")
@@ -425,7 +469,8 @@ def _permute(st, layer):
     order = [int(v) for v in _fork_params(st, layer, "permute_param").get("order") or []]
     rank = st.rank.get(x, 4)
     order += [a for a in range(rank) if a not in order]  # Caffe completes a partial order
-    _add(st, layer, "transpose", [x], {"perm": tuple(order)}, channels=None, rank=len(order))
+    _add(st, layer, "transpose", [x], {"perm": tuple(order)}, channels=None, rank=len(order),
+         spatial=None)
 
 
 @layer_type("Crop")
@@ -439,7 +484,7 @@ def _crop(st, layer):
     per_dim = [None] * axis + [offsets[0] if len(offsets) == 1 else offsets[k] for k in range(rank - axis)]
     if len(offsets) not in (1, rank - axis):
         raise st.error(layer, f"{len(offsets)} offsets for {rank - axis} cropped axes")
-    _add(st, layer, "crop", [x, ref], {"offsets": per_dim})
+    _add(st, layer, "crop", [x, ref], {"offsets": per_dim}, spatial=st.spatial.get(ref) if axis == 2 else None)
 
 
 @layer_type("LRN")
