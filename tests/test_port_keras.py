@@ -159,7 +159,8 @@ def test_rnn_first_sequence_output(k3, tmp_path):
 
 def test_sequential_reshape_and_weights_only_architecture(k3, tmp_path):
     L = k3.layers
-    model = k3.Sequential([k3.Input((12,), name="vec"), L.Dense(16, activation="tanh", name="d1"),
+    model = k3.Sequential([k3.Input((12,), name="vec"), L.Rescaling(1 / 127.5, offset=-1, name="rescale"),
+                           L.Dense(16, activation="tanh", name="d1"),
                            L.BatchNormalization(scale=False, name="bn"), L.Reshape((2, 2, 4), name="to_image"),
                            L.Conv2D(4, 1, groups=2, activation="selu", name="grouped"),
                            L.ReLU(max_value=0.8, negative_slope=0.1, name="relu_capped"), L.ELU(0.7, name="elu"),

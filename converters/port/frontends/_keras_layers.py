@@ -567,6 +567,28 @@ def _upsample(b, q, cfg, ins):
     return [_T(out, (x.shape[0], *spatial, x.shape[-1]), True)]
 
 
+@layer("Rescaling")
+def _rescaling(b, q, cfg, ins):
+    """x * scale + offset (Keras preprocessing): a per-channel Scale whose values the table fills."""
+    t = ins[0]
+    values = []
+    for key, default in (("scale", 1.0), ("offset", 0.0)):
+        v = cfg.get(key, default)
+        v = sorted(set(v)) if isinstance(v, (list, tuple)) else [v]
+        if len(v) != 1 or not isinstance(v[0], (int, float)):
+            raise b.unsupported(f"{key} {cfg.get(key)!r}", hint="only one scale and one offset for all channels")
+        values.append(float(v[0]))
+    channels = t.shape[-1]
+    if not isinstance(channels, int):
+        raise b.unsupported("an input whose channel count the config does not give")
+    x = b.to_cf(t)
+    params = {"weight": Param(fill=values[0])}
+    if values[1] != 0.0:
+        params["bias"] = Param(fill=values[1])
+    out, = b.emit(q, "scale", [x], {"num_features": channels, "bias": values[1] != 0.0, "axis": 1}, params)
+    return [_T(out, x.shape, x.cf)]
+
+
 @layer(*_IDENTITY)
 def _identity(b, q, cfg, ins):
     out, = b.emit(q, "identity", [ins[0]])
