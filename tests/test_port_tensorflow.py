@@ -162,19 +162,33 @@ def test_tf_keras_saved_model_matches_tensorflow(tmp_path):
 
 
 @pytest.mark.heavy
-def test_keras3_export_matches_tensorflow_and_unfused_batchnorm_is_refused(tmp_path):
+def test_keras3_export_matches_tensorflow(tmp_path):
+    """Keras 3 `model.export()`: its conv bias is a reshaped variable and its BatchNormalization
+    the unfused tf.nn.batch_normalization arithmetic; both become plain layers."""
     _tf()
     import keras
 
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, padding="same"),
-                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+                              keras.layers.BatchNormalization(epsilon=1e-2), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3)])
     _keras_weights(model, np.random.RandomState(4))
     model.export(str(tmp_path / "k3"))
     result = _verified(tmp_path, tmp_path / "k3")
     table = yaml.safe_load(Path(result.table_file).read_text())
     # Keras 3 adds the conv bias reshaped to (1, 1, 1, 4): folded into the bias rule's transforms
     assert any(r.get("transforms", [None])[-1] == {"reshape": {"shape": [4]}} for r in table["rules"])
-    bn = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.BatchNormalization()])
-    bn.export(str(tmp_path / "k3bn"))
-    with pytest.raises(UnsupportedOpError, match="op Rsqrt is not supported"):
-        build_graph([str(tmp_path / "k3bn")])
+    source = Path(result.model_file).read_text()
+    assert "batch_normalization (unfused)" in source and "nn.BatchNorm2d(4,eps=0.0099999" in "".join(source.split())
+
+
+def test_unfused_batch_normalization_in_a_frozen_graph(tmp_path):
+    tf = _tf()
+    rng = np.random.RandomState(5)
+    mean, var, beta = (tf.constant(rng.randn(3).astype(np.float32)) for _ in range(3))
+    var = tf.abs(var) + 0.5
+    pb = _freeze(lambda x: tf.nn.relu(tf.nn.batch_normalization(x, mean, var, beta, None, 1e-3)), (2, 4, 4, 3),
+                 tmp_path / "bn.pb")
+    graph = build_graph([str(pb)])
+    bn = [n for n in graph.nodes if n.op == "batchnorm"]
+    assert len(bn) == 1 and bn[0].params["weight"].fill == 1.0       # no scale: gamma 1
+    _verified(tmp_path, pb)

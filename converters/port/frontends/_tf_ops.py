@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import UnsupportedOpError, nhwc_axis
+from ..graph import Param, UnsupportedOpError, nhwc_axis
 from . import _shapes
 
 _ACT = {"Relu": {"kind": "relu"}, "Relu6": {"kind": "relu6"}, "Elu": {"kind": "elu", "alpha": 1.0},
@@ -232,8 +232,86 @@ def reduce(b, layer):
     b.set(layer, _new(b, ir=ir, shape=shape))
 
 
+def _inputs(layer):
+    return [i for i in layer.inputs if not i.startswith("^")]
+
+
+def _stored(b, name, channels=None):
+    """The tensor name when it is a stored (variable / Const) 1-d array, else None."""
+    v = b.ensure(name)
+    if v is None or not v.is_const or v.array is None or v.array in b.extra or len(v.shape) != 1:
+        return None
+    return name if channels is None or v.shape[0] == channels else None
+
+
+def _bn_scale(b, layer):
+    """rsqrt(var + eps) [* gamma] -> (gamma or None, var, eps input), else None."""
+    gamma, rsqrt = None, layer
+    if layer is not None and layer.type == "Mul":
+        parts = [b.layers.get(i.split(":")[0]) for i in _inputs(layer)]
+        k = next((j for j, p in enumerate(parts) if p is not None and p.type == "Rsqrt"), None)
+        if k is None:
+            return None
+        rsqrt, gamma = parts[k], _stored(b, _inputs(layer)[1 - k])
+        if gamma is None:
+            return None
+    if rsqrt is None or rsqrt.type != "Rsqrt":
+        return None
+    add = b.layers.get(_inputs(rsqrt)[0].split(":")[0])
+    if add is None or add.type not in ("AddV2", "Add"):
+        return None
+    var, eps = _inputs(add)
+    if _stored(b, var) is None or b.ensure(eps) is None or np.size(b.ensure(eps).value()) != 1:
+        return None
+    return gamma, var, eps
+
+
+def _batchnorm_pattern(b, layer) -> bool:
+    """tf.nn.batch_normalization as TF writes it unfused (TF1 graphs, Keras 3 exports):
+    x * s + (beta - mean * s) with s = rsqrt(var + eps) [* gamma] -> one batchnorm node."""
+    ins = _inputs(layer)
+    for xi in (0, 1):
+        scale_layer = b.layers.get(ins[1 - xi].split(":")[0])
+        parsed = _bn_scale(b, scale_layer)
+        if parsed:
+            break
+    else:
+        return False
+    gamma, var, eps = parsed
+    add = b.only_consumer(layer, ("AddV2", "Add"))
+    other = [i for i in _inputs(add) if i.split(":")[0] != layer.name] if add is not None else []
+    shift = b.layers.get(other[0].split(":")[0]) if len(other) == 1 else None
+    if shift is None or shift.type not in ("Sub", "Neg"):
+        return False
+    beta = _stored(b, _inputs(shift)[0]) if shift.type == "Sub" else None
+    m2 = b.layers.get(_inputs(shift)[-1].split(":")[0])
+    if m2 is None or m2.type != "Mul" or (shift.type == "Sub" and beta is None):
+        return False
+    mean = [i for i in _inputs(m2) if i.split(":")[0] != scale_layer.name]
+    if len(mean) != 1 or _stored(b, mean[0]) is None:
+        return False
+    x = _tensor(b, layer, xi)
+    features = b.value(var).shape[0]
+    params = {"weight": b.param(gamma) if gamma else Param(fill=1.0),
+              "bias": b.param(beta) if beta else Param(fill=0.0),
+              "running_mean": b.param(mean[0]), "running_var": b.param(var)}
+    four = x.shape is not None and len(x.shape) == 4
+    if not four and (x.shape is None or len(x.shape) != 2):
+        return False
+    ir = b.emit(add.name, "batchnorm", [b.cf(x, layer) if four else x.ir], dict(
+        dims=2 if four else 1, num_features=features, eps=float(np.asarray(b.const(eps, "epsilon")).reshape(-1)[0]),
+        affine=True), params, source_op="batch_normalization (unfused)")
+    b.fused.add(add.name)
+    value = _new(b, ir=ir, shape=x.shape, cf=four)
+    b.set(layer, value)
+    b.set(add, value)
+    return True
+
+
 def binary(b, layer):
     op = _BINARY[layer.type]
+    if layer.type == "Mul" and _batchnorm_pattern(b, layer):
+        return
     if layer.type.startswith("BiasAdd"):
         _nhwc(b, layer)
     vs = [b.value(i) for i in layer.inputs if not i.startswith("^")]
@@ -426,6 +504,14 @@ def strided_slice(b, layer):
                       cf=cf and not shrink))
 
 
+def rsqrt(b, layer):
+    """Folded on constants only (the unfused BatchNorm pattern's rsqrt(var + eps))."""
+    v = b.value(layer.inputs[0])
+    if not v.is_const:
+        raise UnsupportedOpError("Rsqrt of a run-time tensor", layer.name, b.file)
+    b.set(layer, _new(b, value=1.0 / np.sqrt(v.value())))
+
+
 def shape_op(b, layer):
     v = b.value(layer.inputs[0])
     shape = v.value().shape if v.is_const else v.shape
@@ -446,6 +532,8 @@ def cast(b, layer):
     v = b.value(layer.inputs[0])
     dst = layer.params.get("DstT")
     if v.is_const:
+        if v.value().dtype == np.dtype(dst or "float32"):
+            return b.set(layer, v)   # no change: the stored array stays the source
         return b.set(layer, _new(b, value=v.value().astype(dst or "float32")))
     if dst not in (None, "float32") or layer.params.get("SrcT") not in (None, "float32"):
         raise UnsupportedOpError(f"Cast to {dst}", layer.name, b.file)
@@ -459,6 +547,6 @@ OPS = {"Conv2D": conv2d, "DepthwiseConv2dNative": conv2d, "MatMul": matmul,
        "ConcatV2": concat, "Concat": concat, "Reshape": reshape, "Squeeze": squeeze, "ExpandDims": expand_dims,
        "Transpose": transpose, "Pad": pad, "PadV2": pad, "MirrorPad": pad, "ResizeBilinear": resize,
        "ResizeNearestNeighbor": resize, "StridedSlice": strided_slice, "Shape": shape_op, "Pack": pack,
-       "Cast": cast}
+       "Cast": cast, "Rsqrt": rsqrt}
 OPS.update({op: activation for op in _ACT})
 OPS.update({op: binary for op in _BINARY})

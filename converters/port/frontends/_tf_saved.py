@@ -74,6 +74,7 @@ class _Loader:
         self.view, self.buf, self.file = view, view.buf, view.path
         self.keys = variable_keys
         self.out = SavedGraph()
+        self.taken: set = set()
 
     def run(self, signature) -> SavedGraph:
         metas = _spans(self.buf, (0, self.view.size), self.file, 2)
@@ -158,6 +159,7 @@ class _Loader:
             if self.main.get(node, {}).get("op") != "Placeholder":
                 raise UnsupportedOpError(f"signature input {key} fed to {node}", node, self.file)
             self._add(key, "Placeholder", self.main[node]["attrs"], [])
+            self.taken.add(key)
             self.out.inputs.append(key)
             by_placeholder[node] = f"{key}:0"
         done = {}
@@ -187,21 +189,28 @@ class _Loader:
                             array=where)
         return key
 
-    def _inline(self, fname, feeds, prefix, depth) -> list:
-        """Add a function's nodes under `prefix/`; feeds bind its args; returns its output tensors."""
+    def _inline(self, fname, feeds, call, depth, scope="") -> list:
+        """Add a function's nodes; feeds bind its args; returns its output tensors. Nodes keep
+        their own (Keras-scoped) names, flattened through the calls, so model.py reads like the
+        model; a name taken by another function's node is prefixed with the call path."""
         fn = self.functions.get(fname)
         if fn is None or depth > _MAX_DEPTH:
-            raise UnsupportedOpError(f"call of an unknown function {fname!r}", prefix, self.file)
+            raise UnsupportedOpError(f"call of an unknown function {fname!r}", call, self.file)
         if len(feeds) != len(fn["args"]):
             raise PortError(f"function {fname} takes {len(fn['args'])} inputs, the call gives {len(feeds)}", file=self.file)
         env = dict(zip(fn["args"], feeds))
+        names = {}
+        for node in fn["nodes"]:
+            short = f"{scope}/{node['name']}" if scope else node["name"]
+            names[node["name"]] = short if short not in self.taken else f"{call}/{node['name']}"
+            self.taken.add(names[node["name"]])
         calls = {}
         for node in fn["nodes"]:
-            name = f"{prefix}/{node['name']}"
-            ins = [self._resolve(i, env, prefix, calls) for i in node["inputs"] if not i.startswith("^")]
+            name = names[node["name"]]
+            ins = [self._resolve(i, env, names, calls) for i in node["inputs"] if not i.startswith("^")]
             if node["op"] in _CALLS:
                 inner = node["attrs"].get("f", {}).get("func", "")
-                calls[node["name"]] = self._inline(inner, ins, name, depth + 1)
+                calls[node["name"]] = self._inline(inner, ins, name, depth + 1, scope)
             elif node["op"] == "ReadVariableOp" and isinstance(ins[0], tuple):
                 self._variable(name, ins[0][1])
             elif node["op"] in ("Const", "HostConst"):
@@ -210,16 +219,18 @@ class _Loader:
                 if any(isinstance(i, tuple) for i in ins):
                     raise UnsupportedOpError(f"{node['op']} of a variable handle", name, self.file)
                 self._add(name, node["op"], node["attrs"], ins)
-        return [self._resolve(fn["ret"][o], env, prefix, calls) for o in fn["outputs"]]
+        return [self._resolve(fn["ret"][o], env, names, calls) for o in fn["outputs"]]
 
-    def _resolve(self, spelled, env, prefix, calls):
+    def _resolve(self, spelled, env, names, calls):
         node, _, rest = spelled.partition(":")
         if not rest:
-            return env[node] if node in env else f"{prefix}/{node}:0"
+            return env[node] if node in env else f"{names[node]}:0"
         index = int(rest.rpartition(":")[2] or 0)
         if node in calls:
             return calls[node][index]
-        return f"{prefix}/{node}:{index}"
+        if node not in names:
+            raise PortError(f"a function reads {spelled!r}, which it does not define", file=self.file)
+        return f"{names[node]}:{index}"
 
     def _add(self, name, op, attrs, inputs) -> None:
         params = {k: v for k, v in attrs.items() if not isinstance(v, _Tensor)}
