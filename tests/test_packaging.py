@@ -124,3 +124,15 @@ def test_fresh_venv_core_install_commands_work(tmp_path):
     assert where.stdout.split()[0].startswith(site) and where.stdout.split()[1:] == ["None", "None"], where.stdout
     assert Path(site, "converters/py.typed").is_file()
     assert sysconfig.get_path("purelib") != site  # really another environment
+
+
+@pytest.mark.heavy
+def test_setup_script_prints_its_steps():
+    """scripts/setup.sh on this (already set-up) checkout: idempotent, and every step says what it
+    does on stderr (pip's own output goes to .venv/setup.log)."""
+    r = subprocess.run(["bash", str(ROOT / "scripts/setup.sh")], capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "CONVERTERS_SKIP_MXNET": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = [line for line in r.stderr.splitlines() if line.startswith("setup [")]
+    assert [s.split("]")[0] for s in steps] == ["setup [1/6", "setup [2/6", "setup [3/6", "setup [4/6", "setup [5-6/6"]
+    assert "torch==2.14.1" in steps[1] and "already installed" in r.stderr and "setup: ready" in r.stderr
