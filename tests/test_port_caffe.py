@@ -135,7 +135,7 @@ def nets(tmp_path_factory):
 # (not sc1: OpenCV fuses bn1 + sc1 + the in-place relu1 and returns no usable sc1 blob; relu1,
 # a leaky ReLU, shows any fault of the folded bn1 + sc1; bn2 requested keeps bn2 and sc2 apart)
 OUTPUTS = {
-    "axes": ["ip_a2", "flat_12", "ip_last", "se"],
+    "axes": ["ip_a2", "flat_12", "ip_last", "se", "interp"],
     "convs": ["conv1", "conv_g", "conv_hw", "dw", "deconv"],
     "norm_act": ["relu1", "bn2", "sc2", "prelu_c", "prelu_s", "sig", "tanh", "elu", "absval", "bnll", "power",
                  "lrn", "cat"],

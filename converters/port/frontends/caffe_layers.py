@@ -494,3 +494,16 @@ def _lrn(st, layer):
         raise st.error(layer, f"LRN norm_region {lp.get('norm_region')} is not supported (only ACROSS_CHANNELS)")
     _add(st, layer, "lrn", _ins(st, layer, 1), {"size": int(lp.get("local_size", 5)), "alpha": float(lp.get("alpha", 1.0)),
                                                 "beta": float(lp.get("beta", 0.75)), "k": float(lp.get("k", 1.0))})
+
+
+@layer_type("Interp")
+def _interp(st, layer):
+    """PSPNet's Interp: bilinear with corners aligned, to a fixed height x width (OpenCV agrees)."""
+    ip = _fork_params(st, layer, "interp_param")
+    (x,) = _ins(st, layer, 1)
+    h, w = int(ip.get("height", 0) or 0), int(ip.get("width", 0) or 0)
+    if int(ip.get("pad_beg", 0) or 0) or int(ip.get("pad_end", 0) or 0) or not (h and w):
+        raise st.error(layer, "Interp is supported with height and width (zoom/shrink factors and pad_beg/pad_end "
+                              "size the output from the input at run time, which the port does not express)")
+    _add(st, layer, "upsample", [x], {"mode": "bilinear", "scale": None, "size": (h, w), "align_corners": True,
+                                      "half_pixel": False}, spatial=(h, w))
