@@ -4,6 +4,7 @@ Each attack names a callable that would create a marker file if it were called; 
 (convert, --dry-run, convert(), verify, draft) must refuse it with one ConvertersError line and
 leave no marker behind.
 """
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,16 +47,28 @@ def assert_one_line_refusal(r, needle):
     assert needle in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("entry", ["convert", "dry-run", "verify"])
+@pytest.mark.parametrize("entry", ["convert", "dry-run", "verify", "draft"])
 def test_cli_refuses_os_system_target_and_runs_nothing(tmp_path, entry):
     marker = tmp_path / "PWNED"
     table = table_with_target(tmp_path, os_system_target(marker))
     args = {"convert": ["--map", table, CAFFE, tmp_path / "out.pth"],
             "dry-run": ["--map", table, CAFFE, "--dry-run"],
-            "verify": ["verify", CAFFE, "--map", table, "--architecture", PROTOTXT]}[entry]
+            "verify": ["verify", CAFFE, "--map", table, "--architecture", PROTOTXT],
+            "draft": ["draft", CAFFE, "--target", "os:system", "--target-kwargs",
+                      json.dumps({"command": f"touch {marker}"}), "-o", tmp_path / "out.pth"]}[entry]
     r = run_cli(*args, cwd=tmp_path)
     assert_one_line_refusal(r, "standard library")
     assert not marker.exists() and not (tmp_path / "out.pth").exists()
+
+
+def test_draft_base_table_with_a_hostile_target_runs_nothing(tmp_path):
+    """`draft --base` reads a table: its target is never called (the draft's own --target is)."""
+    marker = tmp_path / "PWNED"
+    table = table_with_target(tmp_path, os_system_target(marker))
+    r = run_cli("draft", CAFFE, "--target", "converters.models.mtcnn:PNet", "--base", table, "-o", tmp_path / "d.yaml",
+                cwd=tmp_path)
+    assert not marker.exists(), r.stderr
+    assert r.returncode in (0, 2) and "Traceback" not in r.stderr, r.stderr
 
 
 def test_api_convert_and_draft_refuse_os_system(tmp_path):
