@@ -389,6 +389,62 @@ def tf_keras_savedmodel_metrics(tmp) -> Case:
     return Case(tmp / "saved", DenseHead(), "tensorflow", what="tf-keras SavedModel with optimizer and metric state")
 
 
+class OnnxLstmA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = nn.LSTM(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0][-1])
+
+
+class SileroStylePort(nn.Module):
+    """Silero-VAD style: an nn.LSTMCell stepped over (T, N, F), a head on the last state."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell, self.decoder = nn.LSTMCell(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[1], 4)
+        for step in x:
+            h, c = self.cell(step, (h, c))
+        return self.decoder(h)
+
+
+def onnx_lstm_cell_port(tmp) -> Case:
+    torch.manual_seed(12)
+    module = OnnxLstmA().eval()
+    torch.onnx.export(module, torch.zeros(5, 2, 3), tmp / "lstm.onnx", dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {1: "N"}, "y": {0: "N"}})
+    return Case(tmp / "lstm.onnx", SileroStylePort(), what="ONNX LSTM (torch.onnx) vs nn.LSTMCell port")
+
+
+class OnnxGruA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru, self.fc = nn.GRU(3, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.fc(self.gru(x)[1][0])
+
+
+class GruPort(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.classify = nn.GRU(3, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.classify(self.encoder(x)[0][-1])
+
+
+def onnx_gru_port(tmp) -> Case:
+    torch.manual_seed(13)
+    torch.onnx.export(OnnxGruA().eval(), torch.zeros(4, 2, 3), tmp / "gru.onnx", dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {1: "N"}, "y": {0: "N"}})
+    return Case(tmp / "gru.onnx", GruPort(), what="ONNX GRU (torch.onnx, zrh) vs nn.GRU port with other names")
+
+
 PAIRS = {
     "keras_cnn_permuted_port": keras_cnn_permuted_port,
     "keras_permute_flatten": keras_permute_flatten,
@@ -403,6 +459,8 @@ PAIRS = {
     "keras_conv1d_audio": keras_conv1d_audio,
     "keras_prelu": keras_prelu,
     "tf_keras_savedmodel_metrics": tf_keras_savedmodel_metrics,
+    "onnx_lstm_cell_port": onnx_lstm_cell_port,
+    "onnx_gru_port": onnx_gru_port,
 }
 # what each pair must come to: as is, or (checkpoint order, no graph) only "unsure"
 EXPECTED = {name: "as is" for name in PAIRS} | {"tf1_checkpoint_context": "unsure"}

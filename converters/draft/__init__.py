@@ -180,6 +180,9 @@ def _input_hint(arrays, framework, input_shape, model=None):
     shape = _declared_input(arrays)
     if not shape:
         return None, ({"layout": "NHWC"} if nhwc else {})
+    if len(shape) == 3 and shape[0] is not None and shape[1] is None:  # (T, N, C): the batch axis is dynamic
+        shape = [shape[0], 1, shape[2]]
+        return (tuple(shape) if None not in shape else None), {"shape": shape, "layout": "TNC"}
     if any(d is None for d in shape):
         sec = _section([1 if d is None else d for d in shape], nhwc, model, from_target=False)
         sec.pop("shape", None)

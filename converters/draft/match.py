@@ -447,6 +447,8 @@ def _propose_rnn(s, t, framework):
                 return None
             props.append(Proposal(h.name, [t.tensors[role]], [], why=["MXNet's RNN layout and gate order are PyTorch's"]))
         return props, fills, []
+    if framework == "onnx" and s.arrays[0].meta.get("layer_type") in ("LSTM", "GRU"):
+        return _propose_onnx_rnn(s, t, shapes)
     gates = s.arrays[0].meta.get("gates") or ("zrh" if s.kind == "gru" else "ifco")
     if s.kind == "gru" and s.arrays[0].meta.get("reset_after") is False:
         return None  # reset_after=False is another network: nn.GRU cannot compute it
@@ -477,6 +479,37 @@ def _propose_rnn(s, t, framework):
         fills += [(n, 0, "the source layer has no bias") for n in targets if n]
     if len(slots) > len([k for k in ("weight_ih", "weight_hh", "bias") if k in slots]):
         return None
+    return props, fills, []
+
+
+def _propose_onnx_rnn(s, t, shapes):
+    """ONNX LSTM/GRU (W, R, B as inputs 1-3, one direction): gate order iofc / zrh (GRU only with
+    linear_before_reset=1, what nn.GRU computes); B holds the input and the hidden bias."""
+    by_index = {h.meta.get("index"): h for h in s.arrays}
+    w, r, b = by_index.get(1), by_index.get(2), by_index.get(3)
+    layer = (s.graph or {}).get(w.meta.get("layer")) if w is not None else None
+    if w is None or r is None or set(by_index) - {1, 2, 3} or w.ndim != 3 or w.shape[0] != 1:
+        return None  # two directions or extra inputs: written by hand
+    if s.kind == "gru" and (layer is None or int(layer.params.get("linear_before_reset", 0)) != 1):
+        return None
+    src, dst = ("iofc", "ifco") if s.kind == "lstm" else ("zrh", "rzh")
+    gate = {"gates": {"from": src, "to": dst}}
+    props = []
+    for role, h in (("weight_ih", w), ("weight_hh", r)):
+        chain = [{"squeeze": 0}, gate]
+        if role not in t.tensors or S.transformed_shape(chain, h.shape) != shapes[role]:
+            return None
+        props.append(Proposal(h.name, [t.tensors[role]], chain, why=[f"ONNX (1, gates*H, in) -> (gates*H, in); gate "
+                                                                     f"order {src} -> {dst} (PyTorch)"]))
+    targets = [t.tensors.get("bias_ih"), t.tensors.get("bias_hh")]
+    fills = []
+    if b is not None:
+        chain = [{"squeeze": 0}, {"split": {"axis": 0, "parts": 2}}, gate]
+        if None in targets or S.transformed_shape(chain, b.shape) != [shapes["bias_ih"], shapes["bias_hh"]]:
+            return None
+        props.append(Proposal(b.name, targets, chain, why=["ONNX B = [Wb, Rb] -> bias_ih, bias_hh"]))
+    else:
+        fills += [(n, 0, "the ONNX RNN has no B input: 0") for n in targets if n]
     return props, fills, []
 
 
