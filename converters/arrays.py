@@ -12,6 +12,7 @@ steps (mappings, drafts, parity) can reason across formats:
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Mapping
@@ -39,6 +40,21 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+MAX_ARRAY_BYTES = 1 << 62
+
+
+def element_count(shape, itemsize: int = 1) -> int | None:
+    """Element count of `shape`, or None when it cannot be an array: a negative dimension, or
+    non-zero dimensions whose byte product passes 2**62 (numpy refuses those even with a zero
+    dimension beside them, and its int64 product would wrap around)."""
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        return None
+    if math.prod(d for d in dims if d) * max(1, itemsize) > MAX_ARRAY_BYTES:
+        return None
+    return math.prod(dims)
+
+
 class ArrayHandle:
     """One named array of an opened file. Nothing is read until `.numpy()`."""
 
@@ -48,8 +64,6 @@ class ArrayHandle:
         self.name = name
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
-        from .readers._limits import element_count
-
         if element_count(self.shape, self.dtype.itemsize) is None:
             raise FormatError(f"shape {list(self.shape)} of {self.dtype} cannot be an array", array=name,
                               hint="a corrupt shape field")

@@ -9,11 +9,11 @@ parser calls inside `parser_errors(...)`, so the caller sees one ConvertersError
 from __future__ import annotations
 
 import contextlib
-import math
 import struct
 import zipfile
 import zlib
 
+from ..arrays import MAX_ARRAY_BYTES, element_count  # noqa: F401 - the array-size rule, for the readers
 from ..errors import ConvertersError, FormatError
 
 PARSER_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError,
@@ -52,18 +52,3 @@ def check_inflation(declared: int, stored: int, what: str, path, array=None) -> 
         raise FormatError(f"{what} claims {declared} bytes from {stored} stored bytes (more than "
                           f"{MAX_INFLATE_RATIO}:1 + {INFLATE_SLACK >> 20} MiB)", file=path, array=array,
                           hint="a decompression bomb or a corrupt size field")
-
-
-def element_count(shape, itemsize: int = 1) -> int | None:
-    """Element count of `shape`, or None when it cannot be an array: a negative dimension, or
-    non-zero dimensions whose byte product passes 2**62 (numpy refuses those even with a zero
-    dimension beside them, and its int64 product would wrap around)."""
-    dims = [int(d) for d in shape]
-    if any(d < 0 for d in dims):
-        return None
-    if math.prod(d for d in dims if d) * max(1, itemsize) > MAX_ARRAY_BYTES:
-        return None
-    return math.prod(dims)
-
-
-MAX_ARRAY_BYTES = 1 << 62
