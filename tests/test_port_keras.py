@@ -229,3 +229,15 @@ def test_outputs_cut_at_a_layer(tmp_path):
     assert result.parity.passed, str(result.parity)
     with pytest.raises(PortError, match="no layer 'nope'"):
         build_graph([FER], outputs=["nope"])
+
+
+@pytest.mark.heavy
+def test_keras_applications_mobilenet_v2(k3, tmp_path):
+    """A whole keras.applications network (random weights, no download): ZeroPadding + 'valid'
+    depthwise stride 2, ReLU(6), residual adds, BatchNorm eps 1e-3."""
+    model = k3.applications.MobileNetV2(input_shape=(48, 48, 3), alpha=0.35, weights=None, classes=5,
+                                        classifier_activation=None)
+    randomise_bn(model)
+    model.save(tmp_path / "mnv2.keras")
+    _result, err = ports_and_verifies([tmp_path / "mnv2.keras"], tmp_path / "out")
+    assert err < 1e-5

@@ -313,3 +313,29 @@ def test_nhwc_input_tf2onnx_style_and_outputs_cut(tmp_path):
     assert "--outputs" in cut.unused_arrays["k"]
     result = port([str(path)], tmp_path / "cut", outputs=["relu"], verify=True)
     assert result.parity.passed, str(result.parity)
+
+
+def test_shared_initializer_fills_two_layers(tmp_path):
+    """torch.onnx stores equal initializers once (BN-folded biases of zeros, ...): one array fills
+    two tensors, one rule reading it twice."""
+    inits = {"w1": rand(3, 3, 1, 1), "w2": rand(3, 3, 1, 1), "b": rand(3)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b"], ["a"], name="c1"),
+             helper.make_node("Conv", ["a", "w2", "b"], ["y"], name="c2")]
+    path = save(nodes, [vi("x", ["N", 3, 4, 4])], [vi("y", None)], inits, tmp_path / "shared.onnx")
+    result, _err = assert_ports_and_verifies(path, tmp_path)
+    assert "with: [b]" in Path(result.table_file).read_text()
+
+
+@pytest.mark.heavy
+def test_torchvision_mobilenet_v3_export(tmp_path):
+    """A whole torchvision network (hardswish, SE blocks, shared initializers) through torch.onnx."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(weights=None).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2)
+    path = export(model, torch.zeros(1, 3, 64, 64), tmp_path / "mnv3.onnx", 13)
+    _result, err = assert_ports_and_verifies(path, tmp_path)
+    assert err < 1e-5

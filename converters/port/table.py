@@ -48,10 +48,18 @@ def make_table(graph: Graph, bindings: list, target: str, extra_fills: dict | No
 
 
 def _rule(source: str, uses: list, file) -> dict:
-    """One rule per source array. Several Params from one array (a GRU's (2, 3H) bias, an ONNX
-    LSTM's [Wb, Rb] bias) are one rule when their chains differ only in a `take` after a common
-    expanding prefix: the rule keeps prefix + suffix and lists the targets in take order."""
+    """One rule per source array. Several Params from one array are one rule when their chains are
+    equal (a shared initializer: `with:` repeats the array) or differ only in a `take` after a
+    common expanding prefix (a GRU's (2, 3H) bias, an ONNX LSTM's [Wb, Rb] bias): the rule keeps
+    prefix + suffix and lists the targets in take order."""
     param, to = uses[0]
+    if len(uses) > 1 and not param.with_ and len({repr(p.transforms) for p, _ in uses}) == 1:
+        # one array filling several tensors alike (torch.onnx shares equal initializers): read it
+        # once more per extra target with `with:`, the chain maps over the list
+        rule = {"from": re.escape(source), "with": [source] * (len(uses) - 1), "to": [t for _, t in uses]}
+        if param.transforms:
+            rule["transforms"] = list(param.transforms)
+        return rule
     if len(uses) > 1:
         parts = [_split_take(p.transforms) for p, _ in uses]
         shared = {(repr(pt[0]), repr(pt[2])) for pt in parts if pt is not None}
