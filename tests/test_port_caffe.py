@@ -23,7 +23,7 @@ from converters.target import load_converted
 
 ROOT = Path(__file__).resolve().parents[1]
 PNET = ROOT / "fixtures/caffe/mtcnn_pnet/det1.caffemodel"
-RES10 = ROOT.parent / "shared/realdata/caffe/res10_ssd"
+RES10 = ROOT / "fixtures/caffe/res10_ssd"  # the real file, copied from shared/realdata (fixtures/README.md)
 RES10_WEIGHTS = RES10 / "res10_300x300_ssd_iter_140000.caffemodel"
 RES10_PROTOTXT = RES10 / "deploy.prototxt"
 REL_TOL = 1e-5  # max |diff| relative to the output's scale (max |reference|)
