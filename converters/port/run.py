@@ -7,6 +7,7 @@ nothing half-written. The weights go through the normal table + writer path
 """
 from __future__ import annotations
 
+import keyword
 import os
 import re
 import shutil
@@ -66,6 +67,8 @@ def port(sources, out_dir, *, framework=None, name=None, fmt="safetensors", forc
         raise PortError("no source file given")
     if fmt not in FORMATS:
         raise PortError(f"unknown weights format {fmt!r}", hint="pth or safetensors")
+    if name is not None and (not str(name).isidentifier() or keyword.iskeyword(str(name))):
+        raise PortError(f"--name {name!r} is not a Python class name")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise OutputExistsError("output folder exists and is not empty", file=str(out), hint="pass --force to replace it")
@@ -75,8 +78,6 @@ def port(sources, out_dir, *, framework=None, name=None, fmt="safetensors", forc
         framework = detect(sources[0])
     graph = frontends.build_graph(framework, sources, reader_options=reader_options, outputs=outputs,
                                   input_shapes=input_shapes)
-    if name is not None and not str(name).isidentifier():
-        raise PortError(f"--name {name!r} is not a Python class name")
     cls = name or class_name_for(graph.name)
     gen = codegen.generate(graph, cls)
     t_graph = time.perf_counter()
