@@ -181,6 +181,23 @@ def test_keras3_export_matches_tensorflow(tmp_path):
     assert "batch_normalization (unfused)" in source and "nn.BatchNorm2d(4,eps=0.0099999" in "".join(source.split())
 
 
+@pytest.mark.heavy
+def test_keras_conv2d_transpose_matches_tensorflow(tmp_path):
+    """Conv2DBackpropInput: SAME (odd row at the end) and VALID, with and without bias; Keras
+    computes output_shape from tf.shape at run time, folded here for the fixed batch."""
+    _tf()
+    import tf_keras as keras
+
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((5, 6, 3)), layers.Conv2DTranspose(4, 3, strides=2, padding="same"),
+                              layers.Conv2DTranspose(2, 3, strides=2, padding="valid"),
+                              layers.Conv2DTranspose(3, 4, strides=2, padding="same", use_bias=False)])
+    _keras_weights(model, np.random.RandomState(6))
+    pb = _freeze(lambda x: model(x, training=False), (2, 5, 6, 3), tmp_path / "deconv.pb")
+    result = _verified(tmp_path, pb)
+    assert "nn.ConvTranspose2d" in Path(result.model_file).read_text()
+
+
 def test_unfused_batch_normalization_in_a_frozen_graph(tmp_path):
     tf = _tf()
     rng = np.random.RandomState(5)

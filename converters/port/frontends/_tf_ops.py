@@ -128,6 +128,45 @@ def conv2d(b, layer):
     b.set(last, value)
 
 
+def conv2d_transpose(b, layer):
+    """Conv2DBackpropInput (tf.nn.conv2d_transpose, Keras Conv2DTranspose): a ConvTranspose2d
+    whose output is cropped to TF's output_shape (SAME: the odd row goes to the end)."""
+    _nhwc(b, layer)
+    if layer.params.get("padding") not in ("SAME", "VALID") or any(d != 1 for d in layer.params.get("dilations", [1] * 4)):
+        raise UnsupportedOpError(f"Conv2DBackpropInput padding={layer.params.get('padding')} or dilated", layer.name,
+                                 b.file)
+    out_shape = [int(d) for d in b.const(layer.inputs[0], "conv2d_transpose output_shape")]
+    w, x = b.value(layer.inputs[1]), _tensor(b, layer, 2)
+    kh, kw, cout, cin = w.shape
+    stride = tuple(int(v) for v in layer.params.get("strides", [1, 1, 1, 1])[1:3])
+    sizes = x.shape[1:3] if x.shape is not None else (None, None)
+    if None in sizes:
+        raise UnsupportedOpError("Conv2DBackpropInput of an input of unknown size", layer.name, b.file,
+                                 hint="pass --input-shape")
+    pads, extra = [], []
+    for n, k, st, o in zip(sizes, (kh, kw), stride, out_shape[1:3]):
+        total = max((n - 1) * st + k - o, 0) if layer.params["padding"] == "SAME" else 0
+        full = (n - 1) * st + k
+        begin = total // 2
+        end = full - begin - o
+        pads.append((begin, max(end, 0)))
+        extra.append(max(-end, 0))
+    if any(e >= st for e, st in zip(extra, stride)):
+        raise UnsupportedOpError(f"Conv2DBackpropInput output_shape {out_shape} (more than stride-1 extra rows)",
+                                 layer.name, b.file)
+    params = {"weight": b.param(layer.inputs[1], [{"permute": {"axes": [3, 2, 0, 1]}}])}
+    bias, last = _fused_bias(b, layer, cout)
+    if bias is not None:
+        params["bias"] = bias
+    ir = b.emit(last.name, "conv_transpose", [b.cf(x, layer)], dict(
+        dims=2, in_channels=cin, out_channels=cout, kernel=(kh, kw), stride=stride, dilation=(1, 1), groups=1,
+        padding=tuple(pads), output_padding=tuple(extra), bias=bias is not None), params,
+        source_op=layer.type if last is layer else f"{layer.type}+{last.type}")
+    value = _new(b, ir=ir, shape=(x.shape[0], out_shape[1], out_shape[2], cout), cf=True)
+    b.set(layer, value)
+    b.set(last, value)
+
+
 def matmul(b, layer):
     if layer.params.get("transpose_a"):
         raise UnsupportedOpError("MatMul with transpose_a", layer.name, b.file)
@@ -547,6 +586,6 @@ OPS = {"Conv2D": conv2d, "DepthwiseConv2dNative": conv2d, "MatMul": matmul,
        "ConcatV2": concat, "Concat": concat, "Reshape": reshape, "Squeeze": squeeze, "ExpandDims": expand_dims,
        "Transpose": transpose, "Pad": pad, "PadV2": pad, "MirrorPad": pad, "ResizeBilinear": resize,
        "ResizeNearestNeighbor": resize, "StridedSlice": strided_slice, "Shape": shape_op, "Pack": pack,
-       "Cast": cast, "Rsqrt": rsqrt}
+       "Cast": cast, "Rsqrt": rsqrt, "Conv2DBackpropInput": conv2d_transpose}
 OPS.update({op: activation for op in _ACT})
 OPS.update({op: binary for op in _BINARY})
