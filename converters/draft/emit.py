@@ -380,6 +380,12 @@ def write(matching, *, source_path, framework, target_spec, input_section, rules
             add(f"    with: {flow(rule.with_)}")
         if rule.transforms:
             add(f"    transforms: {flow(rule.transforms)}")
+    _write_sets(add, matching, base, outputs)
+    return "\n".join(out) + "\n"
+
+
+def _write_sets(add, matching, base, outputs):
+    """ignore / fill / init / parity sections, then the AMBIGUOUS and UNMATCHED comment lists."""
     if matching.ignored or _base_entries(base, "ignore"):
         add("ignore:")
         for entry in _base_entries(base, "ignore"):
@@ -433,7 +439,6 @@ def write(matching, *, source_path, framework, target_spec, input_section, rules
         add("# UNMATCHED target tensors (nothing writes them: map, fill or init them):")
         for name, why, _ in matching.unmatched_targets:
             add(f"#   {name}  {why}")
-    return "\n".join(out) + "\n"
 
 
 def _fills(fills) -> list:
