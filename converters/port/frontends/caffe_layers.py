@@ -434,7 +434,7 @@ def _slice(st, layer):
         raise st.error(layer, f"{len(points)} slice points for {n} tops")
     bounds = [0, *points, None]
     for k, top in enumerate(layer.outputs):
-        out = st.new_tensor(top, f"{layer.name}_{k}")
+        out = st.new_tensor(top, layer.name if k == 0 else top)  # OpenCV taps only top 0 by layer name
         size = None if bounds[k + 1] is None else bounds[k + 1] - bounds[k]
         _add(st, layer, "slice", [x], {"axis": axis, "start": bounds[k], "stop": bounds[k + 1], "step": 1},
              name=layer.name if k == 0 else f"{layer.name}/{k}", outs=[out],
