@@ -1,6 +1,7 @@
 """tests/conftest.py under CI=true: every skip fails, whatever its reason text, unless the test is
 marked allowed_skip with a reason."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,13 @@ def test_every_skip_fails_under_ci(tmp_path):
 
 def test_skips_stay_skips_outside_ci(tmp_path):
     assert "1 passed, 4 skipped" in run(tmp_path, ci=False)
+
+
+def test_no_test_reads_files_outside_the_checkout():
+    """Tests use copies under fixtures/ (fixtures/README.md), never ../shared beside the checkout."""
+    outside = re.compile(r"ROOT\.parent\b|parents\[[2-9]\]|\.\./shared|[\"']shared[\"']\s*/\s*[\"']realdata|"
+                         r"[\"']shared/realdata")
+    files = [p for p in sorted(HERE.rglob("*.py")) + sorted(HERE.rglob("*.yaml")) if p != Path(__file__)]
+    hits = [f"{p.name}:{i}" for p in files
+            for i, line in enumerate(p.read_text().splitlines(), 1) if outside.search(line)]
+    assert not hits, hits
