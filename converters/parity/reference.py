@@ -52,8 +52,7 @@ def write_reference_setup(setup: ParitySetup, out, *, taps="mapped", oracle=None
         as_outputs = output_taps(setup, oracle)  # parity.outputs read at inner layers are stored as outputs
         results = oracle.run(src_in, list(dict.fromkeys(wanted + as_outputs)))
         outputs = oracle.output_names() + as_outputs
-        main_layouts = {k: setup.conventions.source.get("layout") for k in names}
-        layouts = oracle.activation_layouts(outputs + wanted, main_layouts) or {}
+        layouts = oracle.activation_layouts(outputs + wanted, setup.input_layouts(names)) or {}
         fused = oracle.fused_activations(wanted) or {}
     finally:
         if own:

@@ -83,6 +83,12 @@ class ParitySetup:
         """A key of the table's `parity:` section."""
         return (self.mapping.parity or {}).get(key, default)
 
+    def input_layouts(self, names) -> dict:
+        """{main input name: the table's input layout}, for the oracle to follow through its graph
+        (extra inputs such as RNN states have their own shapes: left out)."""
+        layout = self.conventions.source.get("layout")
+        return {k: layout for k in names if k not in self.inputs.extra} if layout else {}
+
     @property
     def source_path(self) -> str:
         return self.source.path if hasattr(self.source, "path") else os.fspath(self.source)

@@ -217,7 +217,7 @@ def activation_chains(setup: ParitySetup, oracle, names) -> dict:
     explicit parity.activations applies to every name."""
     if setup.conventions.explicit.get("activations"):
         return {}
-    main_layouts = {k: setup.conventions.source.get("layout") for k in oracle.input_names()}
+    main_layouts = setup.input_layouts(oracle.input_names())
     chains = {}
     for name, layout in (oracle.activation_layouts(list(names), main_layouts) or {}).items():
         if layout:
