@@ -12,10 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import converters  # noqa: E402
-from converters.mapping.transforms import build, chain_apply  # noqa: E402
-from converters.port import codegen, port  # noqa: E402
-from converters.port.graph import Graph, GraphInput, Node, Param, UnsupportedOpError  # noqa: E402
+import converters
+from converters.mapping.transforms import build, chain_apply
+from converters.port import codegen, port
+from converters.port.graph import Graph, GraphInput, Node, Param, UnsupportedOpError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures" / "port" / "mxnet"
@@ -84,8 +84,8 @@ def test_keras_lstm_gru_model_matches_keras():
 # ---------------------------------------------------------------- emitter semantics vs nn.LSTM
 
 def _lstm_graph(outputs, **attrs):
-    a = dict(input_size=3, hidden_size=4, num_layers=1, bidirectional=True, batch_first=True,
-             return_sequences=False, go_backwards=False)
+    a = {"input_size": 3, "hidden_size": 4, "num_layers": 1, "bidirectional": True, "batch_first": True,
+         "return_sequences": False, "go_backwards": False}
     a.update(attrs)
     names = [f"{g}_{m}_l0{d}" for d in ("", "_reverse") for g in ("weight", "bias") for m in ("ih", "hh")]
     node = Node("rnn", "lstm", ["x"], outputs, a, {n: Param(source=n) for n in names}, "LSTM")
@@ -105,7 +105,7 @@ def test_last_step_of_a_two_way_lstm_is_forward_end_and_backward_start():
     x = torch.randn(2, 5, 3)
     with torch.no_grad():
         seq, (h, c) = ref(x)
-        y, h_fw, c_fw, h_bw, c_bw = model(x)
+        y, h_fw, _c_fw, _h_bw, c_bw = model(x)
     torch.testing.assert_close(y, torch.cat([seq[:, -1, :4], seq[:, 0, 4:]], -1), rtol=0, atol=0)
     torch.testing.assert_close(h_fw, h[0], rtol=0, atol=0)
     torch.testing.assert_close(c_bw, c[1], rtol=0, atol=0)

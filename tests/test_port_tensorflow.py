@@ -36,7 +36,9 @@ def _tf():
 
 def _freeze(fn, shape, path: Path) -> Path:
     tf = _tf()
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
 
     concrete = tf.function(fn).get_concrete_function(tf.TensorSpec(shape, tf.float32, name="x"))
     path.write_bytes(convert_variables_to_constants_v2(concrete).graph.as_graph_def().SerializeToString())

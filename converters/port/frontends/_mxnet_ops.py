@@ -49,9 +49,9 @@ def convolution(b, node, a):
     s = b.shape(x)
     shape = None if s is None else (s[0], out) + tuple(
         _shapes.conv_out(s[2 + i], kernel[i], stride[i], dilate[i], pad[i], pad[i]) for i in range(d))
-    b.emit(node["name"], "conv", [x], dict(dims=d, in_channels=in_channels, out_channels=out, kernel=kernel,
-                                           stride=stride, dilation=dilate, groups=groups,
-                                           padding=tuple((p, p) for p in pad), bias=not no_bias),
+    b.emit(node["name"], "conv", [x], {"dims": d, "in_channels": in_channels, "out_channels": out, "kernel": kernel,
+                                           "stride": stride, "dilation": dilate, "groups": groups,
+                                           "padding": tuple((p, p) for p in pad), "bias": not no_bias},
            params, node["op"], shape)
 
 
@@ -74,9 +74,9 @@ def deconvolution(b, node, a):
     shape = None if s is None else (s[0], out) + tuple(
         None if s[2 + i] is None else
         (s[2 + i] - 1) * stride[i] - 2 * pad[i] + dilate[i] * (kernel[i] - 1) + adj[i] + 1 for i in range(d))
-    b.emit(node["name"], "conv_transpose", [x], dict(
-        dims=d, in_channels=in_channels, out_channels=out, kernel=kernel, stride=stride, dilation=dilate,
-        groups=groups, padding=tuple((p, p) for p in pad), output_padding=adj, bias=not no_bias),
+    b.emit(node["name"], "conv_transpose", [x], {
+        "dims": d, "in_channels": in_channels, "out_channels": out, "kernel": kernel, "stride": stride, "dilation": dilate,
+        "groups": groups, "padding": tuple((p, p) for p in pad), "output_padding": adj, "bias": not no_bias},
         params, node["op"], shape)
 
 
@@ -94,7 +94,7 @@ def fully_connected(b, node, a):
                    None if s is None else (s[0], _shapes.numel(s[1:])))
         s = b.shape(x)
     shape = None if s is None else tuple(s[:-1]) + (hidden,)
-    b.emit(node["name"], "linear", [x], dict(in_features=in_features, out_features=hidden, bias=not no_bias),
+    b.emit(node["name"], "linear", [x], {"in_features": in_features, "out_features": hidden, "bias": not no_bias},
            params, node["op"], shape)
 
 
@@ -110,8 +110,8 @@ def batch_norm(b, node, a):
     params = {"weight": b.weight(node, 1, [{"constant": 1.0}] if fix_gamma else []),
               "bias": b.weight(node, 2), "running_mean": b.weight(node, 3), "running_var": b.weight(node, 4)}
     features = b.arrays[params["running_mean"].source].shape[0]
-    b.emit(node["name"], "batchnorm", [x], dict(dims=max(rank - 2, 1), num_features=features,
-                                                eps=a.float("eps", 1e-3), affine=True),
+    b.emit(node["name"], "batchnorm", [x], {"dims": max(rank - 2, 1), "num_features": features,
+                                                "eps": a.float("eps", 1e-3), "affine": True},
            params, node["op"], b.shape(x))
 
 
@@ -179,8 +179,8 @@ def pooling(b, node, a):
                                      node["name"], b.file)
     shape = None if s is None else tuple(s[:2]) + tuple(
         _shapes.pool_out(s[2 + i], kernel[i], stride[i], pad[i], pad[i], ceil) for i in range(d))
-    attrs = dict(kind=kind, dims=d, kernel=kernel, stride=stride, padding=tuple((p, p) for p in pad),
-                 ceil_mode=ceil, dilation=(1,) * d)
+    attrs = {"kind": kind, "dims": d, "kernel": kernel, "stride": stride, "padding": tuple((p, p) for p in pad),
+                 "ceil_mode": ceil, "dilation": (1,) * d}
     if kind == "avg":
         attrs["count_include_pad"] = a.bool("count_include_pad", True)
     b.emit(node["name"], "pool", [x], attrs, {}, node["op"], shape)
@@ -399,8 +399,8 @@ def upsampling(b, node, a):
     x = b.tensor(node["inputs"][0])
     scale = a.int("scale")
     s = b.shape(x)
-    b.emit(node["name"], "upsample", [x], dict(mode="nearest", scale=(scale, scale), size=None,
-                                               align_corners=False, half_pixel=False), {}, node["op"],
+    b.emit(node["name"], "upsample", [x], {"mode": "nearest", "scale": (scale, scale), "size": None,
+                                               "align_corners": False, "half_pixel": False}, {}, node["op"],
            None if s is None else tuple(s[:2]) + tuple(None if d is None else d * scale for d in s[2:]))
 
 
@@ -516,10 +516,10 @@ def rnn(b, node, a):
     outs = [node["name"]] + [f"{node['name']}:{k}" for k in range(1, n_out)]
     b.taken.add(node["name"])
     b.nodes.append(Node(name=node["name"], op=mode, inputs=[x, *states], outputs=outs, params=params,
-                        source_op=node["op"], attrs=dict(
-                            input_size=b.arrays[params["weight_ih_l0"].source].shape[1], hidden_size=hidden,
-                            num_layers=layers, bidirectional=two_way, batch_first=False, return_sequences=True,
-                            go_backwards=False, state_format="stacked")))
+                        source_op=node["op"], attrs={
+                            "input_size": b.arrays[params["weight_ih_l0"].source].shape[1], "hidden_size": hidden,
+                            "num_layers": layers, "bidirectional": two_way, "batch_first": False, "return_sequences": True,
+                            "go_backwards": False, "state_format": "stacked"}))
     b.shapes[node["name"]] = None if s is None else (s[0], s[1], hidden * len(dirs))
     for t in outs[1:]:
         b.shapes[t] = None if s is None else (layers * len(dirs), s[1], hidden)

@@ -24,7 +24,7 @@ class _Value:
     whether it is stored channels-first) or a constant known at port time (`array` = the reader's
     array name when it is a stored Const, `value` loaded on demand)."""
 
-    __slots__ = ("ir", "shape", "cf", "array", "transforms", "_value", "_load")
+    __slots__ = ("_load", "_value", "array", "cf", "ir", "shape", "transforms")
 
     def __init__(self, ir=None, shape=None, cf=False, array=None, value=None, load=None, transforms=()):
         if shape is None and value is not None:
@@ -118,9 +118,9 @@ def conv2d(b, layer):
     bias, last = _fused_bias(b, layer, out_channels)
     if bias is not None:
         params["bias"] = bias
-    ir = b.emit(last.name, "conv", [b.cf(x, layer)], dict(
-        dims=2, in_channels=in_channels, out_channels=out_channels, kernel=(kh, kw), stride=stride,
-        dilation=dilation, groups=groups, padding=padding, bias=bias is not None),
+    ir = b.emit(last.name, "conv", [b.cf(x, layer)], {
+        "dims": 2, "in_channels": in_channels, "out_channels": out_channels, "kernel": (kh, kw), "stride": stride,
+        "dilation": dilation, "groups": groups, "padding": padding, "bias": bias is not None},
         params, source_op=layer.type if last is layer else f"{layer.type}+{last.type}")
     shape = None if x.shape is None else (x.shape[0], *spatial, out_channels)
     value = _new(b, ir=ir, shape=shape, cf=True)
@@ -158,9 +158,9 @@ def conv2d_transpose(b, layer):
     bias, last = _fused_bias(b, layer, cout)
     if bias is not None:
         params["bias"] = bias
-    ir = b.emit(last.name, "conv_transpose", [b.cf(x, layer)], dict(
-        dims=2, in_channels=cin, out_channels=cout, kernel=(kh, kw), stride=stride, dilation=(1, 1), groups=1,
-        padding=tuple(pads), output_padding=tuple(extra), bias=bias is not None), params,
+    ir = b.emit(last.name, "conv_transpose", [b.cf(x, layer)], {
+        "dims": 2, "in_channels": cin, "out_channels": cout, "kernel": (kh, kw), "stride": stride, "dilation": (1, 1), "groups": 1,
+        "padding": tuple(pads), "output_padding": tuple(extra), "bias": bias is not None}, params,
         source_op=layer.type if last is layer else f"{layer.type}+{last.type}")
     value = _new(b, ir=ir, shape=(x.shape[0], out_shape[1], out_shape[2], cout), cf=True)
     b.set(layer, value)
@@ -183,8 +183,8 @@ def matmul(b, layer):
     bias, last = _fused_bias(b, layer, out)
     if bias is not None:
         params["bias"] = bias
-    ir = b.emit(last.name, "linear", [b.source(x, layer)], dict(in_features=inp, out_features=out,
-                                                              bias=bias is not None), params,
+    ir = b.emit(last.name, "linear", [b.source(x, layer)], {"in_features": inp, "out_features": out,
+                                                              "bias": bias is not None}, params,
                 source_op="MatMul" if last is layer else f"MatMul+{last.type}")
     value = _new(b, ir=ir, shape=None if x.shape is None else (x.shape[0], out))
     b.set(layer, value)
@@ -201,9 +201,9 @@ def fused_batch_norm(b, layer):
     features = b.value(layer.inputs[1]).shape[0]
     if any(tuple(b.value(layer.inputs[i]).shape) != (features,) for i in (2, 3, 4)):
         raise UnsupportedOpError("FusedBatchNorm without stored mean/variance", layer.name, b.file)
-    ir = b.emit(layer.name, "batchnorm", [b.cf(x, layer)], dict(dims=2, num_features=features,
-                                                              eps=float(layer.params.get("epsilon", 1e-4)),
-                                                              affine=True), params, source_op=layer.type)
+    ir = b.emit(layer.name, "batchnorm", [b.cf(x, layer)], {"dims": 2, "num_features": features,
+                                                              "eps": float(layer.params.get("epsilon", 1e-4)),
+                                                              "affine": True}, params, source_op=layer.type)
     b.set(layer, _new(b, ir=ir, shape=x.shape, cf=True))
 
 
@@ -235,8 +235,8 @@ def pool(b, layer):
     kernel, stride = (int(ksize[1]), int(ksize[2])), (int(strides[1]), int(strides[2]))
     padding, spatial = _spatial_padding(b, layer, kernel, stride, (1, 1), x.shape)
     kind = "max" if layer.type == "MaxPool" else "avg"
-    attrs = dict(kind=kind, dims=2, kernel=kernel, stride=stride, padding=padding, ceil_mode=False,
-                 dilation=(1, 1))
+    attrs = {"kind": kind, "dims": 2, "kernel": kernel, "stride": stride, "padding": padding, "ceil_mode": False,
+                 "dilation": (1, 1)}
     if kind == "avg":
         attrs["count_include_pad"] = False   # TF's SAME average excludes the padding
     ir = b.emit(layer.name, "pool", [b.cf(x, layer)], attrs, source_op=layer.type)
@@ -337,9 +337,9 @@ def _batchnorm_pattern(b, layer) -> bool:
     four = x.shape is not None and len(x.shape) == 4
     if not four and (x.shape is None or len(x.shape) != 2):
         return False
-    ir = b.emit(add.name, "batchnorm", [b.cf(x, layer) if four else x.ir], dict(
-        dims=2 if four else 1, num_features=features, eps=float(np.asarray(b.const(eps, "epsilon")).reshape(-1)[0]),
-        affine=True), params, source_op="batch_normalization (unfused)")
+    ir = b.emit(add.name, "batchnorm", [b.cf(x, layer) if four else x.ir], {
+        "dims": 2 if four else 1, "num_features": features, "eps": float(np.asarray(b.const(eps, "epsilon")).reshape(-1)[0]),
+        "affine": True}, params, source_op="batch_normalization (unfused)")
     b.fused.add(add.name)
     value = _new(b, ir=ir, shape=x.shape, cf=four)
     b.set(layer, value)
@@ -477,12 +477,12 @@ def resize(b, layer):
         if not align and not half:
             raise UnsupportedOpError("ResizeBilinear with align_corners=False and half_pixel_centers=False "
                                      "(TF1's asymmetric sampling has no PyTorch mode)", layer.name, b.file)
-        attrs = dict(mode="bilinear", scale=None, size=size, align_corners=align, half_pixel=not align)
+        attrs = {"mode": "bilinear", "scale": None, "size": size, "align_corners": align, "half_pixel": not align}
     else:
         if align:
             raise UnsupportedOpError("ResizeNearestNeighbor with align_corners=True (rounds; PyTorch floors)",
                                      layer.name, b.file)
-        attrs = dict(mode="nearest", scale=None, size=size, align_corners=False, half_pixel=half)
+        attrs = {"mode": "nearest", "scale": None, "size": size, "align_corners": False, "half_pixel": half}
     ir = b.emit(layer.name, "upsample", [b.cf(x, layer)], attrs, source_op=layer.type)
     b.set(layer, _new(b, ir=ir, shape=(x.shape[0], *size, x.shape[3]), cf=True))
 

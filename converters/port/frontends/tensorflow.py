@@ -56,8 +56,8 @@ def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None
                   output_layouts={t: b.layout_of(t) for t in out_tensors if b.layout_of(t)},
                   output_names={t: h.split(":")[0] if h.endswith(":0") else h for t, h in zip(out_tensors, heads)},
                   unused_arrays=b.unused_arrays(), reader_options=dict(reader_options or {}),
-                  notes=["TensorFlow takes and returns NHWC; the module is NCHW (inputs and 4-d outputs are "
-                         "permuted at the boundary)"] if any(i.source_layout == "NHWC" for i in b.inputs) else [])
+                  notes=[("TensorFlow takes and returns NHWC; the module is NCHW (inputs and 4-d outputs are "
+                         "permuted at the boundary)")] if any(i.source_layout == "NHWC" for i in b.inputs) else [])
     graph.check()
     return graph
 
