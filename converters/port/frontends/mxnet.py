@@ -214,13 +214,11 @@ class _Builder:
         return out
 
     def _rank_guess(self, name):
-        """Unknown sizes: the rank from the first consumer (Convolution kernel dims + 2, FC 2)."""
+        """Unknown sizes: the rank from the first consumer when it tells (a kernel's dims + 2)."""
         for n in self.sym_nodes:
             if any(src == name for src, _ in n["inputs"]):
                 if n["op"] in ("Convolution", "Deconvolution", "Pooling") and "kernel" in n["attrs"]:
                     return (None,) * (len(_Attrs(n["attrs"], n["name"], self.file).tuple("kernel")) + 2)
-                if n["op"] == "FullyConnected":
-                    return None
                 return None
         return None
 
