@@ -229,7 +229,9 @@ def test_slice_resize_pad_inputs_opset13(tmp_path):
              helper.make_node("Resize", ["sl", "roi", "", "sizes"], ["rs"], mode="linear",
                               coordinate_transformation_mode="half_pixel"),
              helper.make_node("Mul", ["rs", "k"], ["y"]),
-             helper.make_node("Squeeze", ["y", "ax"], ["y0"])]
+             helper.make_node("Squeeze", ["y", "ax"], ["y1"]),
+             helper.make_node("Pow", ["y1", "two"], ["y0"])]
+    inits["two"] = np.array(2.0, np.float32)
     nodes.append(helper.make_node("Pad", ["x0", "pads"], ["reflected"], mode="reflect"))
     inits["half"] = np.array([1, 1, 0.5, 0.5], np.float32)  # downscaling: every source coordinate is a tie
     nodes.append(helper.make_node("Resize", ["reflected", "roi", "half"], ["exact"], mode="nearest",

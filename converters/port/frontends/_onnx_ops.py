@@ -205,6 +205,17 @@ def _activation(b: _Builder, L):
     b.emit(L.name, "activation", [b.tensor(x)], L.outputs[:1], attrs, shape=b.shape(x))
 
 
+@handles("Pow")
+def _pow(b: _Builder, L):
+    x, e = L.inputs
+    exponent = _scalar(b, e)
+    if exponent is None or x not in b.runtime:
+        raise b.unsupported("an exponent that is not one constant", hint="x ** c with a scalar constant c is ported")
+    b.note_folded(e, f"exponent of {L.name}")
+    b.emit(L.name, "activation", [x], L.outputs[:1], {"kind": "power", "power": exponent, "scale": 1.0, "shift": 0.0},
+           shape=b.shape(x))
+
+
 @handles("PRelu")
 def _prelu(b: _Builder, L):
     x, slope = L.inputs
