@@ -68,19 +68,21 @@ _KILLED_WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_partial_of_a_killed_writer_is_removed_by_the_next_run(tmp_path, sig):
+def test_partials_of_killed_writers_are_removed_by_the_next_run(tmp_path):
+    """Two writers of the same output, one killed with SIGKILL, one with SIGTERM, mid-write."""
     out = tmp_path / "w.safetensors"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(out)], stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(out)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
     try:
-        assert proc.stdout.readline().strip() == "writing"
+        assert all(p.stdout.readline().strip() == "writing" for p in procs)
         partials = [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
-        assert len(partials) == 1 and os.path.getsize(tmp_path / partials[0]) >= 4 << 20
-        assert remove_stale_partials(out) == []  # its writer still runs: left alone
+        assert len(partials) == 2 and all(os.path.getsize(tmp_path / p) >= 4 << 20 for p in partials)
+        assert remove_stale_partials(out) == []  # their writers still run: left alone
     finally:
-        proc.send_signal(sig)
-        proc.wait(30)
-    assert not out.exists() and len(os.listdir(tmp_path)) == 1  # the killed run's partial is still there
+        for p, sig in zip(procs, (signal.SIGKILL, signal.SIGTERM)):
+            p.send_signal(sig)
+            p.wait(30)
+    assert not out.exists() and len(os.listdir(tmp_path)) == 2  # both partials are still there
     other = tmp_path / ".other.safetensors.1.x.partial"  # another output's partial is not ours to remove
     other.write_bytes(b"x")
     stream_safetensors([("a", (2,), np.float32, lambda: np.ones(2, np.float32))], out, {"tool": "t"})
