@@ -552,3 +552,20 @@ def test_item4_names_that_decide_before_order():
     assert names_identify("resnetv10_stage1_conv0", "stage1.conv0") and names_identify("conv4-1", "conv4_1")
     assert names_identify("branch8k.conv", "branch8k.conv")
     assert not names_identify("resnetv10_stage1_batchnorm1", "bn1") and not names_identify("c1", "conv1")
+
+
+class NeedsTwoInputs(nn.Module):
+    """A forward no dummy input runs: registration order, and no flatten check."""
+
+    def __init__(self):
+        super().__init__()
+        self.features, self.classifier = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(8 * 6 * 4, 3)
+
+    def forward(self, x, scale):
+        return self.classifier(torch.flatten(self.features(x), 1) * scale)
+
+
+def test_item6_untraced_dense_is_not_confident(tmp_path):
+    d = draft(PAIRS.keras_permute_flatten(tmp_path).source, NeedsTwoInputs())
+    assert d.stats["order_target"] == "registration order"
+    assert _pair(d, "classifier").confidence <= 0.5 and "could not be traced" in d.text

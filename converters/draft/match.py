@@ -409,6 +409,11 @@ def source_flatten_letters(s) -> tuple[str | None, str]:
 def _flatten_step(p, s, t, tr):
     """Reorder a dense kernel's features when a flattened map feeds it: the source's flatten order
     from its graph, the target's from a traced probe (every permute of the forward counts)."""
+    if tr.how != "trace":
+        p.notes.append("the target could not be traced: whether a flattened map feeds this layer (and in which "
+                       "feature order) was not checked")
+        p.unsure = True
+        return
     chw = tr.flatten_source(t.name)
     if chw is None:
         return
