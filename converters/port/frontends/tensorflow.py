@@ -214,7 +214,10 @@ class _Builder:
         inputs = [self.ensure(i) for i in layer.inputs if not i.startswith("^")]
         if any(v is None or not v.is_const for v in inputs) or layer.type not in OPS:
             return None
-        OPS[layer.type](self, layer)
+        try:
+            OPS[layer.type](self, layer)
+        except UnsupportedOpError:
+            return None   # not foldable here; the walk reaches the op and reports it
         return self.values.get(key)
 
     def const(self, tf_name, what) -> np.ndarray:
