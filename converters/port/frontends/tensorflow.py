@@ -13,8 +13,8 @@ bias). Small integer constants (axes, shapes, paddings, sizes) are read at port 
 as unused arrays with that reason; Shape / StridedSlice / Pack / arithmetic on constants are
 folded when their inputs are known (Keras Flatten's shape computation).
 
-SavedModel directories: when Keras metadata is present the Keras frontend ports the model; the
-function graph itself (function library, captured variables) is not ported yet.
+SavedModel directories: the serving signature's function graph, inlined by _tf_saved (tf.Module,
+tf_keras and Keras 3 SavedModels alike: their serving functions are plain TF ops).
 """
 from __future__ import annotations
 
