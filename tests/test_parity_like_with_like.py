@@ -324,3 +324,171 @@ def test_a_torchscript_target_with_localise_is_one_line_not_a_traceback(keras_fi
     rep = verify(keras_files / "fused.keras", table, model=scripted)  # auto: the verdict, and why no layer
     assert not rep.passed and rep.first_divergent is None and not rep.localised, str(rep)
     assert any("TorchScript" in n for n in rep.notes), rep.notes
+
+
+# ------------------------------------------------------------- a TF1-style frozen graph (.pb)
+
+@pytest.fixture(scope="module")
+def frozen_graph(tmp_path_factory):
+    """image (N, 6, 6, 3) -> conv1/Conv2D + conv1/Add (bias as a separate add) -> unfused BatchNorm
+    (tf.nn.batch_normalization: bn/batchnorm/...) -> relu -> fc/MatMul + fc/logits (BiasAdd)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from converters.parity.oracles.keras_oracle import import_tensorflow_safely
+
+    import_tensorflow_safely()
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(3)
+
+    def const(shape, name, lo=None, hi=None):
+        a = rng.uniform(lo, hi, shape) if lo is not None else rng.normal(0, 0.3, shape)
+        return tf.constant(a.astype(np.float32), name=name)
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 6, 6, 3], name="image")
+        with tf.name_scope("conv1"):
+            h = tf.add(tf.nn.conv2d(x, const((3, 3, 3, 4), "kernel"), 1, "SAME"), const((4,), "bias"))
+        with tf.name_scope("bn"):
+            h = tf.nn.batch_normalization(h, const((4,), "moving_mean"), const((4,), "moving_variance", 0.002, 0.02),
+                                          const((4,), "beta"), const((4,), "gamma", 0.5, 1.5), 1e-3)
+        h = tf.nn.relu(h, name="relu")
+        with tf.name_scope("fc"):
+            flat = tf.reshape(h, [-1, 144])
+            tf.nn.bias_add(tf.matmul(flat, const((144, 3), "kernel")), const((3,), "bias"), name="logits")
+    path = tmp_path_factory.mktemp("frozen") / "frozen.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path
+
+
+class FrozenPort(nn.Module):
+    def __init__(self, eps=1e-3):
+        super().__init__()
+        self.conv1, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, eps=eps), nn.Linear(144, 3)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv1(x)))
+        return self.fc(x.permute(0, 2, 3, 1).flatten(1))
+
+
+FROZEN_TABLE = """
+source: tensorflow
+input: {shape: [2, 6, 6, 3], layout: NHWC}
+rules:
+  - {from: 'conv1/kernel', to: 'conv1.weight', transforms: CONV}
+  - {from: 'conv1/bias', to: 'conv1.bias'}
+  - {from: 'bn/gamma', to: 'bn.weight'}
+  - {from: 'bn/beta', to: 'bn.bias'}
+  - {from: 'bn/moving_mean', to: 'bn.running_mean'}
+  - {from: 'bn/moving_variance', to: 'bn.running_var'}
+  - {from: 'fc/kernel', to: 'fc.weight', transforms: [tf_dense]}
+  - {from: 'fc/bias', to: 'fc.bias'}
+ignore: ['bn/batchnorm/add/y', 'fc/Reshape/shape']
+fill:
+  - {to: 'bn\\.num_batches_tracked', value: 0}
+"""
+
+
+def frozen_table(tmp_path, conv_fault=False) -> Path:
+    path = tmp_path / ("f_fault.yaml" if conv_fault else "f.yaml")
+    text = FROZEN_TABLE.replace("CONV", "[tf_conv, {permute: [0, 1, 3, 2]}]" if conv_fault else "[tf_conv]")
+    path.write_text(text)
+    return path
+
+
+def test_frozen_graph_taps_after_the_bias_add_and_at_the_batchnorm_scope(frozen_graph, tmp_path):
+    rep = verify(frozen_graph, frozen_table(tmp_path), FrozenPort(), localise="always")
+    assert rep.passed, str(rep)
+    # conv1: the scope's output (conv1/Add, after the bias), not conv1/Conv2D; bn: the scope of bn/gamma
+    assert [(r["name"], r["module"]) for r in rep.layers] == [("conv1", "conv1"), ("bn", "bn"),
+                                                              ("fc/logits", "fc")], str(rep)
+    assert all(r["passed"] for r in rep.layers), str(rep)
+
+
+@pytest.mark.parametrize("fault,layer", [("bn_eps", "bn"), ("conv_hw_swapped", "conv1")])
+def test_frozen_graph_faults_are_named_at_their_layer(frozen_graph, tmp_path, fault, layer):
+    port = FrozenPort(eps=1e-5 if fault == "bn_eps" else 1e-3)
+    rep = verify(frozen_graph, frozen_table(tmp_path, conv_fault=fault == "conv_hw_swapped"), port)
+    assert not rep.passed and (rep.first_divergent or {}).get("source_layer") == layer, str(rep)
+
+
+def test_frozen_graph_reference_keeps_the_taps(frozen_graph, tmp_path):
+    from converters.parity.reference import write_reference
+
+    table = frozen_table(tmp_path)
+    meta = write_reference(frozen_graph, table, tmp_path / "ref.npz", target=FrozenPort())
+    assert {k: meta["tap_for"].get(k) for k in ("conv1/Conv2D", "bn/gamma", "fc/MatMul")} == \
+        {"conv1/Conv2D": "conv1/Add", "bn/gamma": "bn", "fc/MatMul": "fc/logits"}, meta
+    rep = verify(frozen_graph, table, FrozenPort(eps=1e-5), reference=tmp_path / "ref.npz")
+    assert not rep.passed and rep.first_divergent["source_layer"] == "bn", str(rep)
+
+
+# --------------------------------------------- branches and contradicted rows (torch.onnx export)
+
+class TwoHeads(nn.Module):
+    """conv1 -> relu -> conv2 -> relu -> (head_a, head_b): two outputs from one trunk."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head_a, self.head_b = nn.Conv2d(4, 2, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        h = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.head_a(h), self.head_b(h)
+
+
+HEADS_TABLE = """
+source: onnx
+input: {shape: [2, 3, 8, 8], layout: NCHW}
+rules:
+  - {from: 'conv1\\.(?P<p>weight|bias)', to: 'conv1.{p}', transforms: CONV1}
+  - {from: 'conv2\\.weight', to: 'conv2.weight', transforms: CONV2}
+  - {from: 'conv2\\.bias', to: 'conv2.bias'}
+  - {from: 'head_a\\.weight', to: 'head_a.weight', transforms: HEAD_A}
+  - {from: 'head_a\\.bias', to: 'head_a.bias'}
+  - {from: 'head_b\\.weight', to: 'head_b.weight', transforms: HEAD_B}
+  - {from: 'head_b\\.bias', to: 'head_b.bias'}
+"""
+
+
+@pytest.fixture(scope="module")
+def two_heads(tmp_path_factory):
+    import warnings
+
+    path = tmp_path_factory.mktemp("heads") / "heads.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TwoHeads().eval(), torch.zeros(1, 3, 8, 8), str(path), dynamo=False, input_names=["x"],
+                          output_names=["a", "b"], dynamic_axes={"x": {0: "N"}})
+    return path
+
+
+def heads_table(tmp_path, rescaled=False, head_b_swapped=False, head_a_swapped=False) -> Path:
+    """rescaled: conv1 filled x2 and conv2's kernel x0.5, an equivalent network whose conv1 output
+    differs from the source's; head_*_swapped: that head's kernel with height and width swapped."""
+    text = HEADS_TABLE.replace("CONV1", "[{scale: {factor: 2}}]" if rescaled else "[]")
+    text = text.replace("CONV2", "[{scale: {factor: 0.5}}]" if rescaled else "[]")
+    text = text.replace("HEAD_B", "[{permute: [0, 1, 3, 2]}]" if head_b_swapped else "[]")
+    text = text.replace("HEAD_A", "[{permute: [0, 1, 3, 2]}]" if head_a_swapped else "[]")
+    path = tmp_path / f"heads_{int(rescaled)}{int(head_b_swapped)}{int(head_a_swapped)}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_fault_in_one_branch_is_named_although_the_other_branch_agrees_after_it(two_heads, tmp_path):
+    rep = verify(two_heads, heads_table(tmp_path, head_b_swapped=True), TwoHeads())
+    assert not rep.passed and rep.first_divergent["module"] == "head_b", str(rep)
+    rep = verify(two_heads, heads_table(tmp_path, head_a_swapped=True), TwoHeads())  # head_a runs before head_b
+    modules = [r["module"] for r in rep.layers]
+    assert modules.index("head_a") < modules.index("head_b") and rep.layers[modules.index("head_b")]["passed"], str(rep)
+    assert rep.first_divergent["module"] == "head_a", str(rep)  # head_b agrees, but is not computed from head_a
+
+
+def test_a_row_contradicted_by_a_later_dependent_row_is_not_blamed(two_heads, tmp_path):
+    rep = verify(two_heads, heads_table(tmp_path, rescaled=True), TwoHeads(), localise="always")
+    assert rep.passed and not rep.layers[0]["passed"] and rep.first_divergent is None, str(rep)
+    rep = verify(two_heads, heads_table(tmp_path, rescaled=True, head_b_swapped=True), TwoHeads())
+    assert not rep.passed and rep.first_divergent["module"] == "head_b", str(rep)
+    assert "computed from it, agrees" in rep.layers[0]["unsure"] and "DIFF?" in str(rep), str(rep)
