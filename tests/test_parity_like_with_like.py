@@ -8,6 +8,10 @@
 * A Keras model whose Conv2D layers fuse their ReLU, against a port that applies F.relu as a
   function: no false DIFF rows, a correct table passes every layer and a fault is named at its
   layer. A PASS never prints "first divergent layer".
+* A TF1-style frozen graph (Conv2D + a separate bias Add, an unfused batch_normalization): the
+  kernel's layer is read after its bias add and the BatchNorm at its name scope.
+* A two-head torch.onnx export: a fault in one head is named although the other head agrees
+  after it (it does not depend on it); a row a later dependent row contradicts is not blamed.
 * A weights-only Keras file verifies with --architecture (a model config or a full model file).
 * A crash in the PyTorch model's forward, and a TorchScript target with --localise, are one line
   and exit 2; dict outputs follow parity.outputs.
