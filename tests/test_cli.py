@@ -211,3 +211,14 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
     quiet = subprocess.run(["script", "-q", "-e", "-c", "stty cols 100 rows 40; " + " ".join(verify + ["-q"]),
                             os.devnull], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert quiet.returncode == 0 and "verifying" not in quiet.stdout and "parity PASS" in quiet.stdout
+
+
+def test_library_modules_do_not_import_the_cli():
+    """One direction only: converters/cli/ (and each subcommand module) imports the library."""
+    cli_modules = {ROOT / "converters" / m.replace("converters.", "").replace(".", "/") for m in COMMANDS.values()}
+    pattern = re.compile(r"^\s*(from\s+(\.+cli\b|converters\.cli\b)|import\s+converters\.cli\b|from\s+\.\s+import\s+cli\b)",
+                         re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "converters").rglob("*.py")
+                 if "cli" not in p.relative_to(ROOT / "converters").parts[:1] and p.with_suffix("") not in cli_modules
+                 and p.name != "__main__.py" and pattern.search(p.read_text())]
+    assert not offenders, offenders
