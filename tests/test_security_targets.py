@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import converters
+from converters.cli import main
 from converters.convert import convert
 from converters.errors import ConvertersError
 from converters.mapping import spec
@@ -36,19 +37,29 @@ def os_system_target(marker: Path) -> str:
     return f"target:\n  model: 'os:system'\n  kwargs: {{command: 'touch {marker}'}}\n"
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "converters", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+def run_cli(capsys, *args):
+    """The CLI in-process (what `convert ...` runs): (exit code, stderr)."""
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
 
 
-def assert_one_line_refusal(r, needle):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert needle in r.stderr, r.stderr
+def assert_one_line_refusal(code, err, needle):
+    assert code == 2, (code, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert needle in err, err
+
+
+def test_the_console_command_refuses_it_too(tmp_path):
+    marker = tmp_path / "PWNED"
+    table = table_with_target(tmp_path, os_system_target(marker))
+    r = subprocess.run([sys.executable, "-m", "converters", "--map", str(table), str(CAFFE), "--dry-run"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert_one_line_refusal(r.returncode, r.stderr, "standard library")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("entry", ["convert", "dry-run", "verify", "draft"])
-def test_cli_refuses_os_system_target_and_runs_nothing(tmp_path, entry):
+def test_cli_refuses_os_system_target_and_runs_nothing(tmp_path, capsys, entry):
     marker = tmp_path / "PWNED"
     table = table_with_target(tmp_path, os_system_target(marker))
     args = {"convert": ["--map", table, CAFFE, tmp_path / "out.pth"],
@@ -56,19 +67,19 @@ def test_cli_refuses_os_system_target_and_runs_nothing(tmp_path, entry):
             "verify": ["verify", CAFFE, "--map", table, "--architecture", PROTOTXT],
             "draft": ["draft", CAFFE, "--target", "os:system", "--target-kwargs",
                       json.dumps({"command": f"touch {marker}"}), "-o", tmp_path / "out.pth"]}[entry]
-    r = run_cli(*args, cwd=tmp_path)
-    assert_one_line_refusal(r, "standard library")
+    code, err = run_cli(capsys, *args)
+    assert_one_line_refusal(code, err, "standard library")
     assert not marker.exists() and not (tmp_path / "out.pth").exists()
 
 
-def test_draft_base_table_with_a_hostile_target_runs_nothing(tmp_path):
+def test_draft_base_table_with_a_hostile_target_runs_nothing(tmp_path, capsys):
     """`draft --base` reads a table: its target is never called (the draft's own --target is)."""
     marker = tmp_path / "PWNED"
     table = table_with_target(tmp_path, os_system_target(marker))
-    r = run_cli("draft", CAFFE, "--target", "converters.models.mtcnn:PNet", "--base", table, "-o", tmp_path / "d.yaml",
-                cwd=tmp_path)
-    assert not marker.exists(), r.stderr
-    assert r.returncode in (0, 2) and "Traceback" not in r.stderr, r.stderr
+    code, err = run_cli(capsys, "draft", CAFFE, "--target", "converters.models.mtcnn:PNet", "--base", table,
+                        "-o", tmp_path / "d.yaml")
+    assert not marker.exists(), err
+    assert code == 0 and (tmp_path / "d.yaml").is_file(), err
 
 
 def test_api_convert_and_draft_refuse_os_system(tmp_path):
