@@ -76,6 +76,9 @@ def test_report_dash_writes_json_to_stdout(tmp_path, capsys, monkeypatch):
     report = json.loads(out)  # stdout holds the JSON alone; the summary went to stderr
     assert report["ok"] is True and len(report["assignments"]) == 13, report.keys()
     assert "wrote" in err
+    code, out, err = run(capsys, "--from", "caffe", "--map", TABLE, PNET, tmp_path / "p.pth", "--force", "--json",
+                         "--verify")
+    assert code == 0 and json.loads(out)["ok"] is True and "parity PASS" in err  # the verdict stays off stdout
 
 
 def test_json_and_quiet_on_inspect_maps_and_diff(tmp_path, capsys):

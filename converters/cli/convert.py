@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -102,5 +103,7 @@ def _verify_written(args, options) -> int:
     with A.activity(args, "verifying"):
         rep = verify(args.input, args.map, args.target, framework=args.framework, model=model,
                      reader_options=options, source_python=args.source_python, architecture=args.architecture)
-    emit(rep, argparse.Namespace(quiet=args.quiet))  # the coverage report keeps --json; verify prints its text
+    # the coverage report keeps --json; verify prints its text (to stderr when stdout carries the JSON)
+    with contextlib.redirect_stdout(sys.stderr) if args.json == "-" else contextlib.nullcontext():
+        emit(rep, argparse.Namespace(quiet=args.quiet))
     return rep.exit_code
