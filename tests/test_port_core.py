@@ -140,6 +140,7 @@ def tf():
     return pytest.importorskip("tensorflow")
 
 
+@pytest.mark.heavy  # importing TensorFlow dominates this file's time
 def test_tf_same_padding_and_pooling_match_tensorflow(tf, tmp_path):
     """TF SAME conv / max / avg (padding excluded from the count) on odd and even sizes, strides 1-3."""
     rng = np.random.default_rng(0)
