@@ -26,10 +26,8 @@ from .writer import output_kind, save_pth, stream_safetensors
 def _progress(total, enabled, desc):
     if not enabled:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
+    from tqdm.auto import tqdm  # a core dependency (in a notebook, its widget)
+
     return tqdm(total=total, desc=desc, unit="tensor", leave=False)
 
 
