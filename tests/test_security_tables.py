@@ -114,3 +114,18 @@ def test_ordinary_aliases_and_shipped_tables_still_load(tmp_path):
     assert spec.load(table).description == "shared"
     for name, path in spec.shipped_tables().items():
         assert spec.load(path).rules, name
+
+
+def test_include_cannot_read_files_outside_the_table_directory(tmp_path):
+    outside = tmp_path / "secret.yaml"
+    outside.write_text("password_hunter2: 1\n")
+    (tmp_path / "tables").mkdir()
+    for inc in (str(outside), "../secret.yaml"):
+        table = tmp_path / "tables" / "t.yaml"
+        table.write_text(f"include: [{inc!r}]\n" + RULE)
+        with pytest.raises(MappingError, match="outside the table's directory") as e:
+            spec.load(table)
+        assert "hunter2" not in str(e.value) and f"{table}:1" in str(e.value)
+    (tmp_path / "tables" / "base.yaml").write_text(RULE.replace("'b'", "'c'"))
+    table.write_text("include: [base.yaml, caffe/mtcnn_pnet]\n" + RULE)
+    assert len(spec.load(table).rules) > 2  # beside the table, and a shipped name, still work

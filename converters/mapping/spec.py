@@ -201,7 +201,7 @@ def load(name_or_path, _seen=None) -> Mapping:
     _compile_into(m, data, path)
     seen = set(_seen or ()) | {path.resolve()}
     for inc in data.get("include") or []:
-        inc_path = resolve(inc, path.parent)
+        inc_path = _include_path(inc, path, data.get("include"))
         if inc_path.resolve() in seen:
             raise MappingError(f"include cycle through {inc_path}", rule=_where(path, data.get("include")))
         sub = load(inc_path, seen)
@@ -217,6 +217,21 @@ def load(name_or_path, _seen=None) -> Mapping:
         m.init += sub.init
         m.sha256 = hashlib.sha256((m.sha256 + sub.sha256).encode()).hexdigest()
     return m
+
+
+def _include_path(inc, path: Path, node) -> Path:
+    """An included table: a file inside the including table's directory, or a shipped table. A
+    table may come from anywhere, so it cannot make the toolkit read /etc/... or ../../secrets."""
+    base = path.parent.resolve()
+    candidate = (base / os.fspath(inc)).resolve()
+    if candidate.is_file():
+        if not candidate.is_relative_to(base) and not candidate.is_relative_to(shipped_dir().resolve()):
+            raise MappingError(f"include {str(inc)!r} is outside the table's directory", rule=_where(path, node),
+                               hint="copy the included table beside this one")
+        return candidate
+    if Path(os.fspath(inc)).is_absolute() or ".." in Path(os.fspath(inc)).parts:
+        raise MappingError(f"include {str(inc)!r} is not a file beside the table", rule=_where(path, node))
+    return resolve(inc)  # a shipped table's name
 
 
 def _parse_yaml(path: Path, raw: bytes):
