@@ -241,7 +241,7 @@ def _utf8_flagged_zip(path):
     for sig in (b"PK\x01\x02", b"PK\x03\x04"):
         at = data.find(sig)
         flag_at = at + (8 if sig == b"PK\x01\x02" else 6)
-        data[flag_at] |= 0x08
+        data[flag_at + 1] |= 0x08  # bit 11 of the little-endian flags: the name is UTF-8
         name_at = at + (46 if sig == b"PK\x01\x02" else 30)
         data[name_at] = 0xFF
     path.write_bytes(bytes(data))
@@ -281,7 +281,7 @@ HOSTILE = {
     "onnx_dims_overflow": _onnx_overflowing_dims,
     "caffe_deep_prototxt": _deep_prototxt,
     "mxnet_deep_symbol": _deep_symbol,
-    "keras_zip_non_utf8_name": lambda p: _utf8_flagged_zip(p / "a.keras"),
+    "keras_zip_non_utf8_name": lambda p: _utf8_flagged_zip(p / "a.zip"),  # .zip: sniffers open it
     "directory_as_caffemodel": lambda p: (p / "d.caffemodel").mkdir() or p / "d.caffemodel",
 }
 
