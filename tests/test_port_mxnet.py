@@ -61,12 +61,13 @@ def test_op_families_match_mxnet(tmp_path, name, shape):
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("name", ["mobilenet_v2_0_25", "resnet18_v1"])
+@pytest.mark.parametrize("name", ["mobilenet_v2_0_25", "resnet18_v1",
+                                  "gluoncv:mobilenetv3_small"])   # hard-swish via _plus_scalar/clip/_div_scalar, SE
 def test_gluon_model_zoo_networks_match_mxnet(tmp_path, name):
     """Whole Gluon networks (random weights) exported by mxnet at test time, ported and verified."""
     if not MXNET_PY.exists():
         pytest.skip(f"the mxnet environment {MXNET_PY} is missing (scripts/setup.sh creates it)")
-    prefix = tmp_path / name
+    prefix = tmp_path / name.replace(":", "_")
     subprocess.run([str(MXNET_PY), str(FIX / "export_zoo.py"), name, str(prefix), "64"], check=True,
                    capture_output=True, timeout=300)
     _verified(tmp_path, f"{prefix}-0000.params", {"data": (1, 3, 64, 64)})
