@@ -17,9 +17,12 @@ import difflib
 import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..arrays import ArrayFile
 from ..errors import ConvertersError, DetectionError, FormatError
+
+if TYPE_CHECKING:  # numpy (via arrays) is not needed to list FRAMEWORKS for `convert --help`
+    from ..arrays import ArrayFile
 
 # Order matters for sniffing: formats with a real magic first, guess-by-structure last.
 _MODULES = {
