@@ -347,8 +347,7 @@ class _Source:
             if ds.chunks:
                 check_inflation(element_count(ds.chunks, dtype.itemsize) * dtype.itemsize,
                                 max(nbytes, ds.id.get_storage_size()), f"chunks of {ds.name}", self.path, name)
-        ds_ref = ds
-        return ArrayHandle(name, shape, dtype, self._reader(ds_ref, name, dtype), meta)
+        return ArrayHandle(name, shape, dtype, self._reader(ds, name, dtype), meta)
 
     def _check_storage(self, name: str, ds) -> bool:
         """Refuse datasets whose bytes live in other files (external raw storage, virtual datasets,
