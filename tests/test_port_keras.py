@@ -241,3 +241,24 @@ def test_keras_applications_mobilenet_v2(k3, tmp_path):
     model.save(tmp_path / "mnv2.keras")
     _result, err = ports_and_verifies([tmp_path / "mnv2.keras"], tmp_path / "out")
     assert err < 1e-5
+
+
+def test_keras3_ops_on_tensors(k3, tmp_path):
+    """Keras 3 records `x + 3.0`, `x * c` on Keras tensors as keras.src.ops layers (MobileNetV3's
+    hard sigmoid): the scalar is part of the call, never dropped; other ops are refused."""
+    L = k3.layers
+    x = k3.Input((4, 4, 2), name="img")
+    y = L.Conv2D(3, 1, name="conv")(x)
+    h = L.ReLU(6.0, name="relu6")(y + 3.0) * (1.0 / 6.0)
+    z = L.Flatten(name="flat")(2.0 - y * h)
+    path = tmp_path / "ops.keras"
+    k3.Model(x, z).save(path)
+    graph = build_graph([str(path)])
+    consts = [n for n in graph.nodes if n.op == "constant"]
+    assert sorted(n.params["value"].fill for n in consts) == [pytest.approx(1 / 6), 2.0, 3.0]
+    _result, err = ports_and_verifies([path], tmp_path / "out")
+    assert err < 1e-5
+    w = k3.Model(x, k3.ops.sin(y))
+    w.save(tmp_path / "sin.keras")
+    with pytest.raises(UnsupportedOpError, match="keras.ops"):
+        build_graph([str(tmp_path / "sin.keras")])

@@ -595,6 +595,33 @@ def _identity(b, q, cfg, ins):
     return [_T(out, ins[0].shape, ins[0].cf)]
 
 
+_OPS = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Divide": "div", "TrueDivide": "div"}
+
+
+def keras_op(b, q, cls, args):
+    """A keras.ops call recorded in a Keras 3 functional config (`x + 3.0` -> numpy.Add): the
+    arithmetic ops with tensors and scalar constants; scalars become buffers the table fills."""
+    op = _OPS.get(cls)
+    tensors = [a for a in args if isinstance(a, _T)]
+    if op is None or not tensors or len(args) != 2:
+        raise b.unsupported("a keras.ops operation", hint="only +, -, *, / of tensors and scalars are ported")
+    ins = []
+    for i, a in enumerate(args):
+        if isinstance(a, _T):
+            ins.append(a)
+            continue
+        out, = b.emit(f"{q}/const{i}", "constant", [], {"shape": (), "dtype": "float32"}, {"value": Param(fill=a)})
+        ins.append(out)
+    aligned = _aligned(b, tensors)
+    ins = [aligned.pop(0) if isinstance(a, _T) else a for a in ins]
+    out, = b.emit(q, op, ins, {"coeffs": None} if op == "add" else {})
+    return [_T(out, _widest_shape(tensors), any(t.cf for t in ins if isinstance(t, _T)))]
+
+
+def _widest_shape(tensors):
+    return max((t.shape for t in tensors), key=len)
+
+
 # ----- recurrent
 
 def _rnn_params(b, q, cfg, kind, suffix="", prefix=None):

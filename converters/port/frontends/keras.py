@@ -32,7 +32,7 @@ from ..graph import (
     PortError,
     UnsupportedOpError,
 )
-from ._keras_layers import _CF_LAYOUT, _CONV_LIKE, _T, LAYERS, _Builder
+from ._keras_layers import _CF_LAYOUT, _CONV_LIKE, _T, LAYERS, _Builder, keras_op
 from .onnx import prune_nodes
 
 # =========================================================================== model walking
@@ -75,6 +75,8 @@ def _call_inputs(entry) -> list:
                 return
             for v in x:
                 walk(v)
+        elif isinstance(x, (int, float)) and not isinstance(x, bool):
+            found.append(float(x))  # a constant operand of a Keras 3 op layer (`x + 3.0`)
 
     walk(node.get("args", []) if isinstance(node, dict) else node)
     return found
@@ -115,12 +117,23 @@ class _Walker:
         cfg = _cfg_of(entry)
         if cls in ("Sequential", "Functional", "Model"):
             return self.model(entry, q + "/", ins)
-        fn = LAYERS.get(cls)
         self.b.layer = (q, cls)
+        if ".ops." in str(entry.get("module", "")):  # keras.ops called on Keras tensors (keras.src.ops.numpy.Add)
+            return self.record(q, keras_op(self.b, q, cls, ins))
+        if any(not isinstance(t, _T) for t in ins):
+            raise UnsupportedOpError(f"{cls} (called with constant arguments)", q, self.b.path)
+        fn = LAYERS.get(cls)
         if fn is None:
             hint = "Lambda layers hold Python code that cannot be ported" if cls == "Lambda" else None
             raise UnsupportedOpError(cls, q, self.b.path, hint=hint)
-        outs = fn(self.b, q, cfg, ins)
+        try:
+            outs = fn(self.b, q, cfg, ins)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise PortError(f"layer {q!r} ({cls}): its config is not what Keras writes ({type(e).__name__}: {e})",
+                            file=self.b.path) from None
+        return self.record(q, outs)
+
+    def record(self, q, outs):
         self.layer_outputs[q] = outs
         return outs
 
@@ -157,8 +170,9 @@ class _Walker:
         input_refs = _refs(cfg.get("input_layers"))
         consumers = {}
         for e in entries:
-            for src, _ in _call_inputs(e):
-                consumers.setdefault(src, e.get("class_name"))
+            for ref in _call_inputs(e):
+                if isinstance(ref, tuple):
+                    consumers.setdefault(ref[0], e.get("class_name"))
         for k, (name, idx) in enumerate(input_refs):
             if ins is not None:
                 produced[(name, idx)] = ins[k]
@@ -171,7 +185,7 @@ class _Walker:
                 continue
             calls = _call_inputs(e)
             try:
-                args = [produced[c] for c in calls]
+                args = [produced[c] if isinstance(c, tuple) else c for c in calls]
             except KeyError as err:
                 raise PortError(f"layer {prefix + name!r} reads {err.args[0]}, which no earlier layer produces "
                                 "(layers out of order or a shared layer)", file=self.b.path) from None

@@ -53,6 +53,9 @@ def _graph_inputs(b, f, input_shapes):
         b.shapes[name] = tuple(dims)
         b.runtime.add(name)
         dtype = spec.get("dtype", "float32")
+        if dtype != "float32":
+            raise PortError(f"graph input {name!r} is {dtype}: `convert port` writes float32 modules", file=b.path,
+                            hint="convert the model to float32 first (onnxconverter-common), or port a float32 export")
         layout = "TNC" if batch not in (None, 0) and len(dims) == 3 else _LAYOUTS.get(len(dims), "")
         shown = [d if isinstance(d, int) and d > 0 else (1 if i == batch else None) for i, d in enumerate(raw)]
         inputs.append(GraphInput(name, tuple(shown), dtype, source_layout=layout))
