@@ -262,3 +262,19 @@ def test_keras3_ops_on_tensors(k3, tmp_path):
     w.save(tmp_path / "sin.keras")
     with pytest.raises(UnsupportedOpError, match="keras.ops"):
         build_graph([str(tmp_path / "sin.keras")])
+
+
+def test_normalization_adapted(k3, tmp_path):
+    """An adapted Normalization layer (mean and variance arrays saved as vars/0, vars/1)."""
+    L = k3.layers
+    norm = L.Normalization(name="norm")
+    norm.adapt(np.random.default_rng(0).normal(3.0, 2.0, (64, 4, 4, 3)).astype("float32"))
+    x = k3.Input((4, 4, 3), name="img")
+    model = k3.Model(x, L.Conv2D(2, 1, name="conv")(norm(x)))
+    model.save(tmp_path / "norm.keras")
+    graph = build_graph([str(tmp_path / "norm.keras")])
+    bn = next(n for n in graph.nodes if n.name == "norm")
+    assert bn.attrs["eps"] == 0.0 and not bn.attrs["affine"]
+    assert "count" in " ".join(graph.unused_arrays) or "norm/vars/2" in graph.unused_arrays
+    _result, err = ports_and_verifies([tmp_path / "norm.keras"], tmp_path / "out")
+    assert err < 1e-5

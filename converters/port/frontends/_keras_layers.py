@@ -589,6 +589,26 @@ def _rescaling(b, q, cfg, ins):
     return [_T(out, x.shape, x.cf)]
 
 
+@layer("Normalization")
+def _normalization(b, q, cfg, ins):
+    """(x - mean) / max(sqrt(variance), 1e-7) with the adapted mean/variance arrays: a BatchNorm
+    without affine and eps 0 (equal unless a variance is below 1e-14)."""
+    t = ins[0]
+    axis = cfg.get("axis", -1)
+    axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+    if cfg.get("invert") or cfg.get("mean") is not None or not isinstance(axis, int) or axis % t.rank != t.rank - 1:
+        raise b.unsupported("invert, mean/variance given in the config, or an axis other than the channels")
+    vs = b.variables(q)
+    names = ("mean", "variance") if "mean" in vs else ("0", "1")  # Keras 3 saves them as vars/0, vars/1
+    x = b.to_cf(t)
+    c = x.shape[-1]
+    params = {"running_mean": b.param(q, names[0], [{"reshape": [c]}]),
+              "running_var": b.param(q, names[1], [{"reshape": [c]}])}
+    out, = b.emit(q, "batchnorm", [x], {"dims": max(x.rank - 2, 1), "num_features": c, "eps": 0.0, "affine": False},
+                  params)
+    return [_T(out, x.shape, x.cf)]
+
+
 @layer(*_IDENTITY)
 def _identity(b, q, cfg, ins):
     out, = b.emit(q, "identity", [ins[0]])
