@@ -278,3 +278,22 @@ def test_normalization_adapted(k3, tmp_path):
     assert "count" in " ".join(graph.unused_arrays) or "norm/vars/2" in graph.unused_arrays
     _result, err = ports_and_verifies([tmp_path / "norm.keras"], tmp_path / "out")
     assert err < 1e-5
+
+
+def test_tf_keras_op_lambdas(k2, tmp_path):
+    """tf_keras records `x + 3.0` on Keras tensors as TFOpLambda layers (its MobileNetV3)."""
+    import tensorflow as tf
+
+    L = k2.layers
+    x = k2.Input((4, 4, 2), name="img")
+    y = L.Conv2D(3, 1, name="conv")(x)
+    h = L.ReLU(6.0, name="relu6")(y + 3.0) * (1.0 / 6.0)
+    path = tmp_path / "ops.h5"
+    k2.Model(x, L.Flatten(name="flat")(y * h - 0.5)).save(path)
+    graph = build_graph([str(path)])
+    assert sorted(n.params["value"].fill for n in graph.nodes if n.op == "constant") == [pytest.approx(1 / 6), 0.5, 3.0]
+    _result, err = ports_and_verifies([path], tmp_path / "out")
+    assert err < 1e-5
+    k2.Model(x, tf.math.sin(y)).save(tmp_path / "sin.h5")
+    with pytest.raises(UnsupportedOpError, match="TFOpLambda"):
+        build_graph([str(tmp_path / "sin.h5")])

@@ -624,7 +624,7 @@ def keras_op(b, q, cls, args):
     op = _OPS.get(cls)
     tensors = [a for a in args if isinstance(a, _T)]
     if op is None or not tensors or len(args) != 2:
-        raise b.unsupported("a keras.ops operation", hint="only +, -, *, / of tensors and scalars are ported")
+        raise b.unsupported("a keras.ops operation", hint="only +, -, *, / of two tensors or a tensor and a scalar are ported")
     ins = []
     for i, a in enumerate(args):
         if isinstance(a, _T):

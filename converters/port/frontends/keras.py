@@ -79,7 +79,29 @@ def _call_inputs(entry) -> list:
             found.append(float(x))  # a constant operand of a Keras 3 op layer (`x + 3.0`)
 
     walk(node.get("args", []) if isinstance(node, dict) else node)
+    y = _tf_op_kwargs(entry).get("y") if entry.get("class_name") == "TFOpLambda" else None
+    if isinstance(y, list) and len(y) >= 3 and isinstance(y[0], str):  # x * y of two tensors
+        found.append((y[0], int(y[2])))
     return found
+
+
+def _tf_op_kwargs(entry) -> dict:
+    node = (entry.get("inbound_nodes") or [[]])[0]
+    call = node[0] if node and isinstance(node[0], list) else node  # [[x, 0, 0, kw]] or, as h5 saves it, [x, 0, 0, kw]
+    kwargs = call[3] if isinstance(call, list) and len(call) > 3 else {}
+    return kwargs if isinstance(kwargs, dict) else {}
+
+
+_TF_OPS = {"__operators__.add": "Add", "math.add": "Add", "math.multiply": "Multiply", "math.subtract": "Subtract",
+           "math.truediv": "TrueDivide", "math.divide": "Divide"}
+
+
+def _tf_op_args(entry, ins) -> list:
+    """A tf_keras TFOpLambda call [[x, 0, 0, {"y": 3.0}]] -> [x tensor, 3.0]; y a tensor is in ins."""
+    y = _tf_op_kwargs(entry).get("y")
+    if len(ins) == 1 and isinstance(y, (int, float)) and not isinstance(y, bool):
+        return [ins[0], float(y)]
+    return list(ins)  # keras_op refuses what is not (tensor, scalar) or (tensor, tensor)
 
 
 def _refs(value) -> list:
@@ -120,6 +142,9 @@ class _Walker:
         self.b.layer = (q, cls)
         if ".ops." in str(entry.get("module", "")):  # keras.ops called on Keras tensors (keras.src.ops.numpy.Add)
             return self.record(q, keras_op(self.b, q, cls, ins))
+        if cls == "TFOpLambda":  # tf_keras: a TF function called on Keras tensors (`x + 3.0`)
+            return self.record(q, keras_op(self.b, q, _TF_OPS.get(cfg.get("function"), cfg.get("function")),
+                                           _tf_op_args(entry, ins)))
         if any(not isinstance(t, _T) for t in ins):
             raise UnsupportedOpError(f"{cls} (called with constant arguments)", q, self.b.path)
         fn = LAYERS.get(cls)
