@@ -119,8 +119,9 @@ def run_child(python, script, mode: str, spec: dict, timeout: float = 3600) -> d
 
 
 def best_of(results: list[dict]) -> dict:
-    """Keep the fastest run's time and the largest peak RSS seen (times are noisy on a shared
-    machine, memory is not; reporting the worst memory is the conservative choice)."""
+    """Keep the fastest run's time (and the median, `median_s`) and the largest peak RSS seen
+    (times are noisy on a shared machine, memory is not; reporting the worst memory is the
+    conservative choice)."""
     ok = [r for r in results if "error" not in r]
     if not ok:
         return results[-1] if results else {"error": "not run"}
@@ -129,8 +130,18 @@ def best_of(results: list[dict]) -> dict:
         if key in best:
             best[key] = max(r.get(key, 0) for r in ok)
     best["times_s"] = [round(r["time_s"], 4) for r in ok]
+    best["median_s"] = median([r["time_s"] for r in ok])
     best["runs"] = len(ok)
     return best
+
+
+def median(values) -> float | None:
+    """Median of run times (what run_all.py's ratios use: steadier than the best on a busy machine)."""
+    values = sorted(values)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def warm_page_cache(paths) -> None:

@@ -54,3 +54,27 @@ def test_bench_convert_small(tmp_path):
     assert m["to_safetensors"]["output_bytes"] >= data["model_bytes"]
     assert data["model_bytes"] >= 7 * 2**20
     assert {"to_pth_time", "to_pth_memory", "to_safetensors_time", "to_safetensors_memory"} <= set(data["targets"])
+
+
+@pytest.mark.heavy
+def test_bench_small_tensors_through_run_all(tmp_path):
+    """run_all.py runs the many-small-tensor ONNX benchmark and reports median ratios that agree
+    with the per-script JSON (both sides read the same tensors)."""
+    pytest.importorskip("onnx")
+    out = tmp_path / "all.json"
+    cmd = [sys.executable, str(BENCH / "run_all.py"), "--benchmarks", "small_tensors", "--tensors", "60",
+           "--repeat", "1", "--workdir", str(tmp_path / "work"), "--outdir", str(tmp_path), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, f"run_all exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    summary = json.loads(out.read_text())
+    per_script = json.loads((tmp_path / "results_small_tensors.json").read_text())
+    rows = {r["step"]: r for r in summary["rows"]}
+    assert set(rows) == {"read onnx initializers (60 tensors)", "read onnx constants (60 tensors)",
+                         "read onnx ppocr_cls (308 tensors)"}
+    for case, r in per_script["cases"].items():
+        m = r["measurements"]
+        assert r["targets"]["same_data"]["met"], (case, r["targets"])
+        row = next(v for k, v in rows.items() if f" {case} " in k)
+        assert row["same_data"] is True and row["runs"] == 1
+        assert row["ours_over_baseline"] == pytest.approx(m["reader_load"]["median_s"] / m["framework_load"]["median_s"])
+    assert "ours / baseline" in summary["table"]
