@@ -11,11 +11,21 @@ model is BGR); converting to and from the PyTorch side's conventions is the veri
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...errors import ConvertersError
+
+
+def require_source(path, what: str, *, directory_ok: bool = False):
+    """`path` unchanged, or one ConvertersError "<what> not found" naming it: each oracle's first
+    check, before its framework is imported (a SavedModel or Keras model may be a directory)."""
+    exists = os.path.exists if directory_ok else os.path.isfile
+    if not exists(path):
+        raise ConvertersError(f"{what} not found", file=path)
+    return path
 
 
 class OracleUnavailable(ConvertersError):

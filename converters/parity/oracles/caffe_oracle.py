@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConvertersError
-from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel
+from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel, require_source
 
 INSTALL_HINT = "pip install 'opencv-python-headless<5' (or 'weightport[parity]'); OpenCV 5 has no Caffe importer"
 
@@ -50,9 +50,7 @@ class CaffeOracle(Oracle):
 
     def __init__(self, model: SourceModel):
         super().__init__(model)
-        self.weights = Path(model.weights)
-        if not self.weights.is_file():
-            raise ConvertersError("caffemodel not found", file=self.weights)
+        self.weights = require_source(Path(model.weights), "caffemodel")
         self.prototxt = _find_prototxt(self.weights, model.architecture)
         self.cv2 = _import_cv2()
         self.net = self._load_net()

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConvertersError
-from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel
+from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel, require_source
 
 INSTALL_HINT = "pip install 'weightport[parity]' (tensorflow-cpu brings Keras 3; tf_keras for Keras 2 files)"
 
@@ -100,9 +100,7 @@ class KerasOracle(Oracle):
 
     def __init__(self, model: SourceModel):
         super().__init__(model)
-        self.path = Path(model.weights)
-        if not self.path.exists():
-            raise ConvertersError("Keras model file not found", file=self.path)
+        self.path = require_source(Path(model.weights), "Keras model file", directory_ok=True)
         self.architecture = Path(model.architecture) if model.architecture else None
         if self.architecture is not None and not self.architecture.exists():
             raise ConvertersError("Keras architecture file not found", file=self.architecture)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConvertersError
-from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel
+from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel, require_source
 
 REPO = Path(__file__).resolve().parents[3]
 SIDE_SCRIPT = Path(__file__).with_name("_mxnet_side.py")
@@ -186,9 +186,7 @@ class MXNetOracle(Oracle):
 
     def __init__(self, model: SourceModel):
         super().__init__(model)
-        self.weights = Path(model.weights)
-        if not self.weights.is_file():
-            raise ConvertersError("MXNet params file not found", file=self.weights)
+        self.weights = require_source(Path(model.weights), "MXNet params file")
         self.symbol = checkpoint_files(self.weights, model.architecture)
         python = find_source_python(model.options.get("source_python"))
         self.side = _SideProcess(python, float(model.options.get("timeout", DEFAULT_TIMEOUT)))

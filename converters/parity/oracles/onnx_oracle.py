@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ...errors import ConvertersError
-from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel
+from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel, require_source
 
 INSTALL_HINT = "pip install onnx onnxruntime (or 'weightport[parity]')"
 
@@ -46,9 +46,7 @@ class OnnxOracle(Oracle):
 
     def __init__(self, model: SourceModel):
         super().__init__(model)
-        self.path = os.fspath(model.weights)
-        if not os.path.isfile(self.path):
-            raise ConvertersError("ONNX model not found", file=self.path)
+        self.path = require_source(os.fspath(model.weights), "ONNX model")
         self.onnx, self.ort = _import()
         try:
             self.proto = self.onnx.load(self.path)

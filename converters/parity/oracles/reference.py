@@ -23,7 +23,7 @@ import zipfile
 import numpy as np
 
 from ...errors import ConvertersError, FormatError
-from .base import Oracle, SourceModel
+from .base import Oracle, SourceModel, require_source
 
 FORMAT = "converters-parity-reference"
 VERSION = 1
@@ -34,9 +34,7 @@ class ReferenceOracle(Oracle):
 
     def __init__(self, model: SourceModel):
         super().__init__(model)
-        self.path = os.fspath(model.weights)
-        if not os.path.isfile(self.path):
-            raise ConvertersError("reference file not found", file=self.path)
+        self.path = require_source(os.fspath(model.weights), "reference file")
         try:
             with np.load(self.path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConvertersError
-from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel
+from .base import Oracle, OracleCrashed, OracleUnavailable, SourceModel, require_source
 from .keras_oracle import import_tensorflow_safely
 
 INSTALL_HINT = "pip install 'weightport[parity]' (tensorflow-cpu)"
@@ -63,9 +63,7 @@ class TensorFlowOracle(Oracle):
 
     def __init__(self, model: SourceModel):
         super().__init__(model)
-        self.path = Path(model.weights)
-        if not self.path.exists():
-            raise ConvertersError("TensorFlow model not found", file=self.path)
+        self.path = require_source(Path(model.weights), "TensorFlow model", directory_ok=True)
         self.tf = _import_tf()
         try:
             if _saved_model_dir(self.path) is not None:
