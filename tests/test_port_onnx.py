@@ -341,3 +341,22 @@ def test_torchvision_mobilenet_v3_export(tmp_path):
     path = export(model, torch.zeros(1, 3, 64, 64), tmp_path / "mnv3.onnx", 13)
     _result, err = assert_ports_and_verifies(path, tmp_path)
     assert err < 1e-5
+
+
+class _Mlp(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = torch.nn.Linear(6, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.gelu(self.norm(self.fc1(x))))
+
+
+def test_layernorm_decomposed_and_erf_gelu(tmp_path):
+    """opset 13: LayerNorm is ReduceMean/Sub/Pow/Sqrt/Div (+ weight, bias buffers), GELU is
+    x * 0.5 * (1 + erf(x / sqrt 2)), folded into one exact F.gelu; Linear on a 3-d input."""
+    path = export(_Mlp(), torch.zeros(1, 5, 6), tmp_path / "mlp.onnx", 13)
+    graph, source, _err = assert_matches_ort(path, {"x": rand(2, 5, 6)})
+    assert [n.attrs.get("kind") for n in graph.nodes if n.op == "activation"] == ["power", "sqrt", "gelu"]
+    assert "F.gelu(" in source
+    assert_ports_and_verifies(path, tmp_path)

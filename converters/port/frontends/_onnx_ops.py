@@ -307,6 +307,8 @@ def _eltwise(b: _Builder, L):
         return _fold_arith(b, L)
     if L.type == "Add" and _hard_swish(b, L):
         return
+    if L.type == "Div" and _erf_gelu(b, L):
+        return
     shapes = [b.shape(t) for t in L.inputs]
     attrs = {"coeffs": None} if _ELTWISE[L.type] == "add" else {}
     b.emit(L.name, _ELTWISE[L.type], [b.tensor(t) for t in L.inputs], L.outputs[:1], attrs,
@@ -344,6 +346,32 @@ def _hard_swish(b, L) -> bool:
     b.skip.update({clip.name, mul.name, div.name})
     b.emit(div.name, "activation", [x], div.outputs[:1], {"kind": "hard_swish"}, source_op="Add+Clip+Mul+Div",
            shape=b.shape(x))
+    return True
+
+
+def _erf_gelu(b, L) -> bool:
+    """x * 0.5 * (1 + erf(x / sqrt(2))) (torch.onnx before opset 20, tf2onnx) -> one exact gelu;
+    the two final multiplications may come in either order."""
+    x, root2 = L.inputs
+    if x not in b.runtime or _scalar(b, root2) is None or abs(_scalar(b, root2) - 2 ** 0.5) > 1e-6:
+        return False
+    erf = _only_user(b, L.outputs[0], "Erf")
+    add = erf and _only_user(b, erf.outputs[0], "Add")
+    if not add or _scalar(b, next((t for t in add.inputs if t != erf.outputs[0]), "")) != 1.0:
+        return False
+    first = _only_user(b, add.outputs[0], "Mul")
+    second = first and _only_user(b, first.outputs[0], "Mul")
+    if not second:
+        return False
+    operands = {t for t in first.inputs + second.inputs if t not in (add.outputs[0], first.outputs[0])}
+    halves = [t for t in operands if t != x]
+    if x not in operands or len(halves) != 1 or _scalar(b, halves[0]) != 0.5:
+        return False
+    for t in (root2, *add.inputs, halves[0]):
+        b.note_folded(t, f"a constant of the erf GELU {L.name} .. {second.name}")
+    b.skip.update({erf.name, add.name, first.name, second.name})
+    b.emit(second.name, "activation", [x], second.outputs[:1], {"kind": "gelu", "approximate": "none"},
+           source_op="Div+Erf+Add+Mul+Mul", shape=b.shape(x))
     return True
 
 
