@@ -9,12 +9,12 @@ google.protobuf (fixtures/port/caffe/make_nets.py) into tmp_path.
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from port_helpers import caffe_port_nets
 
 import converters
 from converters.convert import convert
@@ -123,12 +123,7 @@ def test_ssd_box_decoder_is_refused_with_a_hint_to_stop_before_it(nets, tmp_path
 
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory):
-    pytest.importorskip("grpc_tools")
-    spec = importlib.util.spec_from_file_location("port_make_nets", ROOT / "fixtures/port/caffe/make_nets.py")
-    mk = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mk)
-    pb = mk.load_make_fixtures().compile_caffe_proto(tmp_path_factory.mktemp("caffe_pb2"))
-    return mk, pb, tmp_path_factory.mktemp("port_nets")
+    return caffe_port_nets(tmp_path_factory)
 
 
 # the blobs compared: every layer whose semantics could differ, not only the net's final outputs

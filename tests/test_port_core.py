@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from port_helpers import caffe_port_nets
 
 from converters.cli import main as cli_main
 from converters.port import codegen
@@ -170,12 +171,7 @@ def test_tf_same_padding_and_pooling_match_tensorflow(tf, tmp_path):
 
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory):
-    pytest.importorskip("grpc_tools")
-    spec = importlib.util.spec_from_file_location("port_make_nets", ROOT / "fixtures/port/caffe/make_nets.py")
-    mk = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mk)
-    pb = mk.load_make_fixtures().compile_caffe_proto(tmp_path_factory.mktemp("caffe_pb2"))
-    return mk, pb, tmp_path_factory.mktemp("port_nets")
+    return caffe_port_nets(tmp_path_factory)
 
 
 def _port(capsys, *argv):
