@@ -1,7 +1,6 @@
 """[torch] reader against torch.load(weights_only=True), bit for bit; hostile pickles refused."""
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -14,6 +13,7 @@ torch = pytest.importorskip("torch")
 from converters import read  # noqa: E402
 from converters.errors import FormatError, TruncatedError, UnsupportedError  # noqa: E402
 from converters.readers import torch_files  # noqa: E402
+from hostile_files import RunsCommand, pth_that_runs_command  # noqa: E402
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "torch"
 FILES = ["state_dict_dtypes.pt", "checkpoint_nested.pth", "legacy_format.pth"]
@@ -111,20 +111,9 @@ class Custom:
         self.value = 1
 
 
-class RunsCommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_pickle_that_runs_code_is_refused_without_running(tmp_path, zip_format):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pth"
-    torch.save({"w": torch.ones(2), "payload": RunsCommand(marker)}, path,
-               _use_new_zipfile_serialization=zip_format)
+    path, marker = pth_that_runs_command(tmp_path, zip_format)
     with pytest.raises(FormatError) as e:
         read(path, "torch")
     msg = str(e.value)

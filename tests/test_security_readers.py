@@ -4,7 +4,6 @@ inflated, and every parser failure is one ConvertersError (the CLI: one line, ex
 Each file is built by the real library (onnx.helper, h5py, zipfile, torch.save, numpy) from the
 repository's fixtures, then attacked the way issue #13 describes."""
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
+from hostile_files import RunsCommand, pth_that_runs_command
 
 import converters
 from converters.errors import ConvertersError, FormatError, UnsupportedError
@@ -116,20 +115,9 @@ def test_keras_zip_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------ torch pickle
 
-class _RunsCommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_pth_whose_pickle_calls_os_system_runs_nothing(tmp_path, zip_format):
-    marker = tmp_path / "ran"
-    path = tmp_path / "evil.pth"
-    torch.save({"w": torch.ones(2), "payload": _RunsCommand(marker)}, path,
-               _use_new_zipfile_serialization=zip_format)
+    path, marker = pth_that_runs_command(tmp_path, zip_format, "ran")
     with pytest.raises(FormatError, match="refused to unpickle|unpickle"):
         converters.read(path)
     assert not marker.exists()
@@ -142,7 +130,7 @@ def test_pth_whose_pickle_calls_os_system_runs_nothing(tmp_path, zip_format):
 def test_npz_pickle_runs_nothing_without_allow_pickle(tmp_path):
     marker = tmp_path / "ran"
     payload = np.empty((), dtype=object)
-    payload[()] = _RunsCommand(marker)
+    payload[()] = RunsCommand(marker)
     np.savez(tmp_path / "evil.npz", w=np.ones(2), payload=payload)
     with pytest.raises(UnsupportedError, match="pickled"):
         converters.read(tmp_path / "evil.npz")
