@@ -175,19 +175,25 @@ def check_bn_recorded_eps(arrays):
     assert {b.params["fix_gamma"] for b in bns} == {"False"}
 
 
+def convert_resnet50(mx_model, name, form, reader, n_arrays, table, **convert_kwargs):
+    """(x, y, model, report) for one generated ResNet-50 read as `reader`: every array read and
+    every one mapped, with nothing warned or ignored (the two ResNet-50 tests share this)."""
+    d = mx_model(name)
+    x, y = reference(d, name)
+    with converters.read(source_file(d, name, form), reader) as arrays:
+        assert len(arrays) == n_arrays
+        if form == "exported":
+            check_bn_recorded_eps(arrays)
+        model, rep = convert(arrays, table, **convert_kwargs)
+    assert rep.ok and not rep.warnings and not rep.ignored and len(rep.rows) == n_arrays
+    return x, y, model, rep
+
+
 @pytest.mark.heavy
 @pytest.mark.mxnet
 @pytest.mark.parametrize("form", ["exported", "gluon"])
 def test_resnet50_v1(mx_model, form):
-    d = mx_model("resnet50_v1")
-    x, y = reference(d, "resnet50_v1")
-    src = source_file(d, "resnet50_v1", form)
-    with converters.read(src, "mxnet") as arrays:
-        assert len(arrays) == 299
-        if form == "exported":
-            check_bn_recorded_eps(arrays)
-        model, rep = convert(arrays, "resnet50", framework="mxnet")
-    assert rep.ok and not rep.warnings and not rep.ignored and len(rep.rows) == 299
+    x, y, model, rep = convert_resnet50(mx_model, "resnet50_v1", form, "mxnet", 299, "resnet50", framework="mxnet")
     assert len(rep.filled) == 53  # num_batches_tracked, one per BatchNorm
     got = torch_forward(model, x)
     assert_close(y, got)
@@ -204,16 +210,8 @@ def test_resnet50_v1(mx_model, form):
 @pytest.mark.mxnet
 @pytest.mark.parametrize("form", ["exported", "gluon"])
 def test_resnet50_v1b(mx_model, form):
-    d = mx_model("resnet50_v1b")
-    x, y = reference(d, "resnet50_v1b")
-    src = source_file(d, "resnet50_v1b", form)
-    with converters.read(src, "gluon") as arrays:
-        assert len(arrays) == 267
-        if form == "exported":
-            check_bn_recorded_eps(arrays)
-        model, rep = convert(arrays, "gluon/resnet50_v1b")
+    x, y, model, rep = convert_resnet50(mx_model, "resnet50_v1b", form, "gluon", 267, "gluon/resnet50_v1b")
     assert type(model).__module__ == "torchvision.models.resnet"
-    assert rep.ok and not rep.warnings and not rep.ignored and len(rep.rows) == 267
     assert_close(y, torch_forward(model, x))
 
 
