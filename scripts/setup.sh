@@ -4,16 +4,16 @@
 # an environment with TensorFlow). Idempotent: re-running only installs what is missing.
 # Prints each step; pip's own output goes to .venv/setup.log (shown when a step fails).
 #
-# PyTorch: the CPU build from PyTorch's CPU wheel index when that index answers (about 1 GB
-# instead of a multi-GB CUDA build), else the pinned wheels from the package index (on machines
-# that keep them on disk, pip takes them from there). TORCH_INDEX_URL= (empty) skips the CPU
-# index; TORCH_INDEX_URL=<url> picks another.
+# PyTorch: the pinned wheels (torch 2.14.1, torchvision 0.29.1). On this project's machines pip takes
+# them from a local wheel store. The package index serves torch as a CUDA build (several GB); a CPU
+# build needs an extra wheel index, which these machines cannot reach: set TORCH_INDEX_URL to one
+# where you have it, and step 2 installs from there (falling back to the pinned wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")
-TORCH_INDEX_URL=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
+TORCH_INDEX_URL=${TORCH_INDEX_URL-}
 LOG=.venv/setup.log
 N=6
 
@@ -42,7 +42,7 @@ then
   echo "  CPU build from $TORCH_INDEX_URL" >&2
   pip_q .venv --index-url "$TORCH_INDEX_URL" "${TORCH_PINS[@]}" || pip_q .venv "${TORCH_PINS[@]}"
 else
-  echo "  the CPU wheel index does not answer: the pinned wheels from the package index" >&2
+  echo "  the pinned wheels${TORCH_INDEX_URL:+ (the wheel index $TORCH_INDEX_URL does not answer)}" >&2
   pip_q .venv "${TORCH_PINS[@]}"
 fi
 
