@@ -19,8 +19,6 @@ ROOT = TESTS.parent
 DOCS_MAPPING = ROOT / "docs/mapping.md"
 
 KNOWN_GAPS = {
-    "parity case": {"caffe/res10_ssd": "verified against OpenCV in tests/test_tables_res10.py, not yet a "
-                                       "parity-suite case"},
     "draft test": {"caffe/res10_ssd": "no draft test drafts the res10 SSD yet",
                    "keras/fer_mini_xception": "no draft test drafts the FER mini-Xception yet"},
 }
