@@ -35,18 +35,24 @@ def _check_layout(b, node, a):
         raise UnsupportedOpError(f"{node['op']} with layout {layout}", node["name"], b.file)
 
 
+def _weighted_input(b, node, no_bias):
+    """(data tensor, {weight[, bias]} params, the weight array's shape, the data's shape or None):
+    Convolution, Deconvolution and FullyConnected take data, weight, bias in this order."""
+    x = b.tensor(node["inputs"][0])
+    params = {"weight": b.weight(node, 1)}
+    if not no_bias:
+        params["bias"] = b.weight(node, 2)
+    return x, params, b.arrays[params["weight"].source].shape, b.shape(x)
+
+
 def convolution(b, node, a):
     kernel = a.tuple("kernel")
     d = len(kernel)
     _check_layout(b, node, a)
     stride, dilate, pad = _spatial(a, "stride", d, 1), _spatial(a, "dilate", d, 1), _spatial(a, "pad", d, 0)
     groups, out, no_bias = a.int("num_group", 1), a.int("num_filter"), a.bool("no_bias", False)
-    x = b.tensor(node["inputs"][0])
-    params = {"weight": b.weight(node, 1)}
-    in_channels = b.arrays[params["weight"].source].shape[1] * groups
-    if not no_bias:
-        params["bias"] = b.weight(node, 2)
-    s = b.shape(x)
+    x, params, w_shape, s = _weighted_input(b, node, no_bias)
+    in_channels = w_shape[1] * groups
     shape = None if s is None else (s[0], out) + tuple(
         _shapes.conv_out(s[2 + i], kernel[i], stride[i], dilate[i], pad[i], pad[i]) for i in range(d))
     b.emit(node["name"], "conv", [x], {"dims": d, "in_channels": in_channels, "out_channels": out, "kernel": kernel,
@@ -65,12 +71,8 @@ def deconvolution(b, node, a):
     stride, dilate, pad = _spatial(a, "stride", d, 1), _spatial(a, "dilate", d, 1), _spatial(a, "pad", d, 0)
     adj = _spatial(a, "adj", d, 0)
     groups, out, no_bias = a.int("num_group", 1), a.int("num_filter"), a.bool("no_bias", True)
-    x = b.tensor(node["inputs"][0])
-    params = {"weight": b.weight(node, 1)}
-    in_channels = b.arrays[params["weight"].source].shape[0]
-    if not no_bias:
-        params["bias"] = b.weight(node, 2)
-    s = b.shape(x)
+    x, params, w_shape, s = _weighted_input(b, node, no_bias)
+    in_channels = w_shape[0]
     shape = None if s is None else (s[0], out) + tuple(
         None if s[2 + i] is None else
         (s[2 + i] - 1) * stride[i] - 2 * pad[i] + dilate[i] * (kernel[i] - 1) + adj[i] + 1 for i in range(d))
@@ -82,12 +84,8 @@ def deconvolution(b, node, a):
 
 def fully_connected(b, node, a):
     hidden, no_bias, flatten = a.int("num_hidden"), a.bool("no_bias", False), a.bool("flatten", True)
-    x = b.tensor(node["inputs"][0])
-    params = {"weight": b.weight(node, 1)}
-    in_features = b.arrays[params["weight"].source].shape[1]
-    if not no_bias:
-        params["bias"] = b.weight(node, 2)
-    s = b.shape(x)
+    x, params, w_shape, s = _weighted_input(b, node, no_bias)
+    in_features = w_shape[1]
     if flatten and (s is None or len(s) != 2):
         # MXNet's FullyConnected flattens all but the batch axis itself (flatten=True default)
         x = b.emit(b.fresh(node["name"] + "_flatten"), "flatten", [x], {"start_dim": 1}, {}, node["op"],
