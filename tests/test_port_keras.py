@@ -297,3 +297,35 @@ def test_tf_keras_op_lambdas(k2, tmp_path):
     k2.Model(x, tf.math.sin(y)).save(tmp_path / "sin.h5")
     with pytest.raises(UnsupportedOpError, match="TFOpLambda"):
         build_graph([str(tmp_path / "sin.h5")])
+
+
+def test_cli_architecture_flag_for_a_tf_keras_weights_only_h5(k2, tmp_path, capsys):
+    """A tf_keras `save_weights` .h5 (weights only): one line, exit 2, naming --architecture; with
+    `--architecture model.json` it ports and verifies (the verify oracle gets the architecture too)."""
+    from converters.port.cli import cmd_port
+
+    L = k2.layers
+    x = k2.Input((6, 6, 2), name="img")
+    y = L.Conv2D(3, 3, padding="same", activation="relu", name="conv")(x)
+    y = L.Flatten(name="flat")(L.MaxPooling2D(2, name="pool")(y))
+    model = k2.Model(x, L.Dense(4, name="fc")(y), name="weights_only_net")
+    model.save_weights(str(tmp_path / "w.h5"))
+    (tmp_path / "model.json").write_text(model.to_json())
+    code = cmd_port([str(tmp_path / "w.h5"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "weights only" in err and "--architecture" in err, err
+    assert not (tmp_path / "out").exists()
+    code = cmd_port([str(tmp_path / "w.h5"), "--architecture", str(tmp_path / "model.json"), "-o",
+                     str(tmp_path / "out"), "--verify", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "PASS" in out, out
+    assert (tmp_path / "out" / "model.py").exists()
+
+
+def test_architecture_is_refused_for_formats_that_hold_their_graph(tmp_path):
+    from converters.port.frontends import architecture_options
+
+    assert architecture_options("caffe", "deploy.prototxt", {}) == {"prototxt": "deploy.prototxt"}
+    assert architecture_options("mxnet", "net-symbol.json", {}) == {"symbol": "net-symbol.json"}
+    with pytest.raises(PortError, match="--architecture is not used by onnx"):
+        architecture_options("onnx", "x.json", {})

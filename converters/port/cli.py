@@ -14,6 +14,9 @@ def add_arguments(p) -> None:
 
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="the model file(s): .caffemodel [+ .prototxt], .onnx, .h5/.keras, .params + -symbol.json, ...")
+    p.add_argument("--architecture", metavar="PATH",
+                   help="the network's description beside the weights: a Keras config .json/.keras/full .h5 for a "
+                   "weights-only file, a Caffe .prototxt, an MXNet -symbol.json")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="folder to create: model.py, <name>.yaml, weights")
     A.add_from(p)
     p.add_argument("--name", help="class name of the generated module (default: from the model's name)")
@@ -55,7 +58,8 @@ def run(args) -> int:
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()] if args.outputs else None
     result = port(args.sources, args.out, framework=args.framework, name=args.name, fmt=args.fmt, force=args.force,
                   verify=args.verify, source_python=args.source_python, outputs=outputs,
-                  input_shapes=_shapes(args.input_shape), reader_options=parse_options(args.option))
+                  input_shapes=_shapes(args.input_shape), reader_options=parse_options(args.option),
+                  architecture=args.architecture)
     if args.json:
         import json
 

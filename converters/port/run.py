@@ -59,8 +59,11 @@ def _snake(name: str) -> str:
 
 
 def port(sources, out_dir, *, framework=None, name=None, fmt="safetensors", force=False, verify=False,
-         source_python=None, outputs=None, input_shapes=None, reader_options=None, verify_options=None) -> PortResult:
-    """Port `sources` (a path or a list) into `out_dir`; see the module docstring and docs/port.md."""
+         source_python=None, outputs=None, input_shapes=None, reader_options=None, verify_options=None,
+         architecture=None) -> PortResult:
+    """Port `sources` (a path or a list) into `out_dir`; see the module docstring and docs/port.md.
+    architecture: the network's description beside the weights (a Keras config .json / .keras /
+    full .h5 for a weights-only file, a Caffe .prototxt, an MXNet -symbol.json)."""
     t0 = time.perf_counter()
     sources = [os.fspath(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
     if not sources:
@@ -77,7 +80,7 @@ def port(sources, out_dir, *, framework=None, name=None, fmt="safetensors", forc
 
         framework = detect(sources[0])
     graph = frontends.build_graph(framework, sources, reader_options=reader_options, outputs=outputs,
-                                  input_shapes=input_shapes)
+                                  input_shapes=input_shapes, architecture=architecture)
     cls = name or class_name_for(graph.name)
     gen = codegen.generate(graph, cls)
     t_graph = time.perf_counter()

@@ -6,7 +6,8 @@ A frontend module `frontends/<framework>.py` defines
                     input_shapes: dict | None) -> Graph
 
 * `sources`: the paths the user gave (`convert port SOURCE [SOURCE...]`), in that order;
-* `reader_options`: `converters.read` options the user passed (`prototxt=...`);
+* `reader_options`: `converters.read` options the user passed (`prototxt=...`); `--architecture`
+  arrives as the option named in ARCHITECTURE_OPTIONS;
 * `outputs`: tensor / layer names to return instead of the source's own outputs (`--outputs`),
   or None; a frontend that can honour it cuts the graph after those tensors (dead branches go
   to `unused_arrays`), otherwise refuses with a PortError;
@@ -20,6 +21,7 @@ same array names the Params use. Framework names are the readers' (`converters.r
 from __future__ import annotations
 
 import importlib
+import os
 
 from ..graph import Graph, PortError
 
@@ -41,9 +43,29 @@ def frontend_for(framework: str, file=None):
         raise PortError(f"the {framework} frontend of `convert port` is not available in this build", file=file) from None
 
 
-def build_graph(framework: str, sources: list, *, reader_options=None, outputs=None, input_shapes=None) -> Graph:
+# `--architecture PATH`: the reader option each frontend takes the network's description as
+ARCHITECTURE_OPTIONS = {"keras": "architecture", "caffe": "prototxt", "mxnet": "symbol", "gluon": "symbol"}
+
+
+def architecture_options(framework: str, architecture, reader_options=None, file=None) -> dict:
+    """reader_options with `--architecture` spelled as the frontend's option (the Keras config,
+    the Caffe prototxt, the MXNet -symbol.json); a PortError for formats that carry their graph."""
+    options = dict(reader_options or {})
+    if architecture is None:
+        return options
+    key = ARCHITECTURE_OPTIONS.get(framework)
+    if key is None:
+        raise PortError(f"--architecture is not used by {framework} sources: the file holds its graph", file=file)
+    if options.get(key) not in (None, os.fspath(architecture)):
+        raise PortError(f"--architecture and --option {key}= name different files", file=file)
+    options[key] = os.fspath(architecture)
+    return options
+
+
+def build_graph(framework: str, sources: list, *, reader_options=None, outputs=None, input_shapes=None,
+                architecture=None) -> Graph:
     module = frontend_for(framework, sources[0] if sources else None)
-    graph = module.build_graph(list(sources), reader_options=dict(reader_options or {}), outputs=outputs,
-                               input_shapes=input_shapes)
+    options = architecture_options(framework, architecture, reader_options, sources[0] if sources else None)
+    graph = module.build_graph(list(sources), reader_options=options, outputs=outputs, input_shapes=input_shapes)
     graph.check()
     return graph

@@ -3,7 +3,7 @@
 Reads Keras 2 / tf_keras `.h5` full models, Keras 3 `.keras` zips and Keras 3 legacy `.h5`:
 Sequential and Functional configs, nested models inlined as `outer/inner` layers. A weights-only
 file has no architecture: give one with `--architecture` (a config `.json`, a `.keras` or a full
-model `.h5`; frontends receive it as a second source or as reader option `config`).
+model `.h5`; it arrives here as reader option `architecture`, or as a second source).
 
 Layout. Keras is channels-last; the module is channels-first. Every tensor carries a flag
 `cf`: True when the module holds it channels-first (N, C, *spatial) while Keras holds it
@@ -235,8 +235,8 @@ def _requested_outputs(walker, outputs, path) -> list:
 def _architecture(f, path):
     if f.meta.get("config") is not None:
         return f.meta["config"]
-    hint = ("pass the architecture (--architecture): `convert port WEIGHTS ARCH` or --option architecture=ARCH, "
-            "ARCH a model.to_json() .json, a .keras or a full-model .h5")
+    hint = ("pass it with --architecture ARCH (ARCH a model.to_json() .json, a .keras or a full-model .h5; "
+            "or as a second SOURCE)")
     raise PortError("this Keras file holds weights only, no model architecture", file=path, hint=hint)
 
 

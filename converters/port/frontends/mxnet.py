@@ -42,7 +42,7 @@ def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None
     if "graph" not in meta:
         raise PortError("an MXNet port needs the network's -symbol.json and none was given or found beside "
                         "the weights", file=params_path,
-                        hint="pass PREFIX-symbol.json as a second source (Gluon: export the net with net.export)")
+                        hint="pass --architecture PREFIX-symbol.json (Gluon: export the net with net.export)")
     b = _Builder(meta["symbol"], arrays, meta["graph"])
     heads = _heads(b, meta["graph_heads"], outputs)
     b.build(heads, input_shapes)
