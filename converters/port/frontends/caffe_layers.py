@@ -404,12 +404,17 @@ def _eltwise(st, layer):
     _add(st, layer, op, ins, attrs)
 
 
+def _axis(param, legacy_key):
+    """`axis` (default 1), or the deprecated `concat_dim` / `slice_dim` where only that is set."""
+    axis = int(param.get("axis", 1))
+    if axis == 1 and int(param.get(legacy_key, 1)) != 1:
+        axis = int(param[legacy_key])
+    return axis
+
+
 @layer_type("Concat")
 def _concat(st, layer):
-    cp = layer.params.get("concat_param") or {}
-    axis = int(cp.get("axis", 1))
-    if axis == 1 and int(cp.get("concat_dim", 1)) != 1:
-        axis = int(cp["concat_dim"])
+    axis = _axis(layer.params.get("concat_param") or {}, "concat_dim")
     ins = _ins(st, layer)
     ch = [st.channels.get(t) for t in ins]
     _add(st, layer, "concat", ins, {"axis": axis}, channels=sum(ch) if axis == 1 and None not in ch else None,
@@ -419,9 +424,7 @@ def _concat(st, layer):
 @layer_type("Slice")
 def _slice(st, layer):
     sp = layer.params.get("slice_param") or {}
-    axis = int(sp.get("axis", 1))
-    if axis == 1 and int(sp.get("slice_dim", 1)) != 1:
-        axis = int(sp["slice_dim"])
+    axis = _axis(sp, "slice_dim")
     (x,) = _ins(st, layer, 1)
     points = [int(v) for v in sp.get("slice_point") or []]
     n = len(layer.outputs)
