@@ -128,16 +128,14 @@ LAYER_KNOWN_OTHER = {5: "loss_weight", 6: "param", 8: "include", 9: "exclude", 1
 
 # V1LayerParameter (`layers` = NetParameter field 2).
 V1_NAME, V1_TYPE, V1_BOTTOM, V1_TOP, V1_BLOBS, V1_V0_LAYER = 4, 5, 2, 3, 6, 1
-V1_PARAMS = {
-    10: ("convolution_param", "ConvolutionParameter"), 19: ("pooling_param", "PoolingParameter"),
-    17: ("inner_product_param", "InnerProductParameter"), 24: ("eltwise_param", "EltwiseParameter"),
-    30: ("relu_param", "ReLUParameter"), 39: ("softmax_param", "SoftmaxParameter"),
-    9: ("concat_param", "ConcatParameter"), 12: ("dropout_param", "DropoutParameter"),
-    18: ("lrn_param", "LRNParameter"), 21: ("power_param", "PowerParameter"),
-    31: ("slice_param", "SliceParameter"), 25: ("threshold_param", "ThresholdParameter"),
-    34: ("mvn_param", "MVNParameter"), 23: ("argmax_param", "ArgMaxParameter"),
-    38: ("sigmoid_param", "SigmoidParameter"), 37: ("tanh_param", "TanHParameter"),
-}
+# (the same param messages as V2's, at V1's own field numbers)
+_MESSAGE_OF = {name: message for name, message in LAYER_PARAMS.values()}
+V1_PARAMS = {number: (name, _MESSAGE_OF[name]) for number, name in {
+    10: "convolution_param", 19: "pooling_param", 17: "inner_product_param", 24: "eltwise_param",
+    30: "relu_param", 39: "softmax_param", 9: "concat_param", 12: "dropout_param", 18: "lrn_param",
+    21: "power_param", 31: "slice_param", 25: "threshold_param", 34: "mvn_param", 23: "argmax_param",
+    38: "sigmoid_param", 37: "tanh_param",
+}.items()}
 V1_KNOWN_OTHER = {32: "include", 33: "exclude", 1001: "param", 1002: "blob_share_mode", 7: "blobs_lr",
                   8: "weight_decay", 35: "loss_weight", 27: "accuracy_param", 40: "contrastive_loss_param",
                   11: "data_param", 26: "dummy_data_param", 41: "exp_param", 13: "hdf5_data_param",
