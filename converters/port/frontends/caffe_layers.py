@@ -1,6 +1,8 @@
 """One function per Caffe layer type: a reader Layer -> canonical Node(s) (frontends/caffe.py)."""
 from __future__ import annotations
 
+import math
+
 from ..graph import Node, Param
 
 TRANSLATORS = {}
@@ -89,7 +91,7 @@ def _check_features(st, layer, x, axis, expected):
     c, size = st.channels.get(x), st.spatial.get(x)
     if axis != 1 or c is None or size is None or st.rank.get(x) != 2 + len(size):
         return
-    have = c * _count(size)
+    have = c * math.prod(size)
     if have != expected:
         raise st.error(layer, f"its weight takes {expected} input features, but the prototxt's earlier layers give "
                               f"{c}x{'x'.join(map(str, size))} = {have}: the prototxt does not describe these weights")
@@ -105,10 +107,7 @@ def _check_channels(st, layer, tensor, expected, what):
 def _vector(st, layer, name, n, what) -> list:
     """Transforms making a per-channel blob (n,): legacy (1, 1, 1, n) / scalar shapes reshaped."""
     shape = st.shape(name)
-    count = 1
-    for d in shape:
-        count *= d
-    if count != n:
+    if math.prod(shape) != n:
         raise st.error(layer, f"blob {name} has shape {shape}, expected {n} values for {what}")
     return [] if shape == (n,) else [{"reshape": [n]}]
 
@@ -265,13 +264,13 @@ def _scale(st, layer):
         bp = layer.params.get("bias_param") or {}
         axis, num_axes, bias = int(bp.get("axis", 1)), int(bp.get("num_axes", 1)), True
         names = _arrays(st, layer, 1)
-        n = _count(st.shape(names[0]))
+        n = math.prod(st.shape(names[0]))
         params = {"weight": Param(fill=1.0), "bias": Param(names[0], _vector(st, layer, names[0], n, "the bias"))}
     else:
         sp = layer.params.get("scale_param") or {}
         axis, num_axes, bias = int(sp.get("axis", 1)), int(sp.get("num_axes", 1)), bool(sp.get("bias_term", False))
         names = _arrays(st, layer, 2 if bias else 1)
-        n = _count(st.shape(names[0]))
+        n = math.prod(st.shape(names[0]))
         params = {"weight": Param(names[0], _vector(st, layer, names[0], n, "the scale"))}
         if bias:
             params["bias"] = Param(names[1], _vector(st, layer, names[1], n, "the bias"))
@@ -290,19 +289,12 @@ def _fork_params(st, layer, key) -> dict:
                           "decode: give the deploy prototxt")
 
 
-def _count(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 @layer_type("PReLU")
 def _prelu(st, layer):
     (x,) = _ins(st, layer, 1)
     shared = bool((layer.params.get("prelu_param") or {}).get("channel_shared", False))
     (name,) = _arrays(st, layer, 1)
-    n = 1 if shared else _count(st.shape(name))
+    n = 1 if shared else math.prod(st.shape(name))
     if not shared:
         _check_channels(st, layer, x, n, "its slopes")
     _add(st, layer, "prelu", [x], {"num_parameters": n, "axis": 1},
@@ -316,7 +308,7 @@ def _normalize(st, layer):
     # SSD's caffe.proto defaults: across_spatial true, channel_shared true, eps 1e-10
     across, shared = bool(npar.get("across_spatial", True)), bool(npar.get("channel_shared", True))
     (name,) = _arrays(st, layer, 1)
-    n = _count(st.shape(name))
+    n = math.prod(st.shape(name))
     if shared and n != 1:
         raise st.error(layer, f"channel_shared Normalize has {n} scales in {name}")
     channels = st.channels.get(x, n)
