@@ -360,3 +360,27 @@ def test_layernorm_decomposed_and_erf_gelu(tmp_path):
     assert [n.attrs.get("kind") for n in graph.nodes if n.op == "activation"] == ["power", "sqrt", "gelu"]
     assert "F.gelu(" in source
     assert_ports_and_verifies(path, tmp_path)
+
+
+def test_fixed_batch_graph_verifies_with_the_tables_batch(tmp_path, capsys):
+    """A graph whose input fixes batch 1 (and a Resize with `sizes` spelling it): the port writes
+    parity.batch: 1 and `convert port --verify` passes with no verify options; a symbolic batch
+    writes no key (verify keeps its default batch of 2)."""
+    import yaml
+
+    from converters.port.cli import cmd_port
+
+    inits = {"w": rand(4, 2, 3, 3), "b": rand(4), "roi": np.zeros(0, np.float32),
+             "sizes": np.array([1, 4, 10, 7], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["c", "roi", "", "sizes"], ["y"], mode="linear",
+                              coordinate_transformation_mode="half_pixel")]
+    fixed = save(nodes, [vi("x", [1, 2, 5, 5])], [vi("y", None)], dict(inits), tmp_path / "fixed.onnx")
+    assert cmd_port([str(fixed), "-o", str(tmp_path / "fixed"), "--verify", "-q"]) == 0, capsys.readouterr()
+    assert "PASS" in capsys.readouterr().out
+    table = yaml.safe_load(next((tmp_path / "fixed").glob("*.yaml")).read_text())
+    assert table["parity"]["batch"] == 1
+    free = save(nodes, [vi("x", ["N", 2, 5, 5])], [vi("y", None)], {**inits, "sizes": np.array([2, 4, 10, 7], np.int64)},
+                tmp_path / "free.onnx")
+    result = port([str(free)], tmp_path / "free", verify=True)
+    assert result.parity.passed and "batch" not in yaml.safe_load(Path(result.table_file).read_text())["parity"]

@@ -27,7 +27,8 @@ def add_source_arguments(p) -> None:
     p.add_argument("--inputs", metavar="NPZ", help="inputs (.npz, named after the model's inputs or in order)")
     p.add_argument("--inputs-convention", choices=("source", "target"), default="source",
                    help="the --inputs arrays are laid out for the source model (default) or the PyTorch model")
-    p.add_argument("-n", type=int, default=2, help="random inputs: batch size (default 2)")
+    p.add_argument("-n", type=int, default=None,
+                   help="random inputs: batch size (default: the table's parity.batch, else 2)")
     p.add_argument("--seed", type=int, default=0, help="random inputs: seed (default 0)")
     A.add_input_shape(p, help="input shape in the table's input layout, e.g. 1,224,224,3")
 

@@ -26,7 +26,7 @@ from .templates import compile_template, names_used
 
 TOP_KEYS = {"source", "target", "input", "rules", "ignore", "fill", "init", "include", "description", "notes", "parity"}
 PARITY_KEYS = {"target_input", "source_input", "activations", "outputs", "layers", "tolerance",
-               "extra_inputs"}
+               "extra_inputs", "batch"}
 
 
 class _Dict(dict):

@@ -17,7 +17,7 @@ from .oracles.reference import FORMAT, VERSION
 from .setup import ParitySetup
 
 
-def write_reference(source, mapping, out, *, framework=None, architecture=None, inputs=None, n=2, seed=0,
+def write_reference(source, mapping, out, *, framework=None, architecture=None, inputs=None, n=None, seed=0,
                     source_python=None, taps="mapped", reader_options=None, input_shape=None,
                     inputs_convention="source", oracle=None, force=False, target=None, target_kwargs=None,
                     extra_inputs=None) -> dict:

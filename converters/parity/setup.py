@@ -53,7 +53,7 @@ class ParitySetup:
     tolerance: Tolerance = field(default_factory=Tolerance)
 
     @classmethod
-    def create(cls, source, mapping, target=None, *, framework=None, architecture=None, inputs=None, n=2,
+    def create(cls, source, mapping, target=None, *, framework=None, architecture=None, inputs=None, n=None,
                seed=0, tolerance=None, source_python=None, dtype="float32", target_kwargs=None,
                reader_options=None, input_shape=None, inputs_convention="source", oracle_options=None,
                extra_inputs=None) -> "ParitySetup":
@@ -69,6 +69,7 @@ class ParitySetup:
         reader_options = dict(reader_options or {})
         oracle_options = {k: v for k, v in {"source_python": source_python, **(oracle_options or {})}.items()
                           if v is not None}
+        n = n if n is not None else int(parity.get("batch", 2))  # a fixed-batch model says so in its table
         request = InputRequest(given=inputs, n=n, seed=seed, shape=input_shape, convention=inputs_convention,
                                dtype=dtype, extra=I.merged_extra_inputs(parity.get("extra_inputs"), extra_inputs))
         return cls(source=source, mapping=m, framework=framework or m.source or "", target=target,

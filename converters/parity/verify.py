@@ -47,7 +47,7 @@ class TargetCrashed(ConvertersError):
     failure (exit 2, one line)."""
 
 
-def verify(source, mapping, target=None, *, framework=None, architecture=None, inputs=None, n=2, seed=0,
+def verify(source, mapping, target=None, *, framework=None, architecture=None, inputs=None, n=None, seed=0,
            tolerance=None, localise=True, source_python=None, reference=None, dtype="float32", model=None,
            oracle=None, target_kwargs=None, reader_options=None, input_shape=None, inputs_convention="source",
            oracle_options=None, extra_inputs=None) -> ParityReport:
@@ -57,7 +57,7 @@ def verify(source, mapping, target=None, *, framework=None, architecture=None, i
     target: as for converters.convert. framework: the source framework (default: the table's).
     architecture: the file the framework needs beside the weights (prototxt, -symbol.json, a Keras
         model config or full model file for a weights-only Keras file).
-    inputs: None (random, `n` samples from `seed`), an .npz path, or a dict/list of arrays, in
+    inputs: None (random, `n` samples from `seed`; n default: the table's parity.batch, else 2), an .npz path, or a dict/list of arrays, in
         the source's convention (inputs_convention="target": the PyTorch model's).
     tolerance: None (defaults), a number (atol) or {atol, rtol, cosine, topk}; overrides the
         table's parity.tolerance key by key.

@@ -163,6 +163,7 @@ class Graph:
     reader_options: dict = field(default_factory=dict)     # converters.read options for source_files[0] (prototxt=...)
     notes: list = field(default_factory=list)              # facts for the table's notes (what the file does not record, ...)
     architecture: str | None = None                        # the file verify's oracle reads beside the weights (prototxt, -symbol.json)
+    fixed_batch: int | None = None                         # the batch the source only runs at (table parity.batch)
 
     def check(self) -> None:
         """Every tensor defined before use, ops known, names unique: frontends call this last."""

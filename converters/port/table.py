@@ -123,6 +123,8 @@ def _source_shape(inp):
 
 def parity_section(graph: Graph) -> dict:
     out = {"outputs": [graph.output_names.get(t, t) for t in graph.outputs]}
+    if graph.fixed_batch is not None:
+        out["batch"] = int(graph.fixed_batch)  # the source refuses other batches: verify feeds this many
     extra = dict(graph.extra_inputs)
     for pos, inp in enumerate(graph.inputs[1:], start=1):
         if inp.name in extra:

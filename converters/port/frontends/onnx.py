@@ -121,9 +121,17 @@ def _build(f, path, options, outputs, input_shapes) -> Graph:
                   outputs=list(b.graph_outputs), nodes=b.nodes,
                   output_layouts={o: _LAYOUTS.get(len(b.shapes.get(o, ())), "") for o in b.graph_outputs},
                   output_names=_output_names(f, b.graph_outputs), unused_arrays=unused, reader_options=options,
-                  notes=_notes(f, inputs))
+                  notes=_notes(f, inputs), fixed_batch=_fixed_batch(f))
     graph.check()
     return graph
+
+
+def _fixed_batch(f) -> int | None:
+    """The main input's leading dim when the file fixes it (no symbol): onnxruntime refuses any
+    other batch, so verify must feed this one (the table's parity.batch)."""
+    specs = f.meta["graph"]["inputs"]
+    dims = list(specs[0].get("shape") or []) if specs else []
+    return int(dims[0]) if len(dims) > 1 and isinstance(dims[0], int) and dims[0] > 0 else None
 
 
 def _output_names(f, outputs) -> dict:
