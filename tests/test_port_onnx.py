@@ -380,6 +380,8 @@ def test_fixed_batch_graph_verifies_with_the_tables_batch(tmp_path, capsys):
     assert "PASS" in capsys.readouterr().out
     table = yaml.safe_load(next((tmp_path / "fixed").glob("*.yaml")).read_text())
     assert table["parity"]["batch"] == 1
+    with pytest.raises(converters.ConvertersError):  # what the key spares: onnxruntime refuses a batch of 2
+        converters.verify(str(fixed), str(next((tmp_path / "fixed").glob("*.yaml"))), n=2)
     free = save(nodes, [vi("x", ["N", 2, 5, 5])], [vi("y", None)], {**inits, "sizes": np.array([2, 4, 10, 7], np.int64)},
                 tmp_path / "free.onnx")
     result = port([str(free)], tmp_path / "free", verify=True)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
+from converters.errors import ConvertersError
+from converters.parity.verify import verify
 from converters.port import port
 from converters.port.frontends.tensorflow import build_graph
 from converters.port.graph import PortError, UnsupportedOpError
@@ -211,3 +213,15 @@ def test_unfused_batch_normalization_in_a_frozen_graph(tmp_path):
     bn = [n for n in graph.nodes if n.op == "batchnorm"]
     assert len(bn) == 1 and bn[0].params["weight"].fill == 1.0       # no scale: gamma 1
     _verified(tmp_path, pb)
+
+
+def test_fixed_batch_placeholder_writes_the_tables_batch(tmp_path):
+    """A frozen graph whose Placeholder is [1, H, W, C] (TensorFlow refuses batch 2) and reshapes
+    to a literal 1: the table says parity.batch: 1 and verify passes with no options."""
+    tf = _tf()
+    w = tf.Variable(np.random.RandomState(2).randn(3 * 3 * 2, 5).astype(np.float32))
+    pb = _freeze(lambda x: tf.matmul(tf.reshape(x, (1, -1)), w), (1, 3, 3, 2), tmp_path / "one.pb")
+    result = _verified(tmp_path, pb)
+    assert yaml.safe_load(Path(result.table_file).read_text())["parity"]["batch"] == 1
+    with pytest.raises(ConvertersError):  # what the key spares: TensorFlow refuses a batch of 2
+        verify(str(pb), result.table_file, n=2)

@@ -55,7 +55,7 @@ def build_graph(sources, *, reader_options=None, outputs=None, input_shapes=None
                   inputs=b.inputs, outputs=out_tensors, nodes=b.nodes,
                   output_layouts={t: b.layout_of(t) for t in out_tensors if b.layout_of(t)},
                   output_names={t: h.split(":")[0] if h.endswith(":0") else h for t, h in zip(out_tensors, heads)},
-                  unused_arrays=b.unused_arrays(), reader_options=dict(reader_options or {}),
+                  unused_arrays=b.unused_arrays(), reader_options=dict(reader_options or {}), fixed_batch=b.fixed_batch,
                   notes=[("TensorFlow takes and returns NHWC; the module is NCHW (inputs and 4-d outputs are "
                          "permuted at the boundary)")] if any(i.source_layout == "NHWC" for i in b.inputs) else [])
     graph.check()
@@ -77,7 +77,7 @@ def _saved_model(folder: Path, reader_options, outputs, input_shapes) -> Graph:
     graph = Graph(name=folder.name, framework="tensorflow", source_files=[os.fspath(folder)], inputs=b.inputs,
                   outputs=outs, nodes=b.nodes, output_layouts={t: b.layout_of(t) for t in outs if b.layout_of(t)},
                   output_names={t: names.get(h, h.removesuffix(":0")) for t, h in zip(outs, heads)},
-                  unused_arrays=b.unused_arrays(), reader_options=options,
+                  unused_arrays=b.unused_arrays(), reader_options=options, fixed_batch=b.fixed_batch,
                   notes=["ported from the SavedModel's serving signature (its function graph, inlined)"])
     graph.check()
     return graph
@@ -90,6 +90,7 @@ class _Builder:
         self.extra = extra or {}     # SavedModel function constants: values, not stored arrays
         self.values: dict[str, _Value] = {}
         self.nodes, self.inputs = [], []
+        self.fixed_batch = None  # the first Placeholder's stored batch, when it is a literal
         self.used, self.read_at_port_time, self.taken = set(), set(), set()
         self.fused, self.graph_outputs = set(), set()
         self.consumers = self._consumers()
@@ -171,6 +172,8 @@ class _Builder:
         if shape is None:
             raise PortError(f"Placeholder {layer.name!r} has no shape", file=self.file,
                             hint="pass --input-shape NAME=N,H,W,C (TF layout)")
+        if not self.inputs and stored and len(stored) > 1 and stored[0] is not None and stored[0] > 0:
+            self.fixed_batch = int(stored[0])  # TensorFlow refuses another batch for this Placeholder
         cf = len(shape) == 4
         module_shape = tuple(shape[i] for i in _TO_CF) if cf else shape
         self.inputs.append(GraphInput(name=layer.name, shape=module_shape,
