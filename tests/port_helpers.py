@@ -18,3 +18,14 @@ def caffe_port_nets(tmp_path_factory):
     spec.loader.exec_module(mk)
     pb = mk.load_make_fixtures().compile_caffe_proto(tmp_path_factory.mktemp("caffe_pb2"))
     return mk, pb, tmp_path_factory.mktemp("port_nets")
+
+
+def assert_ruff_formatted(path) -> None:
+    """`ruff format --check` (the test extra's ruff, default settings) passes on a generated file."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    r = subprocess.run([ruff, "format", "--isolated", "--check", "--diff", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

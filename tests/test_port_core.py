@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from port_helpers import caffe_port_nets
+from port_helpers import assert_ruff_formatted, caffe_port_nets
 
 from converters.cli import main as cli_main
 from converters.port import codegen
@@ -107,9 +107,7 @@ def test_every_emitter_gives_ruff_formatted_code_that_runs_with_only_torch(tmp_p
     gen = codegen.generate(graph, "EveryOp")
     path = tmp_path / "model.py"
     path.write_text(gen.source)
-    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    r = subprocess.run([ruff, "format", "--isolated", "--check", "--diff", str(path)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert_ruff_formatted(path)
     # a fresh interpreter where the toolkit cannot be imported: the file needs torch only
     code = ("import sys, importlib.util; sys.modules['converters'] = None\n"
             f"spec = importlib.util.spec_from_file_location('m', {str(path)!r}); m = importlib.util.module_from_spec(spec)\n"
@@ -259,9 +257,7 @@ def test_long_statements_and_awkward_names_stay_formatted_and_valid(tmp_path):
     gen = codegen.generate(Graph("awkward", "test", ["-"], ins, ["lambda"], nodes), "Awkward")
     path = tmp_path / "model.py"
     path.write_text(gen.source)
-    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    r = subprocess.run([ruff, "format", "--isolated", "--check", "--diff", str(path)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert_ruff_formatted(path)
     net = _load(path, "Awkward")()
     attrs = [b.attr for b in gen.bindings]
     assert attrs[0].startswith("parameters_") and attrs[1] == "class_"

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from port_helpers import assert_ruff_formatted
 
 import converters
 from converters.mapping.transforms import build, chain_apply
@@ -386,3 +387,25 @@ def test_fixed_batch_graph_verifies_with_the_tables_batch(tmp_path, capsys):
                 tmp_path / "free.onnx")
     result = port([str(free)], tmp_path / "free", verify=True)
     assert result.parity.passed and "batch" not in yaml.safe_load(Path(result.table_file).read_text())["parity"]
+
+
+@pytest.mark.parametrize("length", [45, 100])
+def test_long_names_stay_ruff_formatted(tmp_path, length):
+    """Node and tensor names of 45 and 100 characters (statements whose `name = self.layer(` head
+    alone is past 88 columns, a two-output Split): model.py is `ruff format`-clean and verifies."""
+    def long(tag):
+        return (tag + "_" + "very_long_tensor_name" * 5)[:length]
+
+    x, c, r, p, s1, s2, cat, flat, y = (long(t) for t in ("x", "c", "r", "p", "s1", "s2", "cat", "flat", "y"))
+    inits = {long("w"): rand(4, 3, 3, 3), long("b"): rand(4), long("fw"): rand(4 * 3 * 3, 5), long("fb"): rand(5)}
+    nodes = [helper.make_node("Conv", [x, long("w"), long("b")], [c], name=long("conv"), pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", [c], [r], name=long("relu")),
+             helper.make_node("MaxPool", [r], [p], name=long("pool"), kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Split", [p], [s1, s2], name=long("split"), axis=1),
+             helper.make_node("Concat", [s2, s1], [cat], name=long("concat"), axis=1),
+             helper.make_node("Flatten", [cat], [flat], name=long("flatten"), axis=1),
+             helper.make_node("Gemm", [flat, long("fw"), long("fb")], [y], name=long("fc"))]
+    path = save(nodes, [vi(x, ["N", 3, 6, 6])], [vi(y, None)], inits, tmp_path / "long.onnx")
+    result, _err = assert_ports_and_verifies(path, tmp_path)  # PASS at verify's tolerance
+    assert max(len(line) for line in Path(result.model_file).read_text().splitlines()) > 88  # names past 88
+    assert_ruff_formatted(result.model_file)

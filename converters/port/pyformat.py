@@ -3,6 +3,8 @@
 Generated code is simple: assignments and calls whose arguments are names, literals and calls.
 A statement that fits stays on one line; otherwise its outermost call's arguments go on one
 indented line, or one per line with a trailing comma when that does not fit either (recursively).
+When `target = f(` alone is too long (long tensor names), the value is wrapped in parentheses or
+a tuple target goes one name per line, as ruff's right-hand-side rules do.
 tests/test_port_core.py checks the result with `ruff format --check`.
 """
 from __future__ import annotations
@@ -43,7 +45,39 @@ def statement(stmt: str, indent: str) -> list[str]:
     if not isinstance(value, (ast.Call, ast.BinOp, ast.Tuple)):
         return [indent + stmt]  # nothing to split; generated code does not produce this
     head = stmt[:_offset(stmt, value)]
-    return _split(head, value, stmt, indent, "")
+    lines = _split(head, value, stmt, indent, "")
+    if not isinstance(tree, ast.Assign) or len(lines[0]) <= WIDTH:
+        return lines
+    return _long_head(tree, head, value, stmt, indent, lines)
+
+
+def _long_head(tree, head: str, value, text: str, indent: str, lines: list[str]) -> list[str]:
+    """`target = f(` itself too long (long tensor / layer names), as ruff (black) lays it out:
+    a plain name target wraps the value in parentheses when every line then fits; a tuple target
+    that is short itself always does, and one that is long goes one name per line instead."""
+    inner = indent + STEP
+    wrapped = [indent + head + "(", *_expression(value, text, inner), indent + ")"]
+    target = tree.targets[0]
+    if not isinstance(target, ast.Tuple) or text.startswith("("):
+        return wrapped if all(len(line) <= WIDTH for line in wrapped) else lines
+    if len(indent + head + "(") <= WIDTH - 1:
+        return wrapped
+    names = []
+    for e in target.elts:
+        item = _segment(text, e)
+        fits = len(inner) + len(item) + 1 <= WIDTH or not isinstance(e, ast.Tuple)
+        names += [inner + item + ","] if fits else _split("", e, text, inner, ",")
+    rest = ")" + head[len(_segment(text, target)):]  # ") = ", then the value laid out afresh
+    one = indent + rest + _segment(text, value)
+    return [indent + "(", *names, *([one] if len(one) <= WIDTH else _split(rest, value, text, indent, ""))]
+
+
+def _expression(node, text: str, indent: str) -> list[str]:
+    """An expression on its own lines (inside wrapping parentheses)."""
+    one = indent + _segment(text, node)
+    if len(one) <= WIDTH or not isinstance(node, (ast.Call, ast.BinOp, ast.Tuple)):
+        return [one]
+    return _split("", node, text, indent, "")
 
 
 def _offset(text: str, node) -> int:
@@ -70,6 +104,9 @@ def _split(head: str, node, text: str, indent: str, tail: str) -> list[str]:
         opener, closer = head + ("(" if isinstance(node, ast.Tuple) else "["), ")" if isinstance(node, ast.Tuple) else "]"
         items = [_segment(text, e) for e in node.elts]
         nodes, prefixes = list(node.elts), [""] * len(node.elts)
+    elif isinstance(node, ast.Subscript):  # x.shape[0] with a long x: the index on its own line
+        return [indent + head + _segment(text, node.value) + "[", inner + _segment(text, node.slice),
+                indent + "]" + tail]
     else:  # a binary expression: parenthesised, on one line, else one operand per line
         one = inner + _segment(text, node)
         if len(one) <= WIDTH:
@@ -83,7 +120,7 @@ def _split(head: str, node, text: str, indent: str, tail: str) -> list[str]:
         return [indent + opener, inner + joined, indent + closer + tail]
     lines = [indent + opener]
     for item, sub, prefix in zip(items, nodes, prefixes):
-        if len(inner) + len(item) + 1 <= WIDTH or not isinstance(sub, (ast.Call, ast.Tuple, ast.List)):
+        if len(inner) + len(item) + 1 <= WIDTH or not isinstance(sub, (ast.Call, ast.Tuple, ast.List, ast.Subscript)):
             lines.append(inner + item + ",")
         else:
             lines += _split(prefix, sub, text, inner, ",")
