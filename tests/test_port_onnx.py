@@ -409,3 +409,30 @@ def test_long_names_stay_ruff_formatted(tmp_path, length):
     result, _err = assert_ports_and_verifies(path, tmp_path)  # PASS at verify's tolerance
     assert max(len(line) for line in Path(result.model_file).read_text().splitlines()) > 88  # names past 88
     assert_ruff_formatted(result.model_file)
+
+
+def test_weight_free_layers_are_paired_so_a_pooling_fault_is_named(tmp_path):
+    """The table pairs the MaxPool (no weights) with its module in parity.layers; a ceil -> floor
+    fault edited into the generated model.py is localised to that pooling layer."""
+    import yaml
+
+    inits = {"w1": rand(4, 3, 3, 3), "b1": rand(4), "w2": rand(2, 4, 1, 1), "b2": rand(2)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["c1"], ["p"], name="pool1", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+             helper.make_node("Conv", ["p", "w2", "b2"], ["y"], name="conv2")]
+    path = save(nodes, [vi("x", ["N", 3, 8, 8])], [vi("y", None)], inits, tmp_path / "pool.onnx")
+    result, _err = assert_ports_and_verifies(path, tmp_path)
+    table = yaml.safe_load(Path(result.table_file).read_text())
+    assert table["parity"]["layers"] == {"pool1": "pool1"}
+    model_py = Path(result.model_file)
+    source = model_py.read_text()
+    assert "ceil_mode=True" in source
+    model_py.write_text(source.replace("ceil_mode=True", "ceil_mode=False"))
+    report = converters.verify(str(path), result.table_file, localise="always")
+    assert not report.passed
+    assert report.first_divergent is not None and report.first_divergent["source_layer"] == "pool1", str(report)
+    del table["parity"]["layers"]  # without the pair the fault is blamed on the conv after the pooling
+    bare = Path(result.table_file).with_name("bare.yaml")
+    bare.write_text(yaml.safe_dump(table, sort_keys=False))
+    report = converters.verify(str(path), str(bare), localise="always")
+    assert (report.first_divergent or {}).get("source_layer") != "pool1", str(report)

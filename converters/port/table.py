@@ -2,9 +2,9 @@
 
 Every Param becomes a rule with a literal (re.escape'd) `from`, `to` the generated module's
 tensor, its transforms and `with:` arrays; Params without a source become `fill:` entries;
-arrays no node uses become `ignore:` entries with the frontend's reason. So the normal
-conversion's coverage check stays strict: a Param the frontend forgot is a dropped array, a
-tensor the codegen forgot is an unfilled one.
+arrays no node uses become `ignore:` entries with the frontend's reason; weight-free layers with
+a module become `parity.layers` pairs. So the normal conversion's coverage check stays strict: a
+Param the frontend forgot is a dropped array, a tensor the codegen forgot is an unfilled one.
 """
 from __future__ import annotations
 
@@ -39,12 +39,22 @@ def make_table(graph: Graph, bindings: list, target: str, extra_fills: dict | No
     if inp:
         table["input"] = inp
     table["parity"] = parity_section(graph)
+    layers = weight_free_layers(bindings)
+    if layers:
+        table["parity"]["layers"] = layers
     table["rules"] = rules
     if graph.unused_arrays:
         table["ignore"] = [{"pattern": re.escape(name), "reason": why} for name, why in graph.unused_arrays.items()]
     if fills:
         table["fill"] = fills
     return table
+
+
+def weight_free_layers(bindings: list) -> dict:
+    """{source layer: submodule} for nodes with a module but no weights (pooling, activation
+    modules): the parity.layers pairs that let localisation name them (weighted layers are paired
+    through the conversion already). A layer emitted as several modules pairs with its last."""
+    return {b.node.name: b.attr for b in bindings if b.has_module and not b.node.params}
 
 
 def _rule(source: str, uses: list, file) -> dict:
