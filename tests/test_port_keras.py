@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from port_helpers import assert_ruff_formatted
 
 from converters.parity.oracles.keras_oracle import import_tensorflow_safely
 from converters.port.frontends.keras import build_graph
@@ -329,3 +330,17 @@ def test_architecture_is_refused_for_formats_that_hold_their_graph(tmp_path):
     assert architecture_options("mxnet", "net-symbol.json", {}) == {"symbol": "net-symbol.json"}
     with pytest.raises(PortError, match="--architecture is not used by onnx"):
         architecture_options("onnx", "x.json", {})
+
+
+def test_long_layer_names_stay_ruff_formatted(k3, tmp_path):
+    """Keras layer names of 70 characters: the generated model.py is `ruff format`-clean and verifies."""
+    L = k3.layers
+    name = "a_keras_layer_with_a_rather_long_descriptive_name_for_the_formatter_{}"
+    model = k3.Sequential([k3.Input((8, 8, 3), name=name.format("in")), L.Conv2D(4, 3, name=name.format("cv")),
+                           L.MaxPooling2D(2, name=name.format("mp")), L.Flatten(name=name.format("fl")),
+                           L.Dense(3, activation="softmax", name=name.format("fc"))], name="long_names")
+    model.save(tmp_path / "long.keras")
+    result, err = ports_and_verifies([tmp_path / "long.keras"], tmp_path / "out")
+    assert err < 1e-5
+    assert max(len(line) for line in Path(result.model_file).read_text().splitlines()) > 80
+    assert_ruff_formatted(result.model_file)
