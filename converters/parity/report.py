@@ -2,6 +2,9 @@
 
 `str()` is the terminal verdict, `.to_dict()` the JSON form (`convert verify --json`),
 `_repr_html_()` the notebook view and `.plot(path)` a per-layer error plot (needs matplotlib).
+It is a converters.reporting.Report like the conversion and fine-tuning reports (headline,
+sections, HTML tables from there); the terminal view keeps its own layout because a verdict reads
+top-down (outputs, first divergent layer, layers, notes), and `notes` is a list of lines here.
 """
 from __future__ import annotations
 
@@ -9,9 +12,11 @@ import html
 import json
 from dataclasses import dataclass, field
 
+from ..reporting import Report, html_table
+
 
 @dataclass
-class ParityReport:
+class ParityReport(Report):
     passed: bool = False
     outputs: list = field(default_factory=list)     # per-output metrics (converters.parity.compare.compare)
     first_divergent: dict | None = None             # {source_layer, module, metrics, likely_causes}
@@ -40,8 +45,7 @@ class ParityReport:
     # ---- text ---------------------------------------------------------------------------------
 
     def __str__(self) -> str:
-        lines = [f"parity {self.verdict()}: {self.framework or 'source'} {self.source} vs PyTorch "
-                 f"(mapping {self.mapping})"]
+        lines = [self.headline()]
         if self.inputs:
             lines.append("inputs: " + ", ".join(f"{n} {v.get('shape')}" for n, v in self.inputs.items()))
         lines.append(_table(self.outputs, "output"))
@@ -64,6 +68,15 @@ class ParityReport:
         if self.timings:
             lines.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
         return "\n".join(lines)
+
+    # ---- the Report interface ----------------------------------------------------------------
+
+    def headline(self) -> str:
+        return f"parity {self.verdict()}: {self.framework or 'source'} {self.source} vs PyTorch (mapping {self.mapping})"
+
+    def sections(self):
+        return [(f"{kind}s", tuple(HEADERS), [tuple(_row_cells(r)) for r in rows])
+                for kind, rows in (("output", self.outputs), ("layer", self.layers))]
 
     # ---- JSON / HTML ----------------------------------------------------------------------------
 
@@ -161,6 +174,4 @@ def _table(rows, kind) -> str:
 def _html_table(rows, kind) -> str:
     if not rows:
         return f"<div>(no {kind}s compared)</div>"
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _row_cells(r)) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return html_table("", HEADERS, [_row_cells(r) for r in rows])
