@@ -172,6 +172,14 @@ def checksum(arrays) -> tuple[int, int, int]:
     return count, nbytes, total % (1 << 64)
 
 
+def text_table(rows) -> str:
+    """Rows (the first is the header) as an aligned `a | b` table with a dashed rule under the header."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-|-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def fmt_mb(n) -> str:
     return "-" if n is None else f"{n / MB:,.0f}"
 

@@ -312,10 +312,7 @@ def table(results: dict) -> str:
         rows.append((mode, B.fmt_s(t), f"{t / copy_t:.1f}" if copy_t else "-", f"{t / sync_t:.1f}" if sync_t else "-",
                      B.fmt_mb(r["delta_rss"]),
                      f"{r['delta_rss'] / model:.2f}", B.fmt_mb(r.get("anon_peak_delta")), goal, met))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-|-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return B.text_table(rows)
 
 
 def main(argv=None) -> int:

@@ -362,10 +362,7 @@ def table(results: dict) -> str:
                      f"{speed['ratio_framework_over_reader']:.1f}x" if speed else "error",
                      B.fmt_mb(ro.get("delta_rss")), per_bytes(rl), anon(rl), per_bytes(fl), anon(fl),
                      "not measured" if not t else "all met" if not missed else "missed: " + ", ".join(missed)))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-|-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return B.text_table(rows)
 
 
 def environment() -> dict:

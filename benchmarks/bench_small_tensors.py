@@ -152,10 +152,7 @@ def table(results: dict) -> str:
                      B.fmt_s(fl.get("median_s")),
                      f"{t['speed']['ours_over_framework_median']:.2f}x" if t else "error", rl.get("runs", 0),
                      "yes" if t and t["same_data"]["met"] else "NO"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-|-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return B.text_table(rows)
 
 
 def main(argv=None) -> int:

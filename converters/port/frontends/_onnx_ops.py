@@ -32,15 +32,18 @@ def handles(*ops):
     return register
 
 
+def _conv_geometry(L, wshape):
+    """Spatial dims, kernel, strides, dilations and group of a Conv/ConvTranspose, defaults filled."""
+    n = len(wshape) - 2
+    return (n, tuple(_attr(L, "kernel_shape") or wshape[2:]), tuple(_attr(L, "strides") or [1] * n),
+            tuple(_attr(L, "dilations") or [1] * n), int(_attr(L, "group", 1)))
+
+
 @handles("Conv")
 def _conv(b: _Builder, L):
     x, w = L.inputs[0], L.inputs[1]
     wshape = b.shape(w)
-    n = len(wshape) - 2
-    kernel = tuple(_attr(L, "kernel_shape") or wshape[2:])
-    strides = tuple(_attr(L, "strides") or [1] * n)
-    dilations = tuple(_attr(L, "dilations") or [1] * n)
-    group = int(_attr(L, "group", 1))
+    n, kernel, strides, dilations, group = _conv_geometry(L, wshape)
     xs = b.shape(x)
     padding = _auto_pad(b, L, xs[2:], kernel, strides, dilations, _attr(L, "pads"))
     bias = _opt(L, 2)
@@ -65,11 +68,7 @@ def _conv(b: _Builder, L):
 def _conv_transpose(b: _Builder, L):
     x, w = L.inputs[0], L.inputs[1]
     wshape = b.shape(w)
-    n = len(wshape) - 2
-    kernel = tuple(_attr(L, "kernel_shape") or wshape[2:])
-    strides = tuple(_attr(L, "strides") or [1] * n)
-    dilations = tuple(_attr(L, "dilations") or [1] * n)
-    group = int(_attr(L, "group", 1))
+    n, kernel, strides, dilations, group = _conv_geometry(L, wshape)
     if _attr(L, "output_shape") is not None or _attr(L, "auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
         raise b.unsupported("output_shape / auto_pad SAME", hint="re-export with explicit pads")
     pads = _pairs(_attr(L, "pads"), n) if _attr(L, "auto_pad", "NOTSET") != "VALID" else ((0, 0),) * n
