@@ -25,6 +25,20 @@ import os
 
 from ..graph import Graph, PortError
 
+
+def registry(table: dict):
+    """A decorator factory filling `table` with one translation function per source op or layer
+    type (`@handles("Conv")`), so a frontend's dispatch is a dict lookup and a missing key is an
+    unsupported op."""
+    def names(*keys):
+        def register(fn):
+            for key in keys:
+                table[key] = fn
+            return fn
+        return register
+    return names
+
+
 _MODULES = {"caffe": "caffe", "onnx": "onnx", "keras": "keras", "mxnet": "mxnet", "gluon": "mxnet",
             "tensorflow": "tensorflow"}
 

@@ -10,6 +10,7 @@ from ..graph import (
     UnsupportedOpError,
     nhwc_axis,
 )
+from . import registry
 
 _CONV_LIKE = {"Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D", "DepthwiseConv1D", "DepthwiseConv2D",
               "Conv1DTranspose", "Conv2DTranspose", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D",
@@ -207,14 +208,7 @@ def _apply_activation(b, q, act, t: _T, own_name=False) -> _T:
 # =========================================================================== layers
 
 LAYERS = {}
-
-
-def layer(*classes):
-    def register(fn):
-        for c in classes:
-            LAYERS[c] = fn
-        return fn
-    return register
+layer = registry(LAYERS)
 
 
 @layer("Conv1D", "Conv2D", "Conv3D")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Param
+from . import registry
 from ._onnx_state import (
     _BIG,
     _attr,
@@ -22,14 +23,7 @@ from ._onnx_state import (
 # =========================================================================== handlers
 
 HANDLERS = {}
-
-
-def handles(*ops):
-    def register(fn):
-        for op in ops:
-            HANDLERS[op] = fn
-        return fn
-    return register
+handles = registry(HANDLERS)
 
 
 def _conv_geometry(L, wshape):

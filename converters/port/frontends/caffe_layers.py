@@ -4,16 +4,10 @@ from __future__ import annotations
 import math
 
 from ..graph import Node, Param
+from . import registry
 
 TRANSLATORS = {}
-
-
-def layer_type(*names):
-    def register(fn):
-        for n in names:
-            TRANSLATORS[n] = fn
-        return fn
-    return register
+layer_type = registry(TRANSLATORS)
 
 
 def translate(st, layers, i) -> int:
