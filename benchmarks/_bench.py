@@ -172,6 +172,15 @@ def checksum(arrays) -> tuple[int, int, int]:
     return count, nbytes, total % (1 << 64)
 
 
+def publish(results: dict, text: str, out) -> None:
+    """Print a benchmark's table, keep it in its results and write them to `out` as JSON."""
+    results["table"] = text
+    print("\n" + text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nwrote {out}")
+
+
 def text_table(rows) -> str:
     """Rows (the first is the header) as an aligned `a | b` table with a dashed rule under the header."""
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import signal
 import subprocess
@@ -160,11 +159,7 @@ def main(argv=None) -> int:
                   f"cgroup peak {B.fmt_mb(r['cgroup_peak'])} MB of {B.fmt_mb(limit)} MB", flush=True)
     finally:
         cg.remove()
-    results["table"] = table(results)
-    print("\n" + results["table"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    B.publish(results, table(results), args.out)
     ok = results["runs"].get("safetensors", {}).get("verified")
     return 0 if ok else 1
 

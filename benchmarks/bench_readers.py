@@ -412,13 +412,7 @@ def main(argv=None) -> int:
         file_bytes = sum(p.stat().st_size for p in data_files(fmt, files[fmt]))
         results["formats"][fmt] = {"path": str(files[fmt]), "file_bytes": file_bytes, "measurements": m,
                                    "targets": evaluate(fmt, m, file_bytes)}
-    text = table(results)
-    print()
-    print(text)
-    results["table"] = text
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    B.publish(results, table(results), args.out)
     if args.clean:
         shutil.rmtree(files["caffe"].parent, ignore_errors=True)
     failed = [(f, k) for f, r in results["formats"].items() for k, v in r["measurements"].items() if "error" in v]

@@ -178,13 +178,7 @@ def main(argv=None) -> int:
         m = measure(files[case], case, args.repeat)
         results["cases"][case] = {"path": str(files[case]), "file_bytes": files[case].stat().st_size,
                                   "measurements": m, "targets": evaluate(m)}
-    text = table(results)
-    results["table"] = text
-    print()
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    B.publish(results, table(results), args.out)
     if args.clean:
         shutil.rmtree(files["initializers"].parent, ignore_errors=True)
     failed = [(c, k) for c, r in results["cases"].items() for k, v in r["measurements"].items() if "error" in v]
