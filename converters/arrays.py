@@ -58,9 +58,12 @@ def element_count(shape, itemsize: int = 1) -> int | None:
 class ArrayHandle:
     """One named array of an opened file. Nothing is read until `.numpy()`."""
 
-    __slots__ = ("name", "shape", "dtype", "meta", "_load")
+    __slots__ = ("name", "shape", "dtype", "meta", "_load", "_fresh")
 
-    def __init__(self, name: str, shape, dtype, load: Callable[[], np.ndarray], meta: dict | None = None):
+    def __init__(self, name: str, shape, dtype, load: Callable[[], np.ndarray], meta: dict | None = None,
+                 *, fresh: bool = False):
+        """`fresh=True` promises that every `load()` returns a new array nobody else holds (read with
+        `pread` into its own buffer, say), so `numpy()` hands it out without a second copy."""
         self.name = name
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
@@ -68,6 +71,7 @@ class ArrayHandle:
             raise FormatError(f"shape {list(self.shape)} of {self.dtype} cannot be an array", array=name,
                               hint="a corrupt shape field")
         self._load = load
+        self._fresh = fresh
         self.meta = dict(meta or {})
 
     @property
@@ -109,6 +113,8 @@ class ArrayHandle:
         if arr.shape != self.shape or arr.dtype != self.dtype:
             raise FormatError(f"decoded {arr.dtype}{list(arr.shape)}, expected {self.dtype}{list(self.shape)}",
                               array=self.name)
+        if copy and self._fresh and arr.flags.c_contiguous and arr.flags.writeable and arr.dtype.byteorder in "=|":
+            return arr
         if copy:
             view = arr
             arr = np.array(arr, copy=True, order="C")
