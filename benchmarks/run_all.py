@@ -5,13 +5,14 @@
     .venv/bin/python benchmarks/run_all.py --size-mb 256 --scaling 256,1024,4096
     .venv/bin/python benchmarks/run_all.py --size-mb 1024 --memlimit
 
-Runs bench_readers.py, bench_convert.py and bench_small_tensors.py (and, when asked,
+Runs bench_readers.py, bench_convert.py, bench_small_tensors.py and bench_cli.py (and, when asked,
 bench_convert.py at each --scaling size and bench_memlimit.py) one after the other with the same
 --repeat (default 5), then summarises their JSON files with **medians**:
 
   readers        ours / framework (median read + materialise time), per format; < 1.0 is faster
   small tensors  ours / onnx, per many-small-tensor ONNX file
   conversion     ours / page-cache copy (shutil.copyfile of the same bytes), .safetensors and .pth
+  cli            `weightport --help` / `inspect` on small files, seconds beyond Python's start-up
   scaling        time and peak RSS of copy / .safetensors / .pth per model size
   memlimit       a conversion run inside a memory cgroup smaller than the checkpoint
 
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("readers", "convert", "small_tensors")
+BENCHMARKS = ("readers", "convert", "small_tensors", "cli")
 
 
 def run(script: str, args: list[str]) -> int:
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results_all.json")
     args = p.parse_args(argv)
     common = ["--repeat", str(args.repeat), "--workdir", str(args.workdir)]
-    outs = {k: args.outdir / f"results_{k}.json" for k in ("readers", "convert", "small_tensors", "memlimit")}
+    outs = {k: args.outdir / f"results_{k}.json" for k in ("readers", "convert", "small_tensors", "cli", "memlimit")}
     wanted = [b for b in args.benchmarks.split(",") if b]
     if set(wanted) - set(BENCHMARKS):
         p.error(f"--benchmarks: a subset of {','.join(BENCHMARKS)}")
@@ -134,6 +135,7 @@ def main(argv=None) -> int:
         "convert": ("bench_convert.py", ["--size-mb", str(args.size_mb), "--out", str(outs["convert"]), *common]),
         "small_tensors": ("bench_small_tensors.py", ["--tensors", str(args.tensors), "--out",
                                                      str(outs["small_tensors"]), *common]),
+        "cli": ("bench_cli.py", ["--repeat", str(max(args.repeat, 7)), "--out", str(outs["cli"])]),
     }
     codes = {}
     for name in wanted:
@@ -161,6 +163,8 @@ def main(argv=None) -> int:
     text = ratio_table(rows)
     if scaling:
         text += "\n\nScaling (medians of " + str(args.scaling_repeat) + " runs):\n\n" + scaling_table(scaling)
+    if "cli" in loaded:
+        text += "\n\nCLI start-up (medians):\n\n" + loaded["cli"].get("table", "")
     if "memlimit" in loaded:
         text += "\n\nMemory limit:\n\n" + loaded["memlimit"].get("table", "")
     print("\n" + text)

@@ -101,3 +101,23 @@ def test_truncated_files_of_every_format_give_converters_errors(tmp_path):
                 for h in f.values():
                     h.numpy()
         assert str(p) in str(e.value), rel
+
+
+HEAVY_MODULES = ("torch", "tensorflow", "onnx", "ml_dtypes", "keras", "onnxruntime", "cv2")
+
+
+@pytest.mark.parametrize("rel", [r for r, fw in DETECT.items() if fw not in ("torch", "keras")])
+def test_inspect_imports_no_heavy_framework(rel):
+    """`convert inspect` on a small file stays well under 0.3 s beyond Python's start-up (issue #12;
+    benchmarks/bench_cli.py measures it) only while it imports none of these: `import onnx` alone
+    takes ~0.7 s here, tensorflow or torch seconds. (Keras .h5 needs h5py; torch files need torch.)"""
+    code = ("import runpy, sys, json\n"
+            f"sys.argv = ['convert', 'inspect', {str(F / rel)!r}]\n"
+            "try:\n    runpy.run_module('converters', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            f"print('HEAVY', json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]), file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("HEAVY "))
+    needs_bfloat16 = any(h.dtype.name == "bfloat16" for h in converters.read(F / rel).values())
+    allowed = {"ml_dtypes"} if needs_bfloat16 else set()  # the dtype of a bfloat16 array is ml_dtypes'
+    assert set(json.loads(line[6:])) <= allowed, f"inspect {rel} imported {line[6:]}"
