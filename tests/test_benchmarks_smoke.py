@@ -78,3 +78,19 @@ def test_bench_small_tensors_through_run_all(tmp_path):
         assert row["same_data"] is True and row["runs"] == 1
         assert row["ours_over_baseline"] == pytest.approx(m["reader_load"]["median_s"] / m["framework_load"]["median_s"])
     assert "ours / baseline" in summary["table"]
+
+
+@pytest.mark.heavy
+def test_bench_cli_measures_every_command(tmp_path):
+    """bench_cli.py times every command against `python -c pass` and probes its imports (its exit
+    code says whether the 0.3 s target was met: timing is reported, not asserted, here)."""
+    out = tmp_path / "cli.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_cli.py"), "--repeat", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["python_startup_median_s"] > 0
+    assert len(data["commands"]) >= 6
+    for label, c in data["commands"].items():
+        assert c["median_s"] > 0 and len(c["times_s"]) == 1, label
+        assert "torch" not in c["heavy_imports"] and "tensorflow" not in c["heavy_imports"], label
