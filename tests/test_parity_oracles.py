@@ -339,6 +339,87 @@ def test_tf_oracle_saved_model(keras):
         build("tensorflow", TF_DIR / "saved_model", signature="other")
 
 
+def two_signature_saved_model(folder):
+    """A tf.Module saved with two signatures over the same variables and the same output key:
+    `serving_default` is x @ w + b, `relu` is relu(x @ w + b). Returns the loaded signatures."""
+    import tensorflow as tf
+
+    class Affine(tf.Module):
+        def __init__(self):
+            rng = np.random.default_rng(5)
+            self.w = tf.Variable(rng.normal(size=(3, 4)).astype(np.float32), name="w")
+            self.b = tf.Variable(rng.normal(size=(4,)).astype(np.float32), name="b")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def affine(self, x):
+            return {"y": tf.matmul(x, self.w) + self.b}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def relu(self, x):
+            return {"y": tf.nn.relu(tf.matmul(x, self.w) + self.b)}
+
+    m = Affine()
+    tf.saved_model.save(m, str(folder), signatures={"serving_default": m.affine, "relu": m.relu})
+    return tf.saved_model.load(str(folder)).signatures
+
+
+TWO_SIGNATURE_TABLE = """\
+source: tensorflow
+target: {model: 'torch.nn:Linear', kwargs: {in_features: 3, out_features: 4}}
+input: {shape: [1, 3], layout: NC}
+rules:
+  - {from: 'w/.ATTRIBUTES/VARIABLE_VALUE', to: weight, transforms: [tf_dense]}
+  - {from: 'b/.ATTRIBUTES/VARIABLE_VALUE', to: bias}
+"""
+
+
+def test_tf_oracle_runs_the_chosen_signature(keras, tmp_path):
+    """`signature` picks the function the oracle freezes: each one's output equals TensorFlow's own
+    call of that signature, and the two differ (relu clips the negative values)."""
+    import tensorflow as tf
+
+    signatures = two_signature_saved_model(tmp_path / "sm")
+    x = np.random.default_rng(6).normal(size=(5, 3)).astype(np.float32)
+    got = {}
+    for name in ("serving_default", "relu"):
+        oracle = build("tensorflow", tmp_path / "sm", signature=name)
+        assert oracle.input_names() == ["x"] and oracle.output_names() == ["y"]
+        got[name] = oracle.run({"x": x}, [])["y"]
+        assert np.array_equal(got[name], signatures[name](x=tf.constant(x))["y"].numpy())
+    assert (got["serving_default"] < 0).any() and not np.array_equal(got["serving_default"], got["relu"])
+    assert np.array_equal(build("tensorflow", tmp_path / "sm").run({"x": x}, [])["y"], got["serving_default"])
+
+
+def test_verify_passes_the_signature_option_to_the_oracle(keras, tmp_path):
+    """`--option signature=NAME` (reader_options) reaches the TensorFlow oracle, not the array
+    reader (which has no such option): verify runs the function the conversion read. nn.Linear
+    passes against serving_default and fails against relu; Linear + ReLU the other way round."""
+    from converters.cli import main
+    from converters.parity.verify import verify
+
+    two_signature_saved_model(tmp_path / "sm")
+    table = tmp_path / "affine.yaml"
+    table.write_text(TWO_SIGNATURE_TABLE)
+    linear = verify(tmp_path / "sm", table)
+    assert linear.passed, str(linear)
+    assert "ran 'serving_default'" in " ".join(linear.notes)
+    clipped = verify(tmp_path / "sm", table, reader_options={"signature": "relu"})
+    assert not clipped.passed and clipped.outputs[0]["max_abs"] > 0.1, str(clipped)
+    assert "signatures ['relu', 'serving_default']: ran 'relu'" in " ".join(clipped.notes)
+
+    class LinearReLU(torch.nn.Linear):
+        def forward(self, x):
+            return torch.relu(super().forward(x))
+
+    assert verify(tmp_path / "sm", table, LinearReLU(3, 4), reader_options={"signature": "relu"}).passed
+    assert not verify(tmp_path / "sm", table, LinearReLU(3, 4)).passed
+
+    assert main(["verify", str(tmp_path / "sm"), "--map", str(table), "--option", "signature=relu", "-q"]) == 1
+    assert main(["verify", str(tmp_path / "sm"), "--map", str(table), "-q"]) == 0
+    with pytest.raises(ConvertersError, match="no signature 'nope'.*relu"):
+        verify(tmp_path / "sm", table, reader_options={"signature": "nope"})
+
+
 def test_tf_oracle_frozen_graph(keras):
     import tensorflow as tf
 

@@ -20,6 +20,10 @@ from .compare import Tolerance
 from .oracles.base import SourceModel
 
 ARCHITECTURE_OPTIONS = ("prototxt", "symbol", "architecture")
+# `--option KEY=VALUE` keys that choose which function of the source the framework runs, not how
+# its arrays are read: taken out of the reader's options and given to the oracle, so verify runs
+# the function the conversion (convert port) read. A SavedModel's signature is the one today.
+ORACLE_ONLY_OPTIONS = {"tensorflow": ("signature",)}
 
 
 @dataclass
@@ -66,13 +70,14 @@ class ParitySetup:
         parity = m.parity or {}
         tol = Tolerance.from_any(parity.get("tolerance")).merged(
             Tolerance.from_any(tolerance).to_dict() if tolerance is not None else None)
-        reader_options = dict(reader_options or {})
-        oracle_options = {k: v for k, v in {"source_python": source_python, **(oracle_options or {})}.items()
+        framework = framework or m.source or ""
+        reader_options, chosen = split_oracle_options(framework, reader_options)
+        oracle_options = {k: v for k, v in {"source_python": source_python, **chosen, **(oracle_options or {})}.items()
                           if v is not None}
         n = n if n is not None else int(parity.get("batch", 2))  # a fixed-batch model says so in its table
         request = InputRequest(given=inputs, n=n, seed=seed, shape=input_shape, convention=inputs_convention,
                                dtype=dtype, extra=I.merged_extra_inputs(parity.get("extra_inputs"), extra_inputs))
-        return cls(source=source, mapping=m, framework=framework or m.source or "", target=target,
+        return cls(source=source, mapping=m, framework=framework, target=target,
                    target_kwargs=target_kwargs,
                    architecture=architecture or _architecture_from(reader_options),
                    reader_options=reader_options, oracle_options=oracle_options, inputs=request,
@@ -175,6 +180,13 @@ class ParitySetup:
         src = {k: np.ascontiguousarray(v, np.float32) for k, v in src.items()}
         tgt = {k: np.ascontiguousarray(v, self._target_float) for k, v in tgt.items()}
         return src, tgt
+
+
+def split_oracle_options(framework: str, reader_options) -> tuple[dict, dict]:
+    """(the options the reader takes, the ORACLE_ONLY_OPTIONS among them, for the oracle)."""
+    options = dict(reader_options or {})
+    chosen = {k: options.pop(k) for k in ORACLE_ONLY_OPTIONS.get(framework, ()) if k in options}
+    return options, chosen
 
 
 def _architecture_from(options: dict):

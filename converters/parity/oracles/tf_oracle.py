@@ -100,6 +100,7 @@ class TensorFlowOracle(Oracle):
             raise ConvertersError(f"the SavedModel has no signature {wanted!r}; it has {sorted(signatures)}",
                                   file=folder, hint="choose one with the `signature` option")
         function = signatures[wanted]
+        self.signature, self.signatures = wanted, sorted(signatures)
         frozen = convert_variables_to_constants_v2(function)
         arg_names = sorted(function.structured_input_signature[1])  # keyword arguments of a signature
         placeholders = [t.name for t in frozen.inputs if t.dtype != self.tf.resource]
@@ -122,6 +123,12 @@ class TensorFlowOracle(Oracle):
         return graph_def, {_op(n): _tensor(n) for n in inputs}, {_op(n): _tensor(n) for n in outputs}
 
     # ----------------------------------------------------------------------------- interface
+
+    def notes(self) -> list[str]:
+        if len(getattr(self, "signatures", ())) < 2:
+            return []
+        return [f"the SavedModel has signatures {self.signatures}: ran {self.signature!r} "
+                f"(--option signature=NAME for another)"]
 
     def input_names(self) -> list[str]:
         return list(self._inputs)
