@@ -6,6 +6,7 @@ no memory), plan and check coverage, and only then read, transform and write the
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -16,11 +17,11 @@ from .arrays import ArrayFile
 from .errors import ConvertersError, CoverageError, OutputExistsError
 from .initializers import init_tensor
 from .mapping import spec as mapping_spec
-from .mapping.materialise import produce
+from .mapping.materialise import outputs, produce
 from .mapping.plan import make_plan
 from .mapping.source_checks import source_warnings
 from .target import build_model, describe, resolve_target, to_torch
-from .writer import output_kind, save_pth, stream_safetensors
+from .writers import output_kind, save_pth, stream_pth, stream_safetensors
 
 
 def _progress(total, enabled, desc):
@@ -33,12 +34,13 @@ def _progress(total, enabled, desc):
 
 def convert(source, mapping, target=None, out=None, *, framework=None, target_kwargs=None,
             allow_unused=False, allow_missing=False, dry_run=False, force=False, progress=None,
-            reader_options=None):
+            reader_options=None, fsync=True):
     """Convert `source` (path or opened ArrayFile) with `mapping` (path, shipped name or Mapping).
 
     target: an nn.Module to fill, 'package.module:callable', or None for the table's own target.
     out: None to fill the module (returned) or build a state dict (returned when no target);
-         a `.pth` / `.safetensors` path to write (the path is returned).
+         a `.pth` / `.safetensors` path to write (the path is returned), streamed one tensor at a time.
+    fsync: flush the output to disk before renaming it into place (False: faster, not power-loss safe).
     Returns (result, report). Raises CoverageError (with `.report`) when anything would be
     dropped or left unfilled, unless allowed.
     """
@@ -75,18 +77,14 @@ def convert(source, mapping, target=None, out=None, *, framework=None, target_kw
         if out is None:
             result = _fill_module(plan, arrays, model, bar) if model is not None else _state_dict(plan, arrays, bar)
         elif output_kind(out) == "safetensors":
-            stream_safetensors(_entries(plan, arrays, targets), out, provenance, force, bar)
+            stream_safetensors(_entries(plan, arrays, targets), out, provenance, force, bar, fsync=fsync)
+            result = out
+        elif model is not None and not _is_meta(model):  # a module passed in: write what it holds
+            save_pth(_fill_module(plan, arrays, model, bar).state_dict(), out, provenance, force, fsync=fsync)
             result = out
         else:
-            if model is not None and not _is_meta(model):
-                sd, meta = _fill_module(plan, arrays, model, bar).state_dict(), None
-            else:
-                sd, meta = {}, None
-                for name, shape, dtype, make in _entries(plan, arrays, targets):
-                    sd[name] = to_torch(make())
-                    if bar is not None:
-                        bar.update(1)
-            save_pth(sd, out, provenance_of.resolve(provenance), force, meta)
+            meta = getattr(model.state_dict(), "_metadata", None) if model is not None else None
+            stream_pth(_entries(plan, arrays, targets), out, provenance, force, bar, metadata=meta, fsync=fsync)
             result = out
     finally:
         if bar is not None:
@@ -106,7 +104,9 @@ def _is_meta(model) -> bool:
 
 
 def _entries(plan, arrays, targets):
-    """(name, shape, dtype, produce) for every output tensor, in target order when known."""
+    """(name, shape, dtype, produce[, source]) for every output tensor (see writers.stream), in
+    target order when known. Single-output rules also hand the writer their unmaterialised output,
+    so that the one copy that makes it contiguous goes straight into the file."""
     entries = []
     for a in plan.assignments:
         cache = {}
@@ -120,6 +120,10 @@ def _entries(plan, arrays, targets):
             if not cache["left"]:
                 cache.clear()
             return v
+        if len(a.targets) == 1:
+            entries.append((a.targets[0], a.out_shapes[0], a.out_dtypes[0], lambda output=output: output(0),
+                            lambda a=a: _single_output(a, arrays)))
+            continue
         for i, (t, shape, dtype) in enumerate(zip(a.targets, a.out_shapes, a.out_dtypes)):
             entries.append((t, shape, dtype, lambda i=i, output=output: output(i)))
     for name, value in plan.fills:
@@ -132,6 +136,12 @@ def _entries(plan, arrays, targets):
         order = {n: i for i, n in enumerate(targets)}
         entries.sort(key=lambda e: order.get(e[0], len(order)))
     return entries
+
+
+@contextlib.contextmanager
+def _single_output(assignment, arrays):
+    with outputs(assignment, arrays) as outs:
+        yield outs[0]
 
 
 def _init_array(name, spec, fill):

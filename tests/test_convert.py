@@ -90,28 +90,29 @@ def test_existing_output_is_kept_without_force(tmp_path):
 
 
 def test_interrupted_write_leaves_no_output(tmp_path, monkeypatch):
-    import converters.writer as writer
+    from converters.writers import pth, stream
 
     out = tmp_path / "pnet.safetensors"
     calls = {"n": 0}
-    real = writer.c_contiguous
+    real = stream._checked
 
-    def fail_midway(a, *args, **kw):
+    def fail_midway(*args, **kw):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return real(a, *args, **kw)
-    monkeypatch.setattr(writer, "c_contiguous", fail_midway)
+        return real(*args, **kw)
+    monkeypatch.setattr(stream, "_checked", fail_midway)
     with pytest.raises(KeyboardInterrupt):
         convert(CAFFE, TABLE, out=out)
     assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
 
     out2 = tmp_path / "pnet.pth"
 
-    def broken_save(obj, f, *a, **k):
-        Path(f).write_bytes(b"half")
+    def disk_full(fd, *a, **k):
+        os.write(fd, b"half")
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(writer.torch, "save", broken_save)
+    monkeypatch.setattr(pth, "write_tensors", disk_full)
     with pytest.raises(OSError):
         convert(CAFFE, TABLE, out=out2)
     assert os.listdir(tmp_path) == []

@@ -2,10 +2,13 @@
 
 Transforms return numpy views where they can (a permute is free); the copy that makes the result
 contiguous is done here, by torch when possible: its blocked, multi-threaded copy is 2-4x faster
-than numpy's for transposed views, which is most of a TF/Keras conversion's time.
+than numpy's for transposed views, which is most of a TF/Keras conversion's time. A writer that
+knows where a tensor's bytes go (a memory-mapped output) takes the views from `outputs` and lets
+`copy_into` make that one copy straight into the file.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -19,24 +22,48 @@ except ImportError:  # pragma: no cover - torch is a dependency; keep numpy-only
     torch = None
 
 
+def _torch_copy(dest, arr) -> bool:
+    """dest[...] = arr by torch's parallel copy; False where torch cannot view the arrays."""
+    if torch is None or arr.shape != dest.shape or any(s < 0 for s in arr.strides):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read-only source views: torch only reads them here
+            torch.from_numpy(dest).copy_(torch.from_numpy(arr))
+        return True
+    except (TypeError, RuntimeError, ValueError):  # dtypes torch lacks (ml_dtypes bfloat16), byte-swapped
+        return False
+
+
 def contiguous_copy(arr: np.ndarray) -> np.ndarray:
     """A C-contiguous array that owns its memory."""
     if torch is not None and not arr.flags.c_contiguous and all(s >= 0 for s in arr.strides):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # read-only source views: torch only reads them here
-                return torch.from_numpy(arr).contiguous().numpy()
-        except (TypeError, RuntimeError):  # dtypes torch lacks (ml_dtypes bfloat16 views etc.)
-            pass
+        out = np.empty(arr.shape, arr.dtype)
+        if _torch_copy(out, arr):
+            return out
     return np.array(arr, copy=True, order="C")
 
 
-def produce(assignment, arrays) -> list[np.ndarray]:
-    """The assignment's output arrays, contiguous and independent of the source file; the file
-    pages the sources touched are released so they do not count twice in memory."""
+def copy_into(dest: np.ndarray, arr: np.ndarray) -> None:
+    """Copy `arr` into the C-contiguous `dest` of the same shape; only the byte order may differ."""
+    if arr.dtype != dest.dtype or not _torch_copy(dest, arr):
+        np.copyto(dest, arr, casting="equiv")
+
+
+@contextlib.contextmanager
+def outputs(assignment, arrays):
+    """The assignment's outputs as the chain leaves them (views of the source file where free);
+    the file pages the sources touched are released on exit, once the caller copied them."""
     views = [arrays[s].numpy(copy=False) for s in assignment.sources]
-    out = chain_apply(assignment.rule.transforms, views if len(views) > 1 else views[0])
-    out = [contiguous_copy(np.asarray(o)) for o in (out if isinstance(out, list) else [out])]
-    for v in views:
-        release_pages(v)
-    return out
+    try:
+        out = chain_apply(assignment.rule.transforms, views if len(views) > 1 else views[0])
+        yield [np.asarray(o) for o in (out if isinstance(out, list) else [out])]
+    finally:
+        for v in views:
+            release_pages(v)
+
+
+def produce(assignment, arrays) -> list[np.ndarray]:
+    """The assignment's output arrays, contiguous and independent of the source file."""
+    with outputs(assignment, arrays) as outs:
+        return [contiguous_copy(o) for o in outs]
