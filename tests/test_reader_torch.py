@@ -188,3 +188,52 @@ def test_sniff(tmp_path):
     assert not torch_files.sniff(z, z.read_bytes()[:64])
     assert not torch_files.sniff("model.ckpt", b"")  # a TF checkpoint prefix, not a file
     assert not torch_files.sniff("model.bin", b"\x08\x07\x12\x07pytorch")
+
+
+def _checkpoint():
+    """Zeros well past 4 MiB (deflate packs them ~1028:1), random data, a storage shared by two
+    views, an empty tensor, bf16 and int64, nested under a checkpoint key, plain values beside."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(10, generator=g)
+    sd = {"zeros": torch.zeros(3 << 20), "rand": torch.randn(1000, generator=g), "base": base, "view": base[2:5],
+          "empty": torch.empty(0, 3), "bf16": torch.ones(7, dtype=torch.bfloat16), "step": torch.arange(5)}
+    return {"epoch": 3, "state_dict": sd, "optimizer": {"state": {0: {"exp_avg": torch.zeros(6)}}, "lr": 0.1}}
+
+
+def _zip_cli(src, dst, tmp_path):
+    """Re-zip with Info-ZIP's `zip -9` (deflate), as someone repacking an archive by hand would."""
+    import shutil
+    import subprocess
+
+    if shutil.which("zip") is None:
+        pytest.skip("no zip command")
+    with zipfile.ZipFile(src) as zf:
+        zf.extractall(tmp_path / "unpacked")
+        top = zf.namelist()[0].split("/")[0]
+    subprocess.run(["zip", "-q", "-r", "-9", str(dst), top], cwd=tmp_path / "unpacked", check=True)
+    return dst
+
+
+@pytest.mark.parametrize("variant", ["zip", "legacy", "zipfile_deflated", "zip_cli"])
+def test_compressible_and_rezipped_checkpoints_read_as_torch_loads_them(tmp_path, variant):
+    """The size bounds refuse no real file: 12 MiB of zeros deflated ~1028:1 (past a 128:1 rule),
+    archives re-zipped by other tools (deflated, so read rather than memory-mapped), legacy files."""
+    from hostile_files import rezip
+
+    plain = tmp_path / "plain.pth"
+    torch.save(_checkpoint(), plain, _use_new_zipfile_serialization=variant != "legacy")
+    path = {"zip": lambda: plain, "legacy": lambda: plain,
+            "zipfile_deflated": lambda: rezip(plain, tmp_path / "d.pth", zipfile.ZIP_DEFLATED, 9),
+            "zip_cli": lambda: _zip_cli(plain, tmp_path / "z.pth", tmp_path)}[variant]()
+    if variant in ("zipfile_deflated", "zip_cli"):
+        with zipfile.ZipFile(path) as zf:
+            zeros = max(zf.infolist(), key=lambda i: i.file_size)
+            assert zeros.compress_type == zipfile.ZIP_DEFLATED and zeros.file_size > 1000 * zeros.compress_size
+    expected = dict(flatten(torch.load(path, map_location="cpu", weights_only=True)))
+    assert torch.equal(expected["state_dict.zeros"], torch.zeros(3 << 20))
+    with read(path, "torch") as f:
+        assert f.meta["state_dict_key"] == "state_dict" and f.meta["checkpoint"]["epoch"] == 3
+        for key, t in expected.items():
+            name = key[len("state_dict."):] if key.startswith("state_dict.") else key
+            got = f[name].numpy()
+            assert got.shape == tuple(t.shape) and got.tobytes() == as_bytes(t), (variant, key)

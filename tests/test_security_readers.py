@@ -300,3 +300,100 @@ def test_cli_prints_one_line_and_exits_2_on_hostile_inputs(tmp_path):
                            text=True, timeout=120)
         outputs.append((case, r.returncode, r.stderr.strip().splitlines()))
     assert all(rc == 2 and len(lines) == 1 and "Traceback" not in lines[0] for _, rc, lines in outputs), outputs
+
+
+# ------------------------------------------------------------------------------------ torch zip size claims
+
+def _deflated_pth(tmp_path, **tensors):
+    import torch
+    from hostile_files import rezip
+
+    torch.save(tensors, tmp_path / "plain.pth")
+    return rezip(tmp_path / "plain.pth", tmp_path / "deflated.pth", zipfile.ZIP_DEFLATED)
+
+
+def _torch_load_never_runs(monkeypatch):
+    import torch
+
+    def refuse(*a, **k):
+        raise AssertionError("torch.load ran on a file the bounds should have refused")
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+@pytest.mark.parametrize("claim, message", [
+    (0xFFFFFFF0, "claims 4294967280 bytes from .* deflated bytes .deflate expands at most 1032:1"),  # a bomb
+    (2 * 40_000 * 4, "holds 320000 bytes, the pickle declares 160000"),  # plausible for deflate, not for w
+])
+def test_pth_record_claiming_more_than_it_can_hold_is_refused_before_torch_reads_it(tmp_path, monkeypatch,
+                                                                                     claim, message):
+    import torch
+    from hostile_files import patch_zip_sizes
+
+    path = _deflated_pth(tmp_path, w=torch.randn(40_000), b=torch.zeros(8))
+    patch_zip_sizes(path, "/data/0", file_size=claim)
+    _torch_load_never_runs(monkeypatch)
+    with pytest.raises(FormatError, match=message) as e:
+        materialise(path, framework="torch")
+    assert e.value.file == str(path)
+
+
+def test_pth_member_past_the_end_of_the_file_is_refused(tmp_path, monkeypatch):
+    import torch
+    from hostile_files import patch_zip_sizes
+
+    torch.save({"w": torch.ones(1000)}, tmp_path / "w.pth")
+    patch_zip_sizes(tmp_path / "w.pth", "/data/0", compress_size=1 << 31, file_size=1 << 31)
+    _torch_load_never_runs(monkeypatch)
+    with pytest.raises(FormatError, match="past the end of the"):
+        materialise(tmp_path / "w.pth", framework="torch")
+
+
+def test_pth_stored_member_claiming_another_size_is_refused(tmp_path, monkeypatch):
+    import torch
+    from hostile_files import patch_zip_sizes
+
+    torch.save({"w": torch.ones(1000)}, tmp_path / "w.pth")
+    patch_zip_sizes(tmp_path / "w.pth", "/version", file_size=1 << 30)
+    _torch_load_never_runs(monkeypatch)
+    with pytest.raises(FormatError, match="is stored .* but claims 1073741824"):
+        materialise(tmp_path / "w.pth", framework="torch")
+
+
+def test_pth_metadata_record_inflating_past_its_size_is_refused(tmp_path, monkeypatch):
+    """A real 8 MiB `version` record (zeros, within deflate's ratio): torch would read it whole."""
+    import torch
+
+    torch.save({"w": torch.ones(4)}, tmp_path / "w.pth")
+    with zipfile.ZipFile(tmp_path / "w.pth") as zin, \
+            zipfile.ZipFile(tmp_path / "bomb.pth", "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, bytes(8 << 20) if info.filename.endswith("/version") else zin.read(info))
+    _torch_load_never_runs(monkeypatch)
+    with pytest.raises(FormatError, match="version claims 8388608 bytes"):
+        materialise(tmp_path / "bomb.pth", framework="torch")
+
+
+def test_pth_bzip2_member_is_named_unsupported(tmp_path):
+    import torch
+    from hostile_files import rezip
+
+    torch.save({"w": torch.ones(4)}, tmp_path / "w.pth")
+    rezip(tmp_path / "w.pth", tmp_path / "bz.pth", zipfile.ZIP_BZIP2)
+    with pytest.raises(UnsupportedError, match="compression method 12"):
+        materialise(tmp_path / "bz.pth", framework="torch")
+
+
+def test_legacy_pth_declaring_more_storage_than_the_file_holds_is_refused(tmp_path, monkeypatch):
+    """Pre-1.6 format: the pickle's element count (here 70,000 -> 2**31-1 floats, 8 GiB) is what
+    torch allocates before reading the bytes; the file holds 280 KB after the pickle."""
+    import torch
+
+    torch.save({"w": torch.ones(70_000)}, tmp_path / "w.pth", _use_new_zipfile_serialization=False)
+    data = bytearray((tmp_path / "w.pth").read_bytes())
+    numel = b"J" + (70_000).to_bytes(4, "little")
+    at = data.index(numel, data.index(b"cpu"))  # the count in the persistent id, not the shape after it
+    data[at + 1:at + 5] = (2**31 - 1).to_bytes(4, "little")
+    (tmp_path / "w.pth").write_bytes(bytes(data))
+    _torch_load_never_runs(monkeypatch)
+    with pytest.raises(FormatError, match=r"declares 1 storages of 85899345\d+ bytes"):
+        materialise(tmp_path / "w.pth", framework="torch")

@@ -3,8 +3,10 @@
 The tensors live in a pickle, so the file is read with torch.load(weights_only=True) and never with
 weights_only=False: torch's restricted unpickler refuses every global outside a short allow-list
 (tensors, OrderedDict, plain containers), so a file cannot run code while it is read. Zip-format
-files (torch >= 1.6) are memory-mapped (mmap=True): tensor data stays on disk until `.numpy()`.
-Legacy (pre-1.6) files cannot be mapped and are read into memory.
+files (torch >= 1.6) are memory-mapped (mmap=True): tensor data stays on disk until `.numpy()`;
+archives re-zipped with compression by another tool, and legacy (pre-1.6) files, are read into
+memory. Before torch.load runs, the sizes it would trust (zip records, the pickle's storage
+counts) are bounded by the file (_torch_bounds.py).
 
 Checkpoints often wrap the state dict ({'epoch': 3, 'state_dict': {...}, 'optimizer': {...}}):
 the state dict is found under the usual keys (or `key=`), its names are kept as written
@@ -18,12 +20,12 @@ import re
 import zipfile
 from collections.abc import Mapping
 
-
 from ..arrays import ArrayFile, ArrayHandle, role_from_name
 from ..dtypes import ML_DTYPES, of_torch
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from ..frameworks import FRAMEWORKS
 from ._limits import PARSER_ERRORS, parser_errors
+from ._torch_bounds import check_legacy, check_zip
 
 NAME = "torch"
 OPTIONS = {"key": str}
@@ -69,44 +71,54 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise MissingDependencyError("reading PyTorch files needs the `torch` package", hint="pip install torch") from None
+        raise MissingDependencyError("reading PyTorch files needs the `torch` package",
+                                     hint="pip install torch") from None
     return torch
 
 
-def _check_container(path: str) -> bool:
-    """True for the zip format (mappable). Raises a clear error for truncated or foreign files."""
+def _check_container(path: str) -> tuple[bool, bool]:
+    """(zip format, mappable). Raises a clear error for truncated, foreign or oversized-claim files
+    (_torch_bounds); a zip whose storages are compressed (re-zipped by another tool) is read, not
+    mapped: torch's mmap path would take the compressed bytes for the data."""
     with builtins.open(path, "rb") as fh:
         head = fh.read(64)
     if head.startswith(b"PK"):
         try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
+            zf = zipfile.ZipFile(path)
         except zipfile.BadZipFile as e:
             raise TruncatedError(f"not a readable zip archive ({e})", file=path, offset=0,
                                  hint="the torch zip file is truncated or corrupt") from None
-        if any(m.endswith("/constants.pkl") for m in names) and any("/code/" in m for m in names):
-            raise UnsupportedError("a TorchScript archive (torch.jit.save), not a torch.save file", file=path,
-                                   hint="in a trusted environment: torch.jit.load(path).state_dict(), then "
-                                   "torch.save or safetensors")
-        if not any(_is_data_pkl(m) for m in names):
-            raise FormatError(f"zip archive without a data.pkl member ({len(names)} members)", file=path,
-                              hint="not a file written by torch.save")
-        return True
+        with zf:
+            return True, _check_torch_zip(zf, path)
     if head[:1] != b"\x80":
         raise FormatError("neither torch's zip format nor a pickle (no 0x80 protocol byte)", file=path, offset=0,
                           hint="not a file written by torch.save")
-    return False
+    check_legacy(path, _torch(), _LEGACY_MAGIC)
+    return False, False
 
 
-def _load(path: str, is_zip: bool):
+def _check_torch_zip(zf, path: str) -> bool:
+    """A torch.save archive (not TorchScript, data.pkl present) within its size bounds; True: mappable."""
+    names = zf.namelist()
+    if any(m.endswith("/constants.pkl") for m in names) and any("/code/" in m for m in names):
+        raise UnsupportedError("a TorchScript archive (torch.jit.save), not a torch.save file", file=path,
+                               hint="in a trusted environment: torch.jit.load(path).state_dict(), then "
+                               "torch.save or safetensors")
+    if not any(_is_data_pkl(m) for m in names):
+        raise FormatError(f"zip archive without a data.pkl member ({len(names)} members)", file=path,
+                          hint="not a file written by torch.save")
+    return check_zip(zf, path, _torch())
+
+
+def _load(path: str, mappable: bool):
     torch = _torch()
     import pickle
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mappable)
     except pickle.UnpicklingError as e:
         text = str(e)
-        match = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global:? ([\w.]+)", text, re.I)
+        match = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global:? ([\w.]+)", text, re.IGNORECASE)
         if "Weights only load failed" in text or match:
             culprit = match.group(1) if match else "an object outside torch's allow-list"
             raise FormatError(f"refused to unpickle {culprit}: the file holds arbitrary pickled Python objects",
@@ -260,8 +272,8 @@ def open(path, key: str | None = None, **options) -> ArrayFile:
 
 
 def _open(path: str, key: str | None) -> ArrayFile:
-    is_zip = _check_container(path)
-    obj = _load(path, is_zip)
+    is_zip, mappable = _check_container(path)
+    obj = _load(path, mappable)
     tensors, plain, other = [], {}, []
     _walk(obj, (), tensors, plain, other)
     if not tensors:
