@@ -5,11 +5,13 @@
     .venv/bin/python benchmarks/run_all.py --size-mb 256 --scaling 256,1024,4096
     .venv/bin/python benchmarks/run_all.py --size-mb 1024 --memlimit
 
-Runs bench_readers.py, bench_convert.py, bench_small_tensors.py and bench_cli.py (and, when asked,
+Runs bench_readers.py, bench_formats.py, bench_convert.py, bench_small_tensors.py and bench_cli.py (and, when asked,
 bench_convert.py at each --scaling size and bench_memlimit.py) one after the other with the same
 --repeat (default 5), then summarises their JSON files with **medians**:
 
   readers        ours / framework (median read + materialise time), per format; < 1.0 is faster
+  formats        ours / the format's own loader for Keras .h5, torch, safetensors, .npz (large
+                 and 5,000-tensor files) and for Caffe / TF / MXNet with 5,000 tensors
   small tensors  ours / onnx, per many-small-tensor ONNX file
   conversion     ours / page-cache copy (shutil.copyfile of the same bytes), .safetensors and .pth
   cli            `weightport --help` / `inspect` on small files, seconds beyond Python's start-up
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("readers", "convert", "small_tensors", "cli")
+BENCHMARKS = ("readers", "formats", "convert", "small_tensors", "cli")
 
 
 def run(script: str, args: list[str]) -> int:
@@ -53,6 +55,17 @@ def readers_rows(data: dict) -> list[tuple]:
         x = ratio(ours, fw)
         rows.append((f"read {fmt}", f"{r['file_bytes'] / B.MB:,.0f} MB", ours, fw, x, need,
                      m["reader_load"].get("runs"), r["targets"].get("same_data", {}).get("met")))
+    return rows
+
+
+def formats_rows(data: dict) -> list[tuple]:
+    rows = []
+    for case, r in data["cases"].items():
+        m = r["measurements"]
+        ours, fw = m["reader_load"].get("median_s"), m["framework_load"].get("median_s")
+        rows.append((f"read {case} ({m['reader_load'].get('count', '?')} tensors)", f"{r['file_bytes'] / B.MB:,.1f} MB",
+                     ours, fw, ratio(ours, fw), 1.0, m["reader_load"].get("runs"),
+                     (r["targets"] or {}).get("same_data", {}).get("met")))
     return rows
 
 
@@ -126,12 +139,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results_all.json")
     args = p.parse_args(argv)
     common = ["--repeat", str(args.repeat), "--workdir", str(args.workdir)]
-    outs = {k: args.outdir / f"results_{k}.json" for k in ("readers", "convert", "small_tensors", "cli", "memlimit")}
+    outs = {k: args.outdir / f"results_{k}.json" for k in ("readers", "formats", "convert", "small_tensors", "cli", "memlimit")}
     wanted = [b for b in args.benchmarks.split(",") if b]
     if set(wanted) - set(BENCHMARKS):
         p.error(f"--benchmarks: a subset of {','.join(BENCHMARKS)}")
     script_args = {
         "readers": ("bench_readers.py", ["--size-mb", str(args.size_mb), "--out", str(outs["readers"]), *common]),
+        "formats": ("bench_formats.py", ["--size-mb", str(args.size_mb), "--tensors", str(args.tensors),
+                                         "--out", str(outs["formats"]), *common]),
         "convert": ("bench_convert.py", ["--size-mb", str(args.size_mb), "--out", str(outs["convert"]), *common]),
         "small_tensors": ("bench_small_tensors.py", ["--tensors", str(args.tensors), "--out",
                                                      str(outs["small_tensors"]), *common]),
@@ -156,6 +171,8 @@ def main(argv=None) -> int:
     loaded = {k: json.loads(v.read_text()) for k, v in outs.items() if k in codes and v.exists()}
     if "readers" in loaded:
         rows += readers_rows(loaded["readers"])
+    if "formats" in loaded:
+        rows += formats_rows(loaded["formats"])
     if "small_tensors" in loaded:
         rows += small_rows(loaded["small_tensors"])
     if "convert" in loaded:

@@ -94,3 +94,26 @@ def test_bench_cli_measures_every_command(tmp_path):
     for label, c in data["commands"].items():
         assert c["median_s"] > 0 and len(c["times_s"]) == 1, label
         assert "torch" not in c["heavy_imports"] and "tensorflow" not in c["heavy_imports"], label
+
+
+@pytest.mark.heavy
+def test_bench_formats_through_run_all(tmp_path):
+    """run_all.py runs bench_formats.py: every format's reader against its own loader, both layouts,
+    on the same data (checksums agree), and its rows carry the per-script medians."""
+    for module in ("tensorflow", "keras", "h5py", "safetensors", "grpc_tools"):
+        pytest.importorskip(module)
+    out = tmp_path / "all.json"
+    cmd = [sys.executable, str(BENCH / "run_all.py"), "--benchmarks", "formats", "--tensors", "60", "--size-mb", "8",
+           "--repeat", "1", "--workdir", str(tmp_path / "work"), "--outdir", str(tmp_path), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, f"run_all exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    per_script = json.loads((tmp_path / "results_formats.json").read_text())
+    expected = {f"{f} {lay}" for f in ("keras_h5", "torch", "safetensors", "npz") for lay in ("large", "many")}
+    expected |= {"caffe many", "tensorflow many"} | ({"mxnet many"} if (ROOT / ".venv-mxnet/bin/python").exists() else set())
+    assert set(per_script["cases"]) == expected
+    for case, r in per_script["cases"].items():
+        assert r["targets"]["same_data"]["met"], (case, r["targets"])
+        large = 128 if case.startswith("keras_h5") else 72  # Keras: 64 Dense kernels + biases; else bench_readers.layout
+        assert r["measurements"]["reader_load"]["count"] == (60 if case.endswith("many") else large), case
+    rows = {r["step"]: r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == len(expected) and all(r["same_data"] is True for r in rows.values())
