@@ -131,3 +131,160 @@ def test_scalar_parity_inputs_stay_0d():
 
     scalar, image = _tensors([np.array(3, np.int64), np.ones((1, 3, 4, 4), np.float32).transpose(0, 1, 3, 2)])
     assert scalar.shape == () and image.shape == (1, 3, 4, 4) and image.is_contiguous()
+
+
+# ------------------------------------------------------------------------------ streamed .pth
+
+def _varied_state_dict():
+    """Every dtype family torch.save handles differently, 0-d and empty tensors, non-ASCII names,
+    and tensors on both sides of the mapped-window threshold."""
+    from collections import OrderedDict
+
+    g = torch.Generator().manual_seed(0)
+    sd = OrderedDict()
+    sd["conv.weight"] = torch.randn(4, 3, 3, 3, generator=g)
+    sd["bn.num_batches_tracked"] = torch.tensor(7, dtype=torch.int64)
+    sd["empty"] = torch.zeros(0, 5, dtype=torch.float16)
+    sd["empty.middle"] = torch.zeros(3, 0, 2)
+    sd["couche_é.名前"] = torch.randn(700, 800, generator=g).to(torch.bfloat16)  # > 1 MB: a mapped window
+    sd["big"] = torch.randn(600, 1000, generator=g, dtype=torch.float64)
+    sd["half"] = torch.randn(9, generator=g).half()
+    sd["mask"] = torch.tensor([True, False, True])
+    sd["ids"] = torch.arange(10, dtype=torch.int64).reshape(2, 5)
+    sd["u16"] = torch.tensor([0, 1, 65535], dtype=torch.uint16)  # no typed storage: _rebuild_tensor_v3
+    sd["scalar"] = torch.tensor(2.5)
+    return sd
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_streamed_pth_equals_torch_save(tmp_path, zip64):
+    """torch.load of our file, plain and mmap=True, gives what torch.save of the same state dict
+    gives, tensor by tensor; the pickle is byte-identical; zip64 fields (forced on a small file)
+    read back with torch and with Python's zipfile."""
+    import zipfile
+
+    from converters.writers.pth import save_pth
+
+    sd = _varied_state_dict()
+    from collections import OrderedDict
+
+    sd._metadata = OrderedDict([("", {"version": 1}), ("bn", {"version": 2})])  # as module.state_dict() has it
+    provenance = {"tool": "converters test", "source_sha256": "ab" * 32}
+    ref = tmp_path / "ref.pth"
+    expected = type(sd)(sd)
+    expected._metadata = OrderedDict([("", {"version": 1, "converters": provenance}), ("bn", {"version": 2})])
+    torch.save(expected, ref)
+    ours = tmp_path / "ours.pth"
+    if zip64:
+        from converters.writers.pth import stream_pth, tensor_entries
+
+        stream_pth(tensor_entries(sd), ours, provenance, metadata=sd._metadata, zip64_limit=0)
+    else:
+        save_pth(sd, ours, provenance)
+    with zipfile.ZipFile(ours) as z, zipfile.ZipFile(ref) as r:
+        assert z.testzip() is None  # every CRC32 right
+        assert z.read("archive/data.pkl") == r.read("ref/data.pkl")
+        ours_names = [n.split("/", 1)[1] for n in z.namelist()]
+        assert ours_names == [n.split("/", 1)[1] for n in r.namelist()]
+        for info in z.infolist():
+            assert info.compress_type == zipfile.ZIP_STORED
+            if info.filename.startswith("archive/data/"):
+                with open(ours, "rb") as fh:
+                    fh.seek(info.header_offset + 26)
+                    name_len, extra_len = (int(x) for x in np.frombuffer(fh.read(4), "<u2"))
+                assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0
+        assert z.read("archive/version") == r.read("ref/version")
+        assert z.read("archive/byteorder") == b"little" and len(z.read("archive/.data/serialization_id")) == 40
+    for mmap in (False, True):
+        got, want = torch.load(ours, weights_only=True, mmap=mmap), torch.load(ref, weights_only=True, mmap=mmap)
+        assert list(got) == list(want)
+        for k in want:
+            assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+            assert got[k].stride() == want[k].stride(), k
+            assert torch.equal(got[k], want[k]), k
+        assert got._metadata == want._metadata
+        assert got._metadata[""]["converters"] == provenance
+
+
+def test_typed_storage_table_is_torchs():
+    from converters.writers.pth import _TYPED_STORAGE
+
+    assert {f"{d}".removeprefix("torch."): n for d, n in torch.storage._dtype_to_storage_type_map().items()
+            if not n.startswith("Q")} == _TYPED_STORAGE
+
+
+def test_pending_sha256_is_patched_into_both_formats(tmp_path):
+    """The source hash arrives after the tensors are written (a Future); both files carry it."""
+    import concurrent.futures
+
+    digest = "c0ffee" * 10 + "abcd"
+    for ext in (".pth", ".safetensors"):
+        future = concurrent.futures.Future()
+        entries = [("w", (1024, 512), np.float32, lambda: np.ones((1024, 512), np.float32)),
+                   ("b", (3,), np.float32, lambda f=future: (f.set_result(digest), np.zeros(3, np.float32))[1])]
+        out = tmp_path / f"p{ext}"
+        if ext == ".pth":
+            from converters.writers import stream_pth
+
+            stream_pth(entries, out, {"tool": "t", "source_sha256": future})
+            meta = torch.load(out, weights_only=True, mmap=True)._metadata[""]["converters"]
+        else:
+            stream_safetensors(entries, out, {"tool": "t", "source_sha256": future})
+            from safetensors import safe_open
+
+            with safe_open(out, "np") as fh:
+                meta = fh.metadata()
+        assert meta == {"tool": "t", "source_sha256": digest}
+
+
+@pytest.mark.parametrize("ext", [".pth", ".safetensors"])
+def test_produced_tensor_must_match_the_plan(tmp_path, ext):
+    from converters.errors import ConvertersError
+    from converters.writers import stream_pth
+
+    write = stream_pth if ext == ".pth" else stream_safetensors
+    for size in (4, 1 << 19):  # in memory, and through a mapped window
+        entries = [("w", (size,), np.float32, lambda s=size: np.ones(s + 1, np.float32))]
+        with pytest.raises(ConvertersError, match=r"produced float32\[\d+\], planned float32\[\d+\]") as e:
+            write(entries, tmp_path / f"x{ext}", {"tool": "t"}, force=True)
+        assert "w" in str(e.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_big_endian_and_strided_sources_are_written_little_endian(tmp_path):
+    """A source view (transposed, byte-swapped) is copied straight into the file, little-endian."""
+    import contextlib
+
+    from converters.writers import stream_pth
+
+    src = np.arange(1024 * 600, dtype=">f4").reshape(1024, 600)
+
+    @contextlib.contextmanager
+    def view():
+        yield src.T
+
+    entries = [("t", (600, 1024), np.dtype(">f4"), lambda: np.ascontiguousarray(src.T), view),
+               ("s", (3,), np.dtype(">i8"), lambda: np.array([1, 2, 3], ">i8"))]
+    stream_pth(entries, tmp_path / "be.pth", {"tool": "t"})
+    stream_safetensors(entries, tmp_path / "be.safetensors", {"tool": "t"})
+    for sd in (torch.load(tmp_path / "be.pth", weights_only=True), load_file(tmp_path / "be.safetensors")):
+        assert torch.equal(sd["t"], torch.from_numpy(src.T.astype("<f4")))
+        assert sd["s"].tolist() == [1, 2, 3]
+
+
+def test_converted_pth_loads_strictly_and_records_module_versions(tmp_path):
+    """convert -> .pth (streamed from a meta-device model) loads into the target with strict=True and
+    carries the module versions a torch.save of its state_dict() would (BatchNorm's version 2)."""
+    module, _ = convert(FER, "keras/fer_mini_xception")
+    out = tmp_path / "fer.pth"
+    convert(FER, "keras/fer_mini_xception", out=out)
+    sd = torch.load(out, weights_only=True, mmap=True)
+    fresh = MiniXception()
+    fresh.load_state_dict(sd, strict=True)
+    expected = module.state_dict()
+    for k, v in expected.items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    meta = dict(sd._metadata)
+    provenance = meta[""].pop("converters")
+    assert provenance["source_file"] == FER.name and len(provenance["source_sha256"]) == 64
+    assert meta == {k: dict(v) for k, v in expected._metadata.items()}
