@@ -22,12 +22,15 @@ import this package.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import importlib.util
 import os
 import re
+import signal
 import sys
+import threading
 
 from ..errors import ConvertersError
 
@@ -74,7 +77,8 @@ def build_parser(prog: str, only: str | None = None) -> argparse.ArgumentParser:
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Bring trained weights from Caffe, TensorFlow/Keras, MXNet/Gluon and ONNX into PyTorch.",
         epilog=f"Without a subcommand, `{prog} --from F --map TABLE IN OUT` converts (see the options below).\n"
-               "Exit codes: 0 ok, 1 parity failed / files differ, 2 usage or input error, 130 interrupted.")
+               "Exit codes: 0 ok, 1 parity failed / files differ, 2 usage or input error, 130 interrupted,"
+               "\n143 / 129 terminated (SIGTERM / SIGHUP).")
     root.add_argument("-v", "--version", action="version", version=f"{prog} (converters) {__version__}")
     sub = root.add_subparsers(dest="command", metavar="SUBCOMMAND")
     root.commands = {}
@@ -95,6 +99,48 @@ def _unknown_subcommand(word: str, names) -> str | None:
     close = difflib.get_close_matches(word, names, n=1)
     return (f"unknown subcommand {word!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
             + f"; subcommands: {', '.join(names)}")
+
+
+class Terminated(BaseException):
+    """SIGTERM / SIGHUP, raised where the main thread is, so `finally` blocks and the writer's
+    cleanup (no `.partial` left beside the output) run as for Ctrl-C. A BaseException: library
+    code that catches Exception does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_by_raising():
+    """While the command runs, SIGTERM and SIGHUP raise Terminated in this process. Signals
+    already ignored (nohup) stay ignored; a forked worker (process pool) that inherits the handler
+    dies of the signal as before; after the first signal the others are ignored, so the cleanup
+    runs once and uninterrupted."""
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(signum)
+    previous = {}
+    for name in names:
+        sig = getattr(signal, name)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _help(prog: str) -> str:
@@ -126,13 +172,17 @@ def main(argv=None) -> int:
             argv = [DEFAULT, *argv]
         # positionals may come between options (`IN --map T OUT`), as people type them
         args = build_parser(prog, only=argv[0]).commands[argv[0]].parse_intermixed_args(argv[1:])
-        return args._run(args)
+        with _terminate_by_raising():
+            return args._run(args)
     except ConvertersError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"{prog}: terminated by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
     except BrokenPipeError:
         return 0
     except OSError as e:  # unreadable paths, permissions, disk full
