@@ -164,7 +164,8 @@ def test_extra_layer_is_listed_exactly():
 
 
 class TwinActivations(nn.Module):
-    """Two PReLU(32) in a row with uninformative names: the source's one PReLU3 fits both equally."""
+    """Two PReLU(32) on parallel branches after c3, both run before the heads, uninformative names:
+    the source's one PReLU3 fits both equally (by order, names and the graph: both read c3's output)."""
 
     def __init__(self):
         super().__init__()
@@ -175,8 +176,28 @@ class TwinActivations(nn.Module):
 
     def forward(self, x):
         x = self.a2(self.c2(self.pool(self.a1(self.c1(x)))))
+        x = self.c3(x)
+        a, b = self.x(x), self.y(x)
+        return self.h1(a), self.h2(b)
+
+
+class TwinInARow(TwinActivations):
+    """The same modules with the two PReLUs in a row: only x reads c3's output, as PReLU3 reads conv3's."""
+
+    def forward(self, x):
+        x = self.a2(self.c2(self.pool(self.a1(self.c1(x)))))
         x = self.y(self.x(self.c3(x)))
         return self.h1(x), self.h2(x)
+
+
+def test_the_graph_decides_what_order_cannot():
+    """Source PReLU3 reads conv3's output; in the trace x reads c3's (conv3's pair), y reads x's: the
+    pair is decided by the graph and y, the extra layer, is listed."""
+    d = draft(CAFFE, TwinInARow())
+    pair = next(p for p in d.matching.pairs if p.source.name == "PReLU3")
+    assert pair.target.name == "x" and pair.decided_by == "graph" and pair.confidence == 0.9
+    assert any("reads conv3's output, as x reads c3's" in e for e in pair.evidence)
+    assert _unmatched(d) == (set(), {"y.weight"}) and not d.matching.ambiguous
 
 
 def test_ambiguity_is_written_down_not_decided():

@@ -115,12 +115,12 @@ def draft(source, target, *, framework=None, target_kwargs=None, out=None, input
     file_index = {n: i for i, n in enumerate(arrays)}
     order = {pr.source: (p.source.position, file_index[pr.source]) for p in matching.pairs for pr in p.proposals}
     rules = emit.build_rules(matching, set(arrays), order)
-    outputs = match.output_order(arrays, matching, tr)
+    outputs, outputs_why = match.output_order(arrays, matching, tr)
     stats = _stats(arrays, model, matching, tr, rules)
     if base_doc:
         input_section = base_doc.get("input") or input_section
     text = emit.write(matching, source_path=str(arrays.path), framework=fw, target_spec=target_spec,
-                      input_section=input_section, outputs=outputs, rules=rules, stats=stats, extra_notes=matching.notes,
+                      input_section=input_section, outputs=outputs, outputs_why=outputs_why, rules=rules, stats=stats, extra_notes=matching.notes,
                       base=base_doc)
 
     path = _write(text, out)

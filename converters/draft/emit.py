@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from dataclasses import dataclass, field
 
 import yaml
@@ -332,7 +333,7 @@ def _base_entries(base, key) -> list:
 
 
 def write(matching, *, source_path, framework, target_spec, input_section, rules, stats, extra_notes,
-          outputs=None, base=None) -> str:
+          outputs=None, outputs_why="", base=None) -> str:
     out = []
     add = out.append
     add(f"# Drafted by `convert draft` from {source_path} ({framework}) for {target_spec['model']}.")
@@ -380,11 +381,11 @@ def write(matching, *, source_path, framework, target_spec, input_section, rules
             add(f"    with: {flow(rule.with_)}")
         if rule.transforms:
             add(f"    transforms: {flow(rule.transforms)}")
-    _write_sets(add, matching, base, outputs)
+    _write_sets(add, matching, base, outputs, outputs_why)
     return "\n".join(out) + "\n"
 
 
-def _write_sets(add, matching, base, outputs):
+def _write_sets(add, matching, base, outputs, outputs_why=""):
     """ignore / fill / init / parity sections, then the AMBIGUOUS and UNMATCHED comment lists."""
     if matching.ignored or _base_entries(base, "ignore"):
         add("ignore:")
@@ -419,7 +420,8 @@ def _write_sets(add, matching, base, outputs):
         add("parity: " + flow(base["parity"]))
     elif outputs:
         add("parity:")
-        add("  # the source outputs in the order the target returns them, paired by channel count")
+        for line in textwrap.wrap(f"the source outputs in the order the target returns them, {outputs_why}", 96):
+            add(f"  # {line}")
         add(f"  outputs: {flow(outputs)}")
     if matching.ambiguous:
         add("")

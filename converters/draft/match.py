@@ -273,7 +273,10 @@ def _source_slots(u: SourceUnit) -> dict:
 
 # ---- target side --------------------------------------------------------------------------------
 
-def target_units(model, order: list, exclude=()) -> list:
+def target_units(model, order: list, exclude=(), separable=False) -> list:
+    """Tensor-owning modules in execution order; an RNN module is one unit per layer and direction.
+    `separable` (the source has separable convs): a module made of a depthwise and a 1x1 conv is
+    one unit, as a Keras SeparableConv2D holds both kernels."""
     modules = dict(model.named_modules())
     sd = model.state_dict(keep_vars=True)
     units = []
@@ -300,7 +303,37 @@ def target_units(model, order: list, exclude=()) -> list:
             continue
         units.append(TargetUnit(name, type(mod).__name__, kind, tensors,
                                 {t: tuple(sd[t].shape) for t in tensors.values()}, len(units), mod))
-    return units
+    return _merge_separable(units, modules) if separable else units
+
+
+def _is_separable(dw, pw) -> bool:
+    """A depthwise conv (groups = its input channels) that a 1x1 conv runs right after."""
+    a, b = dw.module, pw.module
+    return (dw.kind == pw.kind == "conv" and type(a) is type(b) and a.groups > 1 and a.groups == a.in_channels
+            and b.groups == 1 and set(b.kernel_size) == {1} and b.in_channels == a.out_channels)
+
+
+def _merge_separable(units: list, modules: dict) -> list:
+    """A module whose only tensor-owning parts are a depthwise conv and the 1x1 conv after it
+    becomes one 'separable' unit (its tensors keyed 'depthwise.weight', 'pointwise.weight', ...)."""
+    out, k = [], 0
+    while k < len(units):
+        u = units[k]
+        nxt = units[k + 1] if k + 1 < len(units) else None
+        parent = u.name.rpartition(".")[0]
+        if nxt is not None and parent and nxt.name.rpartition(".")[0] == parent and _is_separable(u, nxt) and \
+                sum(1 for v in units if v.name.startswith(parent + ".")) == 2:
+            local = lambda v: v.name.rpartition(".")[2]  # noqa: E731
+            tensors = {f"{side}.{role}": full for side, v in (("depthwise", u), ("pointwise", nxt))
+                       for role, full in v.tensors.items()}
+            out.append(TargetUnit(parent, f"{type(modules[parent]).__name__} ({local(u)} + {local(nxt)})",
+                                  "separable", tensors, {**u.shapes, **nxt.shapes}, len(out), modules[parent]))
+            k += 2
+            continue
+        u.position = len(out)
+        out.append(u)
+        k += 1
+    return out
 
 
 # ---- one pair -----------------------------------------------------------------------------------
@@ -311,6 +344,8 @@ def propose(s: SourceUnit, t: TargetUnit, framework: str, tr) -> tuple[list, lis
         return None
     if s.kind in ("lstm", "gru", "rnn"):
         return _propose_rnn(s, t, framework)
+    if s.kind == "separable":
+        return _propose_separable(s, t, framework)
     slots = s.slots()
     if any(k.startswith("?") or "#" in k for k in slots):
         return None  # arrays this unit kind does not explain (e.g. SeparableConv2D's two kernels)
@@ -337,6 +372,11 @@ def propose(s: SourceUnit, t: TargetUnit, framework: str, tr) -> tuple[list, lis
         props.append(p)
     if s.kind == "depthwise" and getattr(t.module, "groups", 1) == 1 and t.shapes.get(t.tensors.get("weight"), (0, 0))[1] != 1:
         return None
+    if t.kind == "other":  # a module type the draft has no kind for: names and shapes only
+        for p in props:
+            p.notes.append(f"the draft does not know what {t.module_type} computes: it is assumed to be the "
+                           f"source's {s.type or s.kind} layer with these numbers; verify it")
+            p.unsure = True
     covered = {n for p in props for n in p.targets}
     for role, tname in t.tensors.items():
         if tname in covered:
@@ -352,6 +392,39 @@ def propose(s: SourceUnit, t: TargetUnit, framework: str, tr) -> tuple[list, lis
         else:
             return None
     return props, fills, remarks
+
+
+def _propose_separable(s, t, framework):
+    """Keras SeparableConv2D (depthwise_kernel, pointwise_kernel, bias) into a module made of a
+    depthwise conv and a 1x1 conv: the bias is added after the pointwise conv."""
+    dw = [h for h in s.arrays if "depthwise_kernel" in h.name]
+    pw = [h for h in s.arrays if "pointwise_kernel" in h.name]
+    bias = [h for h in s.arrays if h not in dw + pw and S.role_of(h) == "bias"]
+    known = {"depthwise.weight", "pointwise.weight", "depthwise.bias", "pointwise.bias"}
+    if len(dw) != 1 or len(pw) != 1 or len(bias) + 2 != len(s.arrays) or set(t.tensors) - known:
+        return None
+    props = []
+    for h, role, kind in ((dw[0], "depthwise.weight", "depthwise"), (pw[0], "pointwise.weight", "conv")):
+        tname = t.tensors.get(role)
+        found = S.fit(h, framework, kind, t.shapes[tname]) if tname else None
+        if found is None:
+            return None
+        chain, why = found
+        p = Proposal(h.name, [tname], list(chain), why=[f"{role.split('.')[0]} half: {why}"])
+        if len(chain) == 1 and isinstance(chain[0], dict) and "permute" in chain[0]:
+            p.notes.append("layout unknown: the axis permutation was inferred from shapes alone")
+        props.append(p)
+    fills = []
+    pb, db = t.tensors.get("pointwise.bias"), t.tensors.get("depthwise.bias")
+    if bias:
+        if pb is None or tuple(bias[0].shape) != t.shapes[pb]:
+            return None
+        props.append(Proposal(bias[0].name, [pb], [], why=["SeparableConv2D adds its bias after the pointwise conv"]))
+    elif pb:
+        fills.append((pb, 0, "the source SeparableConv2D has no bias: 0"))
+    if db:
+        fills.append((db, 0, "nothing is added between a SeparableConv2D's two convs: 0"))
+    return props, fills, ["SeparableConv2D: the depthwise and the pointwise kernel into the module's two convs"]
 
 
 _LETTERS = ("chw", "cwh", "hcw", "hwc", "wch", "whc")
@@ -635,7 +708,7 @@ def match(arrays, model, tr, framework: str, exclude=None) -> Matching:
         src.sort(key=lambda u: _natural(u.name))
         result.notes.append("The file lists arrays alphabetically (no graph): layer order is only guessed from "
                             "the names' numbers, so pairs decided by order alone are low confidence.")
-    tgt = target_units(model, tr.order, exclude[1] if exclude else ())
+    tgt = target_units(model, tr.order, exclude[1] if exclude else (), separable=any(u.kind == "separable" for u in src))
     proposals, compat = {}, {}
     for i, s in enumerate(src):
         for j, t in enumerate(tgt):
@@ -656,7 +729,12 @@ def match(arrays, model, tr, framework: str, exclude=None) -> Matching:
         result.pairs.append(_make_pair(src, tgt, i, j, proposals, compat, "order:" + result.order))
         used_s.add(i)
         used_t.add(j)
-    _second_pass(src, tgt, proposals, compat, used_s, used_t, result)
+    feeders = source_feeders(arrays)
+
+    def graph_sweep() -> bool:
+        return _dataflow_pass(src, tgt, proposals, compat, used_s, used_t, result, feeders, tr)
+
+    _second_pass(src, tgt, proposals, compat, used_s, used_t, result, graph_sweep)
     _folded_batchnorm(src, tgt, framework, tr, used_s, used_t, result)
     result.pairs.sort(key=lambda p: p.source.position)
     withheld = _withhold_zero_fills(result.pairs, [s for i, s in enumerate(src) if i not in used_s])
@@ -821,12 +899,97 @@ def _make_pair(src, tgt, i, j, proposals, compat, fallback_signal, extra_evidenc
     return pair
 
 
-def _second_pass(src, tgt, proposals, compat, used_s, used_t, result):
-    """Units the ordered alignment left: match a pair that names or a unique shape single out;
-    write the rest down as ambiguous with their candidates."""
-    changed = True
+def source_feeders(arrays) -> dict:
+    """Layer name -> the weighted layer whose output it reads (its first input, through layers
+    that hold no arrays), from the source graph. In-place layers (Caffe's BatchNorm/ReLU writing
+    their input blob) are followed in layer order: the last writer before the reader counts."""
+    layers = getattr(arrays, "layers", None) or {}
+    weighted = {h.meta.get("layer") for h in arrays.values()}
+    last_writer, reads = {}, {}
+    for name, lay in layers.items():
+        inputs = [i.split(":")[0] for i in lay.inputs if not i.startswith("^")]
+        reads[name] = last_writer.get(inputs[0]) if inputs else None
+        for o in (lay.outputs or [name]):
+            last_writer[o.split(":")[0]] = name
+    out = {}
+    for name in layers:
+        cur, steps = reads.get(name), 0
+        while cur is not None and cur not in weighted and steps < 16:
+            cur = reads.get(cur) if len([i for i in layers[cur].inputs if not i.startswith("^")]) == 1 else None
+            steps += 1
+        out[name] = cur if cur in weighted else None
+    return out
+
+
+def _dataflow(s, t, by_layer, feeders, tr):
+    """(agrees, the pair s's producer belongs to): True when the source layer reads a paired
+    layer's output and the traced target module reads that pair's target module's output; False
+    when both are known and differ; None when either side cannot tell."""
+    layer = s.arrays[0].meta.get("layer") if s.arrays else None
+    producer = by_layer.get(feeders.get(layer))
+    fed_by = tr.feeder(t.name) if tr is not None and tr.how == "trace" else None
+    if producer is None or fed_by is None:
+        return None, producer
+    own = producer.target.name
+    return fed_by == own or fed_by.startswith(own + ".") or own.startswith(fed_by + "+"), producer
+
+
+def _dataflow_pass(src, tgt, proposals, compat, used_s, used_t, result, feeders, tr) -> bool:
+    """The graph as evidence: a layer that reads the output of a paired layer (a BatchNorm after
+    its conv) pairs with the target module that reads the paired module's output in the trace.
+    Settles parallel branches (a residual shortcut's BatchNorm and the main path's) that order
+    cannot, and confirms or contradicts pairs order alone decided. True when it paired a unit."""
+    if not any(feeders.values()):
+        return False
+    changed, any_change = True, False
     while changed:
         changed = False
+        by_layer = {h.meta.get("layer"): p for p in result.pairs for h in p.source.arrays}
+        index = {id(u): k for k, u in enumerate(src)}
+        for p in result.pairs:
+            if p.decided_by == "order" and not any("the graph" in e for e in p.evidence):
+                agrees, prod = _dataflow(p.source, p.target, by_layer, feeders, tr)
+                others = [tgt[j] for (a, j) in compat if a == index.get(id(p.source)) and tgt[j] is not p.target]
+                unique = not any(_dataflow(p.source, t, by_layer, feeders, tr)[0] for t in others)
+                if agrees is True and unique and prod.confidence >= 0.9:
+                    p.decided_by, p.confidence = "order + graph", max(p.confidence, 0.9)
+                    p.evidence.append(f"the graph agrees: it reads {prod.source.name}'s output, as "
+                                      f"{p.target.name} reads {prod.target.name}'s in the trace")
+                elif agrees is False:
+                    p.confidence = min(p.confidence, 0.45)
+                    p.evidence.append(f"the graph disagrees: it reads {prod.source.name}'s output, but "
+                                      f"{p.target.name} does not read {prod.target.name}'s")
+        for i, s in enumerate(src):
+            if i in used_s:
+                continue
+            cands = [j for (a, j) in compat if a == i and j not in used_t]
+            follows = [(j, prod) for j in cands for agrees, prod in [_dataflow(s, tgt[j], by_layer, feeders, tr)]
+                       if agrees]
+            if len(follows) != 1:
+                continue
+            j, prod = follows[0]
+            rivals = [a for (a, b) in compat if b == j and a not in used_s and a != i
+                      and _dataflow(src[a], tgt[j], by_layer, feeders, tr)[0]]
+            if rivals:
+                continue
+            pair = _make_pair(src, tgt, i, j, proposals, compat, "graph", [
+                f"the graph: it reads {prod.source.name}'s output, as {tgt[j].name} reads {prod.target.name}'s "
+                f"in the trace"])
+            if pair.decided_by == "graph":
+                pair.confidence = round(min(0.9, prod.confidence, pair.confidence + 0.3), 2)
+            result.pairs.append(pair)
+            used_s.add(i)
+            used_t.add(j)
+            changed = any_change = True
+    return any_change
+
+
+def _second_pass(src, tgt, proposals, compat, used_s, used_t, result, graph_sweep=None):
+    """Units the ordered alignment left: match a pair that the graph (`graph_sweep`), names or a
+    unique shape single out; write the rest down as ambiguous with their candidates."""
+    changed = True
+    while changed:
+        changed = bool(graph_sweep and graph_sweep())
         for i, s in enumerate(src):
             if i in used_s:
                 continue
@@ -847,6 +1010,7 @@ def _second_pass(src, tgt, proposals, compat, used_s, used_t, result):
                 used_s.add(i)
                 used_t.add(pick)
                 changed = True
+                break  # the graph first: the new pair may be the producer another unit reads
     for i, s in enumerate(src):
         if i in used_s:
             continue
@@ -861,8 +1025,10 @@ def _second_pass(src, tgt, proposals, compat, used_s, used_t, result):
 def _why_unmatched_source(s, tgt, i, compat, used_t, framework) -> str:
     if not any(a == i for (a, _) in compat):
         same_kind = [t for t in tgt if t.kind in S.COMPATIBLE.get(s.kind, ())]
-        if s.kind in ("separable", "other", "scale"):
+        if s.kind in ("other", "scale"):
             return f"no rule kind for a {s.type or s.kind} layer yet"
+        if s.kind == "separable" and not same_kind:
+            return "the target has no module made of just a depthwise conv and the 1x1 conv after it"
         if not same_kind:
             return f"the target has no {s.kind} module"
         return _why_no_fit(s, same_kind, framework)
@@ -892,9 +1058,79 @@ def _why_no_fit(s, same_kind, framework) -> str:
     return f"no {s.kind} module of the target has these shapes"
 
 
-def output_order(arrays, result, tr) -> list | None:
-    """Source output names in the order the target returns its outputs, when each source output's
-    last weighted layer has a channel count that singles out one target output; else None."""
+def output_order(arrays, result, tr) -> tuple[list | None, str]:
+    """(source output names in the order the target returns its outputs, how they were paired), or
+    (None, ''): by the channel count of each source output's last weighted layer, else by size
+    (the blobs a weight-free decoder head reads, e.g. SSD's DetectionOutput)."""
+    order = _outputs_by_channels(arrays, result, tr)
+    if order:
+        return order, "paired by channel count"
+    order, head = _outputs_by_size(arrays, result, tr)
+    if order:
+        return order, (f"the inputs of {head}, which holds no weights and is not in the target, paired with the "
+                       f"target's outputs by size per sample (traced)")
+    return None, ""
+
+
+# Caffe/MXNet layer types that keep the number of values per sample (and so the size of a blob).
+_SIZE_KEEPING = {"Permute", "Flatten", "Reshape", "Softmax", "Sigmoid", "TanH", "ReLU", "PReLU", "Dropout",
+                 "Power", "Activation", "transpose", "reshape", "softmax"}
+
+
+def _outputs_by_size(arrays, result, tr) -> tuple[list | None, str | None]:
+    """Source blobs whose values per sample are known from the traced target (a paired layer's
+    output) and kept or summed (Concat) by weight-free layers; the outputs the graph does not
+    consume, or the inputs of such a head when it has no known size, each paired with the one
+    target output of its size."""
+    layers = getattr(arrays, "layers", {}) or {}
+    if len(tr.outputs) < 2 or not layers:
+        return None, None
+    first = {}
+    for c in tr.calls:
+        first.setdefault(c.name, c.out_shape)
+    per_sample = lambda shape: _prod(shape[1:]) if shape and len(shape) > 1 else None  # noqa: E731
+    paired = {h.meta.get("layer"): per_sample(first.get(p.target.name)) for p in result.pairs for h in p.source.arrays}
+    tops = arrays.framework == "caffe"
+    size, consumed = {}, set()
+    for lay in layers.values():
+        made = (lay.outputs or [lay.name]) if tops else [lay.name]
+        ins = [size.get(i) for i in lay.inputs]
+        consumed.update(i for i in lay.inputs if i not in made)
+        if lay.name in paired:
+            n = paired[lay.name]
+        elif lay.type in _SIZE_KEEPING and len(ins) == 1:
+            n = ins[0]
+        elif lay.type == "Concat" and ins and None not in ins:
+            n = sum(ins)
+        else:
+            n = None
+        for o in made:
+            size[o] = n
+    heads = [o for lay in layers.values() for o in ((lay.outputs or [lay.name]) if tops else [lay.name])
+             if o not in consumed]
+    head = None
+    if len(heads) == 1 and size.get(heads[0]) is None:
+        producer = next(lay for lay in layers.values() if heads[0] in ((lay.outputs or [lay.name]) if tops else [lay.name]))
+        if not producer.arrays:
+            head, heads = f"{producer.name} ({producer.type})", list(producer.inputs)
+    wanted = [per_sample(shape) for shape in tr.outputs]
+    order = []
+    for n in wanted:
+        fits = [o for o in heads if n is not None and size.get(o) == n]
+        if len(fits) != 1 or fits[0] in order:
+            return None, None
+        order.append(fits[0])
+    return order, head or "the graph's outputs"
+
+
+def _prod(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def _outputs_by_channels(arrays, result, tr) -> list | None:
     layers = list((getattr(arrays, "layers", {}) or {}).values())
     if len(tr.outputs) < 2 or not layers:
         return None

@@ -107,12 +107,16 @@ _SOURCE_KINDS = {
     "lstm": ("LSTM", "CuDNNLSTM"),
     "gru": ("GRU", "CuDNNGRU"),
     "embedding": ("Embedding", "Gather"),
+    "normalize": ("Normalize",),  # SSD's L2 normalisation with a learned per-channel scale (Caffe)
 }
 SOURCE_KIND = {t: k for k, types in _SOURCE_KINDS.items() for t in types}
 
 # Which target kinds a source kind may fill. A depthwise source fills a grouped conv.
+# A separable conv fills a target module made of a depthwise and a pointwise conv; a Normalize
+# layer's scale a module of a kind the draft does not know (its pairs are never confident).
 COMPATIBLE = {"conv": {"conv"}, "depthwise": {"conv"}, "dense": {"dense"}, "bn": {"bn"}, "prelu": {"prelu"},
-              "lstm": {"lstm"}, "gru": {"gru"}, "rnn": {"rnn"}, "embedding": {"embedding"}}
+              "lstm": {"lstm"}, "gru": {"gru"}, "rnn": {"rnn"}, "embedding": {"embedding"},
+              "separable": {"separable"}, "normalize": {"other"}}
 
 
 def source_kind(layer_type: str | None, handles) -> str:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 _SIZES = (224, 96, 64, 32, 16, 12)
+_FROM = "_draft_call"  # attribute the trace's hooks put on each module output (its call index)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Call:
     in_shape: tuple | None
     out_shape: tuple | None
     owns_tensors: bool
+    input_from: int | None = None  # index of the call whose output tensor this call's first input is
 
 
 @dataclass
@@ -38,6 +40,16 @@ class Trace:
     outputs: list = field(default_factory=list)  # shapes of the model's outputs, flattened
 
     model: object = None  # the traced module (for probes)
+
+    def feeder(self, module_name: str) -> str | None:
+        """The tensor-owning module whose output the module's first call reads, through modules
+        that hold no tensors (nn.ReLU, pooling), or None when a functional op came between (its
+        output is a new tensor the hooks did not see) or the module was not called."""
+        k = next((i for i, c in enumerate(self.calls) if c.name == module_name), None)
+        k = self.calls[k].input_from if k is not None else None
+        while k is not None and not self.calls[k].owns_tensors:
+            k = self.calls[k].input_from
+        return self.calls[k].name if k is not None else None
 
     def flatten_source(self, module_name: str) -> tuple | None:
         """(C, H, W) when the module's first call got a flattened NCHW map with H*W > 1 (what a
@@ -171,8 +183,11 @@ def trace(model: nn.Module, hint: tuple | None = None) -> Trace:
         def hook(module, args, output):
             if list(module.children()) and not _owns(module):
                 return  # containers: their children are recorded
+            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
             calls.append(Call(names[module], type(module).__name__, _first_shape(args), _first_shape(output),
-                              _owns(module)))
+                              _owns(module), getattr(first, _FROM, None)))
+            if isinstance(output, torch.Tensor):  # dataflow: who made the tensor the next module reads
+                setattr(output, _FROM, len(calls) - 1)
         for m in model.modules():
             hooks.append(m.register_forward_hook(hook))
         try:
