@@ -58,12 +58,14 @@ def element_count(shape, itemsize: int = 1) -> int | None:
 class ArrayHandle:
     """One named array of an opened file. Nothing is read until `.numpy()`."""
 
-    __slots__ = ("name", "shape", "dtype", "meta", "_load", "_fresh")
+    __slots__ = ("name", "shape", "dtype", "_meta", "_load", "_fresh")
 
-    def __init__(self, name: str, shape, dtype, load: Callable[[], np.ndarray], meta: dict | None = None,
-                 *, fresh: bool = False):
+    def __init__(self, name: str, shape, dtype, load: Callable[[], np.ndarray],
+                 meta: dict | Callable[[], dict] | None = None, *, fresh: bool = False):
         """`fresh=True` promises that every `load()` returns a new array nobody else holds (read with
-        `pread` into its own buffer, say), so `numpy()` hands it out without a second copy."""
+        `pread` into its own buffer, say), so `numpy()` hands it out without a second copy.
+        `meta` may be a callable returning the dict: it is called on first access of `.meta`, so a
+        reader of thousands of arrays need not work out roles and layers nobody asks for."""
         self.name = name
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
@@ -72,7 +74,28 @@ class ArrayHandle:
                               hint="a corrupt shape field")
         self._load = load
         self._fresh = fresh
-        self.meta = dict(meta or {})
+        self._meta = meta if callable(meta) else dict(meta or {})
+
+    @classmethod
+    def checked(cls, name: str, shape: tuple, dtype: np.dtype, load: Callable[[], np.ndarray],
+                meta: dict | Callable[[], dict]) -> ArrayHandle:
+        """A handle whose caller already validated everything __init__ checks: `shape` a tuple of
+        ints that `element_count` accepts with `dtype` (an np.dtype), and `meta` its own dict or a
+        callable. For readers that validate thousands of arrays at once (no per-array checks)."""
+        self = cls.__new__(cls)
+        self.name, self.shape, self.dtype, self._load, self._fresh, self._meta = name, shape, dtype, load, False, meta
+        return self
+
+    @property
+    def meta(self) -> dict:
+        m = self._meta
+        if not isinstance(m, dict):
+            m = self._meta = dict(m())
+        return m
+
+    @meta.setter
+    def meta(self, value: dict) -> None:
+        self._meta = value
 
     @property
     def size(self) -> int:
@@ -117,8 +140,9 @@ class ArrayHandle:
             return arr
         if copy:
             view = arr
-            arr = np.array(arr, copy=True, order="C")
-            release_pages(view)
+            arr = view.copy() if type(view) is np.ndarray else np.array(view, copy=True, order="C")
+            if view.nbytes >= RELEASE_MIN_BYTES:
+                release_pages(view)
             if arr.dtype.byteorder not in "=|":
                 arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr
@@ -152,7 +176,7 @@ class ArrayFile(Mapping):
     """
 
     def __init__(self, path, framework: str, arrays: list[ArrayHandle] | dict, *, meta: dict | None = None,
-                 layers: dict | None = None, closer: Callable[[], None] | None = None):
+                 layers: dict | Callable[[], dict] | None = None, closer: Callable[[], None] | None = None):
         self.path = os.fspath(path)
         self.framework = framework
         items = arrays.values() if isinstance(arrays, dict) else arrays
@@ -162,8 +186,19 @@ class ArrayFile(Mapping):
                 raise FormatError("array name appears twice", file=self.path, array=a.name)
             self._arrays[a.name] = a
         self.meta = {"framework": framework, **(meta or {})}
-        self.layers: dict[str, Layer] = dict(layers or {})
+        self._layers = layers if callable(layers) else dict(layers or {})
         self._closer = closer
+
+    @property
+    def layers(self) -> dict[str, Layer]:
+        """The architecture; a reader may pass a callable that builds it on first access."""
+        if callable(self._layers):
+            self._layers = dict(self._layers())
+        return self._layers
+
+    @layers.setter
+    def layers(self, value: dict) -> None:
+        self._layers = value
 
     def __getitem__(self, name: str) -> ArrayHandle:
         try:

@@ -35,6 +35,13 @@ NAME = "onnx"
 OPTIONS = {"allow_outside": bool, "subgraphs": bool}
 """Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
 
+FAST = True
+"""Open with the vectorized walk (`_open_fast`) where it applies; False: always the field-by-field
+walk, which is the reference the tests compare the fast one against."""
+MAP_WALK_MAX = 8 << 20
+"""Files up to this size have their headers walked through the memory map; bigger ones with pread
+(`_protowire.PreadBuffer`), so opening them does not make file pages resident."""
+
 # TensorProto field numbers
 T_DIMS, T_DATA_TYPE, T_FLOAT, T_INT32, T_STRING, T_INT64, T_NAME, T_RAW, T_DOUBLE, T_UINT64 = (
     1, 2, 4, 5, 6, 7, 8, 9, 10, 11)
@@ -134,10 +141,27 @@ class _Reader:
         self.base = os.path.dirname(os.path.abspath(self.path))
         self.allow_outside = allow_outside
         self.external: dict[str, FileView] = {}
+        self.closed = False
+        # Headers are read from `src`: the map itself for small files, pread blocks for big ones
+        # (walking a big file's headers through the map would make its pages resident).
+        try:
+            self.src = self.view.buf if self.view.size <= MAP_WALK_MAX else pw.PreadBuffer(self.path, self.view.size)
+        except OSError as e:
+            self.view.close()
+            raise FormatError(f"cannot open: {e.strerror or e}", file=self.path) from None
+
+    def gather(self):
+        """positions -> uint8 bytes of the file, for pw.scan."""
+        if isinstance(self.src, pw.PreadBuffer):
+            return self.src.gather
+        return np.frombuffer(self.src, np.uint8).__getitem__  # drop it after the walk: it pins the map
 
     def close(self) -> None:
+        self.closed = True
         for v in self.external.values():
             v.close()
+        if isinstance(self.src, pw.PreadBuffer):
+            self.src.close()
         self.view.close()
 
     # ----- turning a parsed TensorProto into a lazy handle
@@ -403,7 +427,7 @@ def _parse_attribute(buf, span, path):
         vals = []
         for w, v, _o in a[7]:
             if w == pw.LEN:
-                vals.extend(np.frombuffer(buf, "<f4", count=v[1] // 4, offset=v[0]))
+                vals.extend(np.frombuffer(buf[v[0]:v[0] + v[1] // 4 * 4], "<f4"))
             else:
                 vals.append(pw.f32(v))
         value = [_short_float(x) for x in vals]
@@ -542,12 +566,23 @@ def open(path, allow_outside: bool = False, subgraphs: bool = True, **options) -
 
 
 def _open(reader: _Reader, want_subgraphs: bool) -> ArrayFile:
-    buf, path = reader.view.buf, reader.path
+    meta, graph_span = _model_fields(reader)
+    if FAST:
+        found = _open_fast(reader, meta, graph_span)
+        if found is not None:
+            return found
+    arrays, layers, graph = _walk(reader, graph_span, want_subgraphs)
+    _graph_meta(meta, graph.name, graph.inputs, graph.outputs, {t.name for t in graph.initializers})
+    return ArrayFile(reader.path, NAME, arrays, meta=meta, layers=layers, closer=reader.close)
+
+
+def _model_fields(reader: _Reader) -> tuple[dict, tuple]:
+    """ModelProto's own fields (file meta) and where its graph is."""
+    buf, path = reader.src, reader.path
     if reader.view.size == 0:
         raise FormatError("empty file", file=path, offset=0, hint="not an ONNX model")
     meta = {"format": "onnx", "opset_import": {}, "metadata_props": {}}
     graph_span = None
-    reader.view.walking(True)
     try:
         for f, w, v, off in pw.iter_fields(buf, 0, reader.view.size, path):
             if f == 1 and w == pw.VARINT:
@@ -577,17 +612,28 @@ def _open(reader: _Reader, want_subgraphs: bool) -> ArrayFile:
         missing = "ir_version" if "ir_version" not in meta else "graph"
         raise FormatError(f"not an ONNX model: no {missing} field", file=path, offset=0,
                           hint="the file is not an ONNX ModelProto, or it is truncated")
-    graph = _parse_graph(buf, graph_span, path)
+    return meta, graph_span
+
+
+def _walk(reader: _Reader, graph_span, want_subgraphs: bool):
+    """The field-by-field open: every node and tensor parsed, handles with their meta, layers."""
+    graph = _parse_graph(reader.src, graph_span, reader.path)
     arrays, layers = [], {}
     _collect(reader, graph, arrays, layers, want_subgraphs, owner=None)
-    init_names = {t.name for t in graph.initializers}
+    return arrays, layers, graph
+
+
+def _graph_meta(meta: dict, name: str, inputs: list, outputs: list, init_names: set) -> None:
+    """meta["graph"]: the graph's name, its real inputs (not initializers) and outputs."""
     meta["graph"] = {
-        "name": graph.name,
-        "inputs": [_describe(vi) for vi in graph.inputs if vi.get("name") not in init_names],
-        "outputs": [_describe(vi) for vi in graph.outputs],
+        "name": name,
+        "inputs": [_describe(vi) for vi in inputs if vi.get("name") not in init_names],
+        "outputs": [_describe(vi) for vi in outputs],
     }
-    reader.view.walking(False)  # readahead back on; drop the header pages the walk touched
-    return ArrayFile(path, NAME, arrays, meta=meta, layers=layers, closer=reader.close)
+
+
+def _open_fast(reader: _Reader, meta: dict, graph_span) -> ArrayFile | None:
+    return _onnx_fast.open_fast(reader, meta, graph_span)
 
 
 def _describe(vi: dict) -> dict:
@@ -604,7 +650,7 @@ def _describe(vi: dict) -> dict:
 
 def _collect(reader, graph: _Graph, arrays: list, layers: dict, want_subgraphs: bool, owner: str | None):
     """Add graph's initializers and Constant tensors (and its nodes as layers), then its subgraphs."""
-    path, buf = reader.path, reader.view.buf
+    path, buf = reader.path, reader.src
     if graph.sparse:
         raise UnsupportedError("sparse_initializer is not supported", file=path, offset=graph.sparse[0])
     node_keys = _node_keys(graph.nodes, layers)
@@ -692,3 +738,6 @@ def _array_meta(name, handle, source, uses, producers, owner) -> dict:
     if layout:
         meta["layout"] = layout
     return meta
+
+
+from . import _onnx_fast  # noqa: E402 - it uses this module's parsers; imported last (a cycle)

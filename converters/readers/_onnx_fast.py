@@ -1,0 +1,280 @@
+"""The ONNX reader's fast open: a graph of thousands of small tensors indexed with a few numpy
+passes instead of Python work per protobuf field.
+
+onnx_files' field-by-field walk (`_parse_graph` + `_collect`) costs ~30 us of Python per tensor:
+6x `onnx.load` on Paddle2ONNX-style exports of thousands of small Constant nodes. Here:
+  1. the graph's own fields are listed by one tight loop (`pw.message_table`);
+  2. all nodes, then all their attributes, then all tensors are walked at once (`pw.scan`: one
+     numpy step per field position, however many messages);
+  3. tensors are checked as arrays (dtype, dims, byte counts) and become `ArrayHandle.checked`
+     handles whose loader is `np.frombuffer` on the map;
+  4. roles, layouts and layers, which need every node's strings, are worked out on first access
+     (by the field-by-field walk, so they are exactly what it gives).
+What this path does not cover (subgraphs, sparse initializers, Constant nodes other than
+`value=tensor`, malformed fields) goes to the field-by-field walk for the whole file (`None`);
+tensors it does not cover (external data, varint or string fields, unknown dtypes, sizes that do
+not add up) go one by one to `onnx_files._parse_tensor` + `_Reader.handle`. So every error and
+edge case is that walk's.
+"""
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import numpy as np
+
+from ..arrays import ArrayFile, ArrayHandle
+from ..errors import FormatError, UnsupportedError
+from . import _protowire as pw
+from . import onnx_files as ox
+from ._limits import parser_errors
+
+LEN, VARINT, FIXED32 = pw.LEN, pw.VARINT, pw.FIXED32
+K_NAME, K_INIT, K_INPUT, K_OUTPUT, K_SPARSE = (f << 3 | LEN for f in (2, 5, 11, 12, 15))
+K_NODE = 1 << 3 | LEN
+_ATTR_WIRES = {1: (LEN,), 2: (FIXED32,), 3: (VARINT,), 4: (LEN,), 5: (LEN,), 7: (LEN, FIXED32), 8: (LEN, VARINT),
+               9: (LEN,)}
+"""AttributeProto field -> the wire types `onnx_files._parse_attribute` decodes (others: that walk)."""
+_TENSOR_WIRES = {1: VARINT, 2: VARINT, 4: LEN, 8: LEN, 9: LEN, 10: LEN}
+_TENSOR_ELSEWHERE = (ox.T_INT32, ox.T_STRING, ox.T_INT64, ox.T_UINT64, ox.T_EXTERNAL, ox.T_LOCATION)
+_PACKED = {ox.T_RAW: None, ox.T_FLOAT: ("float32", "complex64"), ox.T_DOUBLE: ("float64", "complex128")}
+"""Data fields read here as one memory-map view -> the dtypes they may hold (None: any)."""
+
+
+def open_fast(reader, meta: dict, graph_span) -> ArrayFile | None:
+    """The ArrayFile of an ONNX model, or None when the field-by-field walk must open it."""
+    gather = reader.gather()
+    try:
+        return _open(reader, gather, meta, graph_span)
+    finally:
+        del gather  # its array pins the memory map, which close() must be able to release
+
+
+def _open(reader, gather, meta, graph_span):
+    src, path = reader.src, reader.path
+    keys, starts, lens, _offs = (np.asarray(x, np.int64) for x in pw.message_table(src, *ox._end(graph_span), path))
+    if (keys == K_SPARSE).any():
+        return None
+    nodes = _Nodes(gather, starts[keys == K_NODE], lens[keys == K_NODE])
+    if not nodes.ok:
+        return None
+    init_start, init_len = starts[keys == K_INIT], lens[keys == K_INIT]
+    n_init, n_const = init_start.size, nodes.const_start.size
+    tensors = _Tensors(gather, np.concatenate((init_start, nodes.const_start, nodes.check_start)),
+                       np.concatenate((init_len, nodes.const_len, nodes.check_len)))
+    if tensors.complex[n_init + n_const:].any():  # a ConstantOfShape-style value the walk may reject
+        return None
+    names = _texts(gather, tensors.name_start[:n_init], tensors.name_len[:n_init]) + nodes.const_names
+    walked = {i: ox._parse_tensor(src, int(tensors.start[i]), int(tensors.length[i]), path)
+              for i in np.flatnonzero(tensors.complex).tolist()}
+    for i, t in walked.items():
+        if i < n_init:
+            names[i] = t.name
+    structure = _Structure(reader)
+    arrays, taken = [], set()
+    buf, meta_of = reader.view.buf, structure.meta_of
+    rows = zip(names, tensors.complex.tolist(), tensors.dtypes, tensors.shapes(), tensors.count.tolist(),
+               tensors.data_start.tolist())
+    for i, (name, walk, dtype, shape, count, offset) in enumerate(rows):
+        if name in taken:
+            raise FormatError("array name appears twice", file=path, array=name)
+        taken.add(name)
+        if walk:
+            handle = reader.handle(walked[i], name, {})
+            handle.meta = partial(meta_of, name)
+        else:
+            load = partial(np.ndarray, shape, dtype, buf, offset) if count else partial(np.zeros, shape, dtype)
+            handle = ArrayHandle.checked(name, shape, dtype, load, partial(meta_of, name))
+        arrays.append(handle)
+    graph_names = np.flatnonzero(keys == K_NAME)
+    graph_name = pw.text(src, (int(starts[graph_names[-1]]), int(lens[graph_names[-1]]))) if graph_names.size else ""
+    inputs = [ox._value_info(src, (int(s), int(n)), path) for s, n in zip(starts[keys == K_INPUT], lens[keys == K_INPUT])]
+    outputs = [ox._value_info(src, (int(s), int(n)), path) for s, n in zip(starts[keys == K_OUTPUT], lens[keys == K_OUTPUT])]
+    ox._graph_meta(meta, graph_name, inputs, outputs, set(names[:n_init]))
+    return ArrayFile(path, ox.NAME, arrays, meta=meta, layers=structure.layers, closer=reader.close)
+
+
+class _Nodes:
+    """Every NodeProto of a graph, walked at once: which are Constants (and their output names and
+    value tensors), and the `value` tensors of other nodes (ConstantOfShape), to be checked.
+    `ok` False: something only the field-by-field walk handles (a subgraph, an odd attribute)."""
+
+    def __init__(self, gather, starts, lens):
+        self.ok = False
+        self.const_start = self.const_len = self.check_start = self.check_len = np.zeros(0, np.int64)
+        self.const_names: list[str] = []
+        tab, slow = pw.scan(gather, starts, starts + lens)
+        if slow.size:
+            return
+        n = starts.size
+        msg, fld, is_len = tab["msg"], tab["field"], tab["wire"] == LEN
+        op_start, op_len = _last(tab, is_len & (fld == 4), n)
+        dom_start, dom_len = _last(tab, is_len & (fld == 7), n)
+        out_start, out_len = _last(tab, is_len & (fld == 2), n, first=True)
+        const = _equals(gather, op_start, op_len, b"Constant") & (out_len >= 0)
+        for i in np.flatnonzero(const & (dom_len > 0)).tolist():  # a domain other than the default
+            const[i] = _texts(gather, dom_start[i:i + 1], dom_len[i:i + 1])[0] in ("", "ai.onnx")
+        a = is_len & (fld == 5)
+        a_node, a_start, a_len = msg[a], tab["start"][a], tab["value"][a].astype(np.int64)
+        atab, slow = pw.scan(gather, a_start, a_start + a_len)
+        if slow.size or np.isin(atab["field"], (6, 11)).any():  # subgraphs
+            return
+        for f, wires in _ATTR_WIRES.items():
+            if ((atab["field"] == f) & ~np.isin(atab["wire"], wires)).any():
+                return
+        na = a_start.size
+        name_start, name_len = _last(atab, atab["field"] == 1, na, first=True)
+        t_start, t_len = _last(atab, atab["field"] == 5, na)
+        is_value = _equals(gather, name_start, name_len, b"value") & (t_len >= 0)
+        per_node = np.bincount(a_node, minlength=n)
+        c = np.flatnonzero(const)
+        if c.size:  # Constant nodes here hold exactly one attribute: value=<tensor>
+            first_attr = np.searchsorted(a_node, c)
+            if (per_node[c] != 1).any() or not is_value[first_attr].all():
+                return
+            self.const_start, self.const_len = t_start[first_attr], t_len[first_attr]
+            self.const_names = _texts(gather, out_start[c], out_len[c])
+        check = is_value & ~const[a_node]
+        self.check_start, self.check_len = t_start[check], t_len[check]
+        self.ok = True
+
+
+class _Tensors:
+    """Every TensorProto walked at once. `complex[i]`: left to the field-by-field walk; for the
+    others `dtypes`, `count`, `data_start` (a raw_data or packed float_data/double_data view)."""
+
+    def __init__(self, gather, starts, lens):
+        n = starts.size
+        self.start, self.length = starts, lens
+        tab, slow = pw.scan(gather, starts, starts + lens)
+        msg, fld, wire, val = tab["msg"], tab["field"], tab["wire"], tab["value"]
+        cx = np.zeros(n, bool)
+        cx[slow] = True
+        bad = np.isin(fld, _TENSOR_ELSEWHERE)
+        for f, w in _TENSOR_WIRES.items():
+            bad |= (fld == f) & (wire != w)
+        cx[msg[bad]] = True
+        data = np.isin(fld, tuple(_PACKED))
+        cx |= np.bincount(msg[data], minlength=n) != 1
+        self.data_field = np.zeros(n, np.int64)
+        self.data_field[msg[data]] = fld[data]
+        self.data_start, data_len = _last(tab, data, n)
+        _, codes = _last(tab, fld == 2, n)
+        cx |= codes < 0
+        self.name_start, self.name_len = _last(tab, fld == 8, n)
+        self.name_start = np.where(self.name_len < 0, 0, self.name_start)
+        self.name_len = np.maximum(self.name_len, 0)
+        dims = fld == 1
+        self._dmsg, self._dval = msg[dims], val[dims].astype(np.int64)
+        cx[self._dmsg[self._dval < 0]] = True
+        self.ndim = np.bincount(self._dmsg, minlength=n)
+        nonzero = np.ones(n)
+        np.multiply.at(nonzero, self._dmsg, np.maximum(self._dval, 1).astype(np.float64))
+        count = np.ones(n, np.int64)
+        np.multiply.at(count, self._dmsg, self._dval)
+        itemsize = np.zeros(n, np.int64)
+        self.dtypes: list = [None] * n
+        for code in np.unique(codes[~cx]).tolist():
+            rows = (codes == code) & ~cx
+            try:
+                dtype = ox._np_dtype(code, None, None, None)
+            except UnsupportedError:
+                dtype = None
+            if dtype is None or dtype.hasobject:
+                cx |= rows
+                continue
+            allowed = [f for f, names in _PACKED.items() if names is None or dtype.name in names]
+            cx |= rows & ~np.isin(self.data_field, allowed)
+            itemsize[rows] = dtype.itemsize
+            for i in np.flatnonzero(rows).tolist():
+                self.dtypes[i] = dtype
+        cx |= nonzero * np.maximum(itemsize, 1) > 2.0 ** 61  # element_count's bound, with room
+        cx |= data_len != count * itemsize
+        self.count, self.complex = count, cx
+
+    def shapes(self) -> list[tuple]:
+        dims = self._dval.tolist()
+        bounds = np.concatenate(([0], np.cumsum(self.ndim))).tolist()
+        return [tuple(dims[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _last(tab: dict, rows: np.ndarray, n: int, first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(start, value) per message of its last (or first) field among `rows`, -1 where it has none:
+    a LEN field's payload start and length, a VARINT's value. The table is in message-then-field
+    order, so a message's rows are together and in the order they appear."""
+    start, value = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    idx = np.flatnonzero(rows)
+    if idx.size:
+        m = tab["msg"][idx]
+        edge = m[1:] != m[:-1]
+        chosen = idx[np.concatenate(([True], edge)) if first else np.concatenate((edge, [True]))]
+        start[tab["msg"][chosen]] = tab["start"][chosen]
+        value[tab["msg"][chosen]] = tab["value"][chosen].astype(np.int64)
+    return start, value
+
+
+def _equals(gather, starts, lens, literal: bytes) -> np.ndarray:
+    """Which (start, length) spans hold exactly `literal`."""
+    out = lens == len(literal)
+    idx = np.flatnonzero(out)
+    if idx.size:
+        pos = starts[idx][:, None] + np.arange(len(literal))
+        out[idx] = (gather(pos.reshape(-1)).reshape(pos.shape) == np.frombuffer(literal, np.uint8)).all(axis=1)
+    return out
+
+
+def _texts(gather, starts, lens) -> list[str]:
+    """The UTF-8 strings at (start, length) spans, bad bytes replaced (as pw.text does)."""
+    lens = np.asarray(lens, np.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return [""] * lens.size
+    ends = np.cumsum(lens)
+    offs = ends - lens
+    blob = gather(np.repeat(np.asarray(starts, np.int64) - offs, lens) + np.arange(total)).tobytes()
+    pairs = zip(offs.tolist(), ends.tolist())
+    if blob.isascii():
+        text = blob.decode("ascii")
+        return [text[a:b] for a, b in pairs]
+    return [blob[a:b].decode("utf-8", errors="replace") for a, b in pairs]
+
+
+class _Structure:
+    """Layers and per-array meta (roles, layouts, consumers), built on first access by the
+    field-by-field walk. After the file was closed the walk reopens it, and refuses a file that
+    changed on disk meanwhile."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        st = os.stat(reader.path)
+        self.stamp = (st.st_size, st.st_mtime_ns)
+        self._meta: dict | None = None
+        self._layers: dict = {}
+
+    def meta_of(self, name: str) -> dict:
+        self._build()
+        return self._meta[name]
+
+    def layers(self) -> dict:
+        self._build()
+        return self._layers
+
+    def _build(self) -> None:
+        if self._meta is not None:
+            return
+        reader, path, temp = self.reader, self.reader.path, None
+        with parser_errors(path, "ONNX model"):
+            if reader.closed:
+                st = os.stat(path)
+                if (st.st_size, st.st_mtime_ns) != self.stamp:
+                    raise FormatError("the file changed on disk after it was opened", file=path,
+                                      hint="open it again to read its layers and array metadata")
+                reader = temp = ox._Reader(path, reader.allow_outside)
+            try:
+                _meta, graph_span = ox._model_fields(reader)
+                arrays, layers, _graph = ox._walk(reader, graph_span, want_subgraphs=True)
+            finally:
+                if temp is not None:
+                    temp.close()
+        self._meta = {a.name: a.meta for a in arrays}
+        self._layers = layers
