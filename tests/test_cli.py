@@ -278,3 +278,47 @@ def test_signal_handlers_are_restored_after_a_command(capsys):
     before = signal.getsignal(signal.SIGTERM)
     assert run(capsys, "maps")[0] == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_json_never_swallows_a_source_path(tmp_path, capsys):
+    """`--json` takes no value: the word after it stays a positional (the source here), the old
+    spelling of a JSON path is named, and `--json=PATH`/`--json-out PATH` write files."""
+    code, out, err = run(capsys, "inspect", "--json", PNET)
+    assert code == 0 and [a["name"] for a in json.loads(out)][0] == "conv1/0", err
+    out_file = tmp_path / "p.pth"
+    code, out, err = run(capsys, "--from", "caffe", "--map", TABLE, "--json", PNET, out_file)
+    assert code == 0 and json.loads(out)["ok"] is True and out_file.exists(), err
+    for how in (["--json=" + str(tmp_path / "a.json")], ["--json-out", tmp_path / "a.json"]):
+        (tmp_path / "a.json").unlink(missing_ok=True)
+        code, out, err = run(capsys, "inspect", PNET, *how)
+        assert code == 0 and out == "" and len(json.loads((tmp_path / "a.json").read_text())) == 13, how
+    code, out, err = run(capsys, "inspect", PNET, "--json=" + str(tmp_path / "a.json"))  # a JSON file: replaced
+    assert code == 0
+    code, out, err = run(capsys, "inspect", PNET, "--json", "-")
+    assert code == 0 and json.loads(out)
+    code, out, err = run(capsys, "inspect", PNET, "--json", tmp_path / "new.json")
+    assert code == 2 and "--json takes no value" in err and f"--json={tmp_path / 'new.json'}" in err
+    assert not (tmp_path / "new.json").exists()
+    code, out, err = run(capsys, "inspect", PNET, "--json=")
+    assert code == 2 and "needs a PATH" in err
+
+
+@pytest.mark.parametrize("victim", ["input", "foreign"])
+def test_json_output_never_overwrites_an_input(tmp_path, capsys, victim):
+    """The JSON path is the source itself, or an existing file that is not JSON: refused, untouched."""
+    source = tmp_path / "det1.caffemodel"
+    source.write_bytes(PNET.read_bytes())
+    target = source if victim == "input" else _earlier_conversion(tmp_path)
+    before = target.read_bytes()
+    code, out, err = run(capsys, "inspect", source, f"--json={target}")
+    assert code == 2 and ("also an input" if victim == "input" else "is not JSON") in err, err
+    assert target.read_bytes() == before
+    code, out, err = run(capsys, "inspect", source, "--json-out", target)
+    assert code == 2 and target.read_bytes() == before
+
+
+def _earlier_conversion(tmp_path):
+    """A weight file that is not one of the command's inputs (an earlier conversion)."""
+    path = tmp_path / "earlier.pth"
+    assert main(["--from", "caffe", "--map", TABLE, str(PNET), str(path), "-q"]) == 0
+    return path

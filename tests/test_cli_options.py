@@ -107,7 +107,7 @@ def _onnx_with_outside_data(tmp_path):
 def test_allow_outside_false_reads_nothing_outside(tmp_path, capsys):
     path = _onnx_with_outside_data(tmp_path)
     out_file = tmp_path / "out.npz"
-    code, out, err = run(capsys, "inspect", path, "--option", "allow_outside=false", "--json", out_file)
+    code, out, err = run(capsys, "inspect", path, "--option", "allow_outside=false", "--json-out", out_file)
     assert code == 2 and "outside the model's directory" in err
     assert not out_file.exists()
     code, out, err = run(capsys, "inspect", path, "--option", "allow_outside=true", "--json", "-")

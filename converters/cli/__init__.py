@@ -170,8 +170,11 @@ def main(argv=None) -> int:
             return 2
         if argv[0] not in names:
             argv = [DEFAULT, *argv]
+        from . import args as A
+
         # positionals may come between options (`IN --map T OUT`), as people type them
-        args = build_parser(prog, only=argv[0]).commands[argv[0]].parse_intermixed_args(argv[1:])
+        args = build_parser(prog, only=argv[0]).commands[argv[0]].parse_intermixed_args(A.json_argv(argv[1:]))
+        A.check_json_path(args)
         with _terminate_by_raising():
             return args._run(args)
     except ConvertersError as e:

@@ -3,12 +3,16 @@
 `--option KEY=VALUE` values are typed (`true`/`false`, integers, floats, else the text), so
 `allow_pickle=false` is False and not the truthy string "false"; the reader then checks the key
 and the type against its OPTIONS (converters/readers/__init__.py).
+
+`--json` takes no value (JSON on stdout); `--json=PATH` and `--json-out PATH` write a file. An
+optional value would swallow the word after it: `--json model.h5` read the source as the path.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import re
 import sys
 import threading
@@ -96,8 +100,54 @@ def add_input_shape(p, help="input shape, e.g. 1,3,224,224 (or 1x3x224x224)") ->
     p.add_argument("--input-shape", type=shape, metavar="SHAPE", help=help)
 
 
-def add_json(p, help="print the result as JSON (or write it to PATH; '-' is stdout)") -> None:
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH", help=help)
+def add_json(p, help="print the result as JSON") -> None:
+    p.add_argument("--json", action="store_const", const="-", default=None,
+                   help=f"{help}, on stdout alone (--json=PATH or --json-out PATH: to a file)")
+    p.add_argument("--json-out", dest="json", metavar="PATH", help="write that JSON to PATH instead ('-': stdout)")
+
+
+def json_argv(argv: list) -> list:
+    """`--json=PATH` -> `--json-out PATH` and `--json -` -> `--json-out -` (argparse refuses a
+    value on a flag); `--json X.json` with no such file is refused: meant as a path, not a source."""
+    out = []
+    for i, word in enumerate(argv):
+        if word == "--":
+            return out + argv[i:]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if word.startswith("--json="):
+            out += ["--json-out", word[len("--json="):]]
+        elif word == "--json" and nxt == "-":
+            out.append("--json-out")
+        elif word == "--json" and nxt and nxt.lower().endswith(".json") and not os.path.exists(nxt):
+            raise ConvertersError(f"--json takes no value, and {nxt} is not an existing input",
+                                  hint=f"write --json={nxt} (or --json-out {nxt}) to save the JSON there")
+        else:
+            out.append(word)
+    return out
+
+
+def check_json_path(args) -> None:
+    """The JSON output must not overwrite an input: refused when it is one of the command's
+    paths, or an existing file that is not JSON text (a weight file given by mistake)."""
+    path = getattr(args, "json", None)
+    if path in (None, "-"):
+        return
+    if not path:
+        raise ConvertersError("--json= needs a PATH", hint="--json alone prints the JSON on stdout")
+    if not os.path.isfile(path):
+        return
+    inputs = [v for k, v in vars(args).items() if k != "json" for v in (v if isinstance(v, list) else [v])
+              if isinstance(v, str)]
+    inputs += [v.partition("=")[2] for v in inputs if "=" in v]  # --option symbol=net-symbol.json
+    if any(os.path.isfile(v) and os.path.samefile(v, path) for v in inputs):
+        raise ConvertersError(f"the JSON output {path} is also an input of this command; refusing to overwrite it",
+                              hint="give --json=PATH a new file, or --json alone for stdout")
+    with open(path, "rb") as fh:
+        head = fh.read(256).lstrip()
+    if head and head[:1] not in (b"{", b"["):
+        raise ConvertersError(f"the JSON output {path} exists and is not JSON (an input file?); refusing to "
+                              "overwrite it", hint="--json takes no value: --json alone prints to stdout, "
+                              "--json=PATH writes a new file")
 
 
 def add_quiet(p, help="print only errors and the verdict") -> None:

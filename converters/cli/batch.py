@@ -16,8 +16,8 @@ def add_arguments(p) -> None:
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local process pool (default) or Ray tasks (RAY_ADDRESS picks a cluster)")
     p.add_argument("--force", action="store_true", help="reconvert outputs that are up to date")
-    p.add_argument("--report", metavar="PATH", dest="json", help="write the JSON report ('-': stdout)")
-    A.add_json(p, help="print the JSON report (or write it to PATH); same as --report")
+    p.add_argument("--report", metavar="PATH", dest="json", help="write the JSON report to PATH ('-': stdout); same as --json-out")
+    A.add_json(p, help="print the JSON report")
     A.add_quiet(p)
 
 

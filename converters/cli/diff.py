@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--rename", action="append", default=[], metavar="REGEX=REPL",
                    help="rewrite B's names with re.sub before matching (repeatable, applied in order)")
     p.add_argument("--ignore-dtype", action="store_true", help="equal values in different dtypes count as same")
-    A.add_json(p, help="print the report as JSON (or write it to PATH)")
+    A.add_json(p, help="print the report as JSON")
     A.add_quiet(p, help="print only the verdict line")
     p.set_defaults(_parser=p)
 

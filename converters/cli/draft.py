@@ -31,7 +31,7 @@ def add_arguments(p) -> None:
                    "rule reproduce its tensors bit for bit (layout steps searched), say where none does")
     p.add_argument("--base", metavar="TABLE", help="start from this table: its rules, ignores and fills are kept, "
                    "only what it leaves open is drafted")
-    A.add_json(p, help="print the draft's summary (matches, confidence, unmatched) as JSON (or write it to PATH)")
+    A.add_json(p, help="print the draft's summary (matches, confidence, unmatched) as JSON")
     A.add_quiet(p, help="print only the table (without -o) or nothing (with -o)")
 
 

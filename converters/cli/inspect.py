@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
     A.add_from(p)
     p.add_argument("--filter", metavar="REGEX", help="only arrays whose name matches (re.search)")
     A.add_option(p)
-    A.add_json(p, help="print a JSON list of the arrays instead of a table (or write it to PATH)")
+    A.add_json(p, help="print a JSON list of the arrays instead of a table")
     A.add_quiet(p, help="print only the totals line")
 
 

@@ -10,7 +10,7 @@ HELP = "list the shipped mapping tables"
 
 
 def add_arguments(p) -> None:
-    A.add_json(p, help="print the tables as JSON (or write them to PATH)")
+    A.add_json(p, help="print the tables as JSON")
     A.add_quiet(p, help="print the table names only")
 
 

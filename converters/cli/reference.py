@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
     p.add_argument("--taps", default="mapped", help="mapped (default), all, none, or a comma-separated list of layers")
     A.add_target(p, help="package.module:callable (to pair layers when the table names no target)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    A.add_json(p, help="print the written file's metadata as JSON (or write it to PATH)")
+    A.add_json(p, help="print the written file's metadata as JSON")
     A.add_quiet(p, help="print nothing on success")
 
 

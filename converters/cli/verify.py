@@ -47,7 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--float64", action="store_true", help="run the PyTorch side in float64")
     p.add_argument("--localise", choices=("auto", "always", "never"), default="auto",
                    help="compare intermediate activations when an output differs (auto), always, or never")
-    A.add_json(p, help="write the report as JSON to PATH ('-' or no PATH: stdout)")
+    A.add_json(p, help="print the report as JSON")
     p.add_argument("--html", metavar="PATH", help="write the report as a standalone HTML page ('-': stdout)")
     p.add_argument("--plot", metavar="PNG", help="write the per-layer error plot (needs matplotlib)")
     A.add_quiet(p, help="print only the verdict line")
