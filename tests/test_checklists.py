@@ -18,10 +18,7 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 DOCS_MAPPING = ROOT / "docs/mapping.md"
 
-KNOWN_GAPS = {
-    "draft test": {"caffe/res10_ssd": "no draft test drafts the res10 SSD yet",
-                   "keras/fer_mini_xception": "no draft test drafts the FER mini-Xception yet"},
-}
+KNOWN_GAPS: dict = {}
 
 
 def _text(pattern: str) -> str:
