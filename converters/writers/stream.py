@@ -2,31 +2,31 @@
 
 Both output formats know every tensor's name, shape and dtype up front, so the header (safetensors
 JSON, torch pickle + zip records) is laid out first and each tensor's bytes go to a known offset.
-A tensor of at least MAP_MIN_BYTES is written through a memory map of its own window of the
-output: the transform's last copy (a transpose, a cast) lands in the file's page-cache pages
-directly, with no intermediate array and no write() copy. Its CRC (torch zip) and the unmapping run
-on a helper thread while the next tensor is made; at most two windows are mapped at once, and no
-output tensor is ever held in anonymous memory. Smaller tensors are made in memory and pwritten.
+Tensors move in chunks of CHUNK_BYTES through a two-stage pipeline: this thread makes chunk k+1
+(the transform's last copy -- a transpose, a cast -- goes straight from the source view into a
+reused chunk buffer) while a writer thread pwrites (and, for the torch zip, CRCs) chunk k; torch's
+copy, os.pwrite and zlib.crc32 all release the GIL. A C-contiguous little-endian value (a tensor
+that needs no transform) is pwritten from its own memory, with no copy at all. So no output
+tensor is ever held whole in memory: the writer's own memory is two chunk buffers.
 
 An entry is (name, shape, dtype, produce) or (name, shape, dtype, produce, source): produce() ->
 array; source() -> a context manager yielding the value as it is (a view of the input file, say),
-valid until the context exits, for the writer to copy from.
+valid until the context exits. The writer prefers `source` when there is one.
 """
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
-import mmap
 import os
+import queue
+import threading
 import zlib
 
 import numpy as np
 
-from ..arrays import c_contiguous
 from ..errors import ConvertersError
 from ..mapping.materialise import copy_into
 
-MAP_MIN_BYTES = 1 << 20
+CHUNK_BYTES = 4 << 20
+_BUFFERS = 2
 
 
 def little(dtype) -> np.dtype:
@@ -40,31 +40,24 @@ def nbytes(shape, dtype) -> int:
 
 
 def write_tensors(fd: int, entries, offsets, *, checksum: bool = False, progress=None) -> list[int]:
-    """Write every entry's bytes at its offset in `fd` (already long enough for the mapped ones);
-    returns each tensor's CRC32 when `checksum`, else zeros."""
+    """Write every entry's bytes at its offset in `fd`; returns each tensor's CRC32 when
+    `checksum`, else zeros."""
     crcs = [0] * len(entries)
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="converters-writer") as pool:
-        pending = None
-        try:
-            for i, (entry, offset) in enumerate(zip(entries, offsets)):
-                name, shape, dtype, produce, *rest = entry
-                source = rest[0] if rest else None
-                n = nbytes(shape, dtype)
-                if n >= MAP_MIN_BYTES:
-                    mm, delta = _mapped_fill(fd, offset, n, name, tuple(shape), np.dtype(dtype), produce, source)
-                    if pending is not None:
-                        pending.result()
-                    pending = pool.submit(_finish, mm, delta, n, checksum, crcs, i)
-                else:
-                    data = _bytes_of(_checked(produce(), name, shape, dtype))
-                    _pwrite_all(fd, data, offset)
-                    if checksum:
-                        crcs[i] = zlib.crc32(data)
-                if progress is not None:
-                    progress.update(1)
-        finally:
-            if pending is not None:
-                pending.result()
+    pipe = _Pipeline(fd, crcs, checksum)
+    try:
+        for i, (entry, offset) in enumerate(zip(entries, offsets)):
+            name, shape, dtype, produce, *rest = entry
+            if rest and rest[0] is not None:
+                with rest[0]() as value:
+                    _write_value(pipe, _checked(value, name, shape, dtype), offset, i)
+            else:
+                _write_value(pipe, _checked(produce(), name, shape, dtype), offset, i)
+            if progress is not None:
+                progress.update(1)
+    except BaseException:
+        pipe.close(check=False)  # the caller's error is the one to report
+        raise
+    pipe.close()
     return crcs
 
 
@@ -76,45 +69,84 @@ def _checked(value, name, shape, dtype) -> np.ndarray:
     return arr
 
 
-def _bytes_of(arr: np.ndarray) -> memoryview:
-    arr = c_contiguous(arr)
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(little(arr.dtype))
-    return memoryview(arr.reshape(-1).view(np.uint8))
+def _write_value(pipe, value: np.ndarray, offset: int, i: int) -> None:
+    """Queue `value`'s little-endian bytes for offset, in chunks: from its own memory when it is
+    already laid out as stored, else copied chunk by chunk (along the first axis) into buffers."""
+    dtype = little(value.dtype)
+    if value.size == 0:
+        return
+    if value.flags.c_contiguous and value.dtype == dtype:
+        flat = value.reshape(-1).view(np.uint8)
+        for start in range(0, flat.nbytes, CHUNK_BYTES):
+            pipe.submit(flat[start:start + CHUNK_BYTES], offset + start, i)
+        return
+    if value.ndim == 0:
+        value = value.reshape(1)
+    row = value.nbytes // value.shape[0]
+    per = max(1, CHUNK_BYTES // row)
+    for r in range(0, value.shape[0], per):
+        part = value[r:r + per]
+        buf = pipe.buffer(part.nbytes)
+        copy_into(buf[:part.nbytes].view(dtype).reshape(part.shape), part)
+        pipe.submit(buf[:part.nbytes], offset + r * row, i, buf)
 
 
-def _pwrite_all(fd, data: memoryview, offset: int) -> None:
+def _pwrite_all(fd, data, offset: int) -> None:
+    data = memoryview(data)
     while len(data):
         done = os.pwrite(fd, data, offset)
         data, offset = data[done:], offset + done
 
 
-def _mapped_fill(fd, offset, n, name, shape, dtype, produce, source):
-    """Map the window [offset, offset + n) and copy the tensor into it; returns (map, offset in map)."""
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    mm = mmap.mmap(fd, offset - start + n, offset=start)
-    try:
-        dest = np.frombuffer(mm, np.uint8, n, offset - start).view(little(dtype)).reshape(shape)
-        try:
-            if source is not None:
-                with source() as value:
-                    copy_into(dest, _checked(value, name, shape, dtype))
-            else:
-                copy_into(dest, _checked(produce(), name, shape, dtype))
-        finally:
-            del dest
-    except BaseException:
-        with contextlib.suppress(BufferError):  # a traceback may still reference a view of the map
-            mm.close()
-        raise
-    return mm, offset - start
+class _Pipeline:
+    """A writer thread that pwrites (and CRCs) chunks in submission order while the caller makes
+    the next one; chunk buffers go back to the caller once written."""
 
+    def __init__(self, fd, crcs, checksum):
+        self.fd, self.crcs, self.checksum, self.error = fd, crcs, checksum, None
+        self.free = queue.SimpleQueue()
+        self.spare = _BUFFERS  # buffers not allocated yet: a file of small tensors never needs them
+        self.work = queue.Queue(maxsize=2 * _BUFFERS)
+        self.thread = threading.Thread(target=self._run, name="converters-writer", daemon=True)
+        self.thread.start()
 
-def _finish(mm, delta, n, checksum, crcs, i) -> None:
-    """The tensor's CRC32 (zlib releases the GIL), then unmap: its dirty pages stay in the page cache."""
-    try:
-        if checksum:
-            with memoryview(mm) as view:
-                crcs[i] = zlib.crc32(view[delta:delta + n])
-    finally:
-        mm.close()
+    def buffer(self, n: int) -> np.ndarray:
+        """A chunk buffer of at least n bytes (a one-off buffer for a chunk larger than CHUNK_BYTES:
+        a single row that long)."""
+        self._raise()
+        if n > CHUNK_BYTES:
+            return np.empty(n, np.uint8)
+        if self.spare:
+            self.spare -= 1
+            return np.empty(CHUNK_BYTES, np.uint8)
+        return self.free.get()
+
+    def submit(self, data: np.ndarray, offset: int, i: int, buf=None) -> None:
+        self._raise()
+        self.work.put((data, offset, i, buf))
+
+    def _run(self):
+        while (item := self.work.get()) is not None:
+            data, offset, i, buf = item
+            try:
+                if self.error is None:
+                    _pwrite_all(self.fd, data, offset)
+                    if self.checksum:
+                        self.crcs[i] = zlib.crc32(data, self.crcs[i])
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                self.error = e
+            finally:
+                del data, item
+                if buf is not None and buf.nbytes == CHUNK_BYTES:
+                    self.free.put(buf)
+                buf = None
+
+    def _raise(self):
+        if self.error is not None:
+            raise self.error
+
+    def close(self, check: bool = True):
+        self.work.put(None)
+        self.thread.join()
+        if check:
+            self._raise()
