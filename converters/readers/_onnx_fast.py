@@ -41,6 +41,22 @@ _PACKED = {ox.T_RAW: None, ox.T_FLOAT: ("float32", "complex64"), ox.T_DOUBLE: ("
 """Data fields read here as one memory-map view -> the dtypes they may hold (None: any)."""
 
 
+def _wire_table(allowed: dict, refused=()) -> np.ndarray:
+    """[field, wire] -> may this path take it; fields past the table share its last row (any wire)."""
+    table = np.ones((max(max(allowed), *refused, 0) + 2, 8), bool)
+    for f, wires in allowed.items():
+        table[f] = False
+        table[f, list(wires)] = True
+    table[list(refused)] = False
+    return table
+
+
+_ATTR_OK = _wire_table(_ATTR_WIRES, refused=(6, 11))  # graph attributes: subgraphs
+_TENSOR_OK = _wire_table({f: (w,) for f, w in _TENSOR_WIRES.items()}, refused=_TENSOR_ELSEWHERE)
+_IS_DATA = np.zeros(_TENSOR_OK.shape[0], bool)
+_IS_DATA[list(_PACKED)] = True
+
+
 def open_fast(reader, meta: dict, graph_span) -> ArrayFile | None:
     """The ArrayFile of an ONNX model, or None when the field-by-field walk must open it."""
     gather = reader.gather()
@@ -55,12 +71,12 @@ def _open(reader, gather, meta, graph_span):
     keys, starts, lens, _offs = (np.asarray(x, np.int64) for x in pw.message_table(src, *ox._end(graph_span), path))
     if (keys == K_SPARSE).any():
         return None
-    nodes = _Nodes(gather, starts[keys == K_NODE], lens[keys == K_NODE])
+    nodes = _Nodes(gather, src, starts[keys == K_NODE], lens[keys == K_NODE])
     if not nodes.ok:
         return None
     init_start, init_len = starts[keys == K_INIT], lens[keys == K_INIT]
     n_init, n_const = init_start.size, nodes.const_start.size
-    tensors = _Tensors(gather, np.concatenate((init_start, nodes.const_start, nodes.check_start)),
+    tensors = _Tensors(gather, src, np.concatenate((init_start, nodes.const_start, nodes.check_start)),
                        np.concatenate((init_len, nodes.const_len, nodes.check_len)))
     if tensors.complex[n_init + n_const:].any():  # a ConstantOfShape-style value the walk may reject
         return None
@@ -99,11 +115,11 @@ class _Nodes:
     value tensors), and the `value` tensors of other nodes (ConstantOfShape), to be checked.
     `ok` False: something only the field-by-field walk handles (a subgraph, an odd attribute)."""
 
-    def __init__(self, gather, starts, lens):
+    def __init__(self, gather, buf, starts, lens):
         self.ok = False
         self.const_start = self.const_len = self.check_start = self.check_len = np.zeros(0, np.int64)
         self.const_names: list[str] = []
-        tab, slow = pw.scan(gather, starts, starts + lens)
+        tab, slow = pw.scan(gather, starts, starts + lens, buf)
         if slow.size:
             return
         n = starts.size
@@ -116,12 +132,10 @@ class _Nodes:
             const[i] = _texts(gather, dom_start[i:i + 1], dom_len[i:i + 1])[0] in ("", "ai.onnx")
         a = is_len & (fld == 5)
         a_node, a_start, a_len = msg[a], tab["start"][a], tab["value"][a].astype(np.int64)
-        atab, slow = pw.scan(gather, a_start, a_start + a_len)
-        if slow.size or np.isin(atab["field"], (6, 11)).any():  # subgraphs
+        atab, slow = pw.scan(gather, a_start, a_start + a_len, buf)
+        afield = np.minimum(atab["field"], _ATTR_OK.shape[0] - 1)
+        if slow.size or not _ATTR_OK[afield, atab["wire"]].all():  # subgraphs, odd wire types
             return
-        for f, wires in _ATTR_WIRES.items():
-            if ((atab["field"] == f) & ~np.isin(atab["wire"], wires)).any():
-                return
         na = a_start.size
         name_start, name_len = _last(atab, atab["field"] == 1, na, first=True)
         t_start, t_len = _last(atab, atab["field"] == 5, na)
@@ -143,18 +157,16 @@ class _Tensors:
     """Every TensorProto walked at once. `complex[i]`: left to the field-by-field walk; for the
     others `dtypes`, `count`, `data_start` (a raw_data or packed float_data/double_data view)."""
 
-    def __init__(self, gather, starts, lens):
+    def __init__(self, gather, buf, starts, lens):
         n = starts.size
         self.start, self.length = starts, lens
-        tab, slow = pw.scan(gather, starts, starts + lens)
+        tab, slow = pw.scan(gather, starts, starts + lens, buf)
         msg, fld, wire, val = tab["msg"], tab["field"], tab["wire"], tab["value"]
         cx = np.zeros(n, bool)
         cx[slow] = True
-        bad = np.isin(fld, _TENSOR_ELSEWHERE)
-        for f, w in _TENSOR_WIRES.items():
-            bad |= (fld == f) & (wire != w)
-        cx[msg[bad]] = True
-        data = np.isin(fld, tuple(_PACKED))
+        fld_c = np.minimum(fld, _TENSOR_OK.shape[0] - 1)
+        cx[msg[~_TENSOR_OK[fld_c, wire]]] = True
+        data = _IS_DATA[fld_c]
         cx |= np.bincount(msg[data], minlength=n) != 1
         self.data_field = np.zeros(n, np.int64)
         self.data_field[msg[data]] = fld[data]
@@ -174,7 +186,7 @@ class _Tensors:
         np.multiply.at(count, self._dmsg, self._dval)
         itemsize = np.zeros(n, np.int64)
         self.dtypes: list = [None] * n
-        for code in np.unique(codes[~cx]).tolist():
+        for code in sorted(set(codes[~cx].tolist())):  # (np.unique imports numpy.ma on first use: 7 ms)
             rows = (codes == code) & ~cx
             try:
                 dtype = ox._np_dtype(code, None, None, None)
@@ -184,7 +196,7 @@ class _Tensors:
                 cx |= rows
                 continue
             allowed = [f for f, names in _PACKED.items() if names is None or dtype.name in names]
-            cx |= rows & ~np.isin(self.data_field, allowed)
+            cx |= rows & ~np.isin(self.data_field, allowed)  # a handful of rows: isin is fine
             itemsize[rows] = dtype.itemsize
             for i in np.flatnonzero(rows).tolist():
                 self.dtypes[i] = dtype

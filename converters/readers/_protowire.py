@@ -148,7 +148,7 @@ def f64(value: int) -> float:
 def message_table(buf, start: int, end: int, file=None) -> tuple[list, list, list, list]:
     """(keys, starts, lengths, offsets) of one message's LEN fields (key = field << 3 | 2), in order.
 
-    The same walk as iter_fields with one- and two-byte varints inlined, for messages of thousands
+    The same walk as iter_fields with one-byte keys and lengths inlined, for messages of thousands
     of fields (an ONNX graph's nodes and initializers). Any field that is not a LEN field, or
     anything malformed, and the message is walked again with iter_fields, which names the error
     (and its non-LEN fields are left out here too)."""
@@ -164,11 +164,7 @@ def message_table(buf, start: int, end: int, file=None) -> tuple[list, list, lis
             if n < 0x80:
                 pos += 2
             else:
-                n2 = buf[pos + 2]
-                if n2 >= 0x80:
-                    raise _Slow
-                n = (n & 0x7F) | n2 << 7
-                pos += 3
+                n, pos = read_varint(buf, pos + 1, end, file)
             if pos + n > end:
                 raise _Slow
             keys.append(key)
@@ -176,7 +172,7 @@ def message_table(buf, start: int, end: int, file=None) -> tuple[list, list, lis
             lengths.append(n)
             offsets.append(off)
             pos += n
-    except (_Slow, IndexError):
+    except (_Slow, IndexError, FormatError):
         keys, starts, lengths, offsets = [], [], [], []
         for f, w, v, off in iter_fields(buf, start, end, file):
             if w == LEN:
@@ -192,46 +188,54 @@ class _Slow(Exception):
 
 
 def _varints_at(gather, p, end):
-    """The varints starting at positions p (each < its end): values, positions after, and which
-    decoded cleanly. Varints past 64 bits or running past their message's end count as not clean:
-    the caller walks those messages one field at a time (read_varint names the error)."""
+    """The varints starting at positions p (each < its end): values (uint64), positions after, and
+    a mask of those that did not decode cleanly (None: all did). Varints past 64 bits or running
+    past their message's end are not clean: the caller walks those messages with iter_fields."""
     b = gather(p)
     val = (b & 0x7F).astype(np.uint64)
+    more = np.flatnonzero(b >= 0x80)
+    if not more.size:
+        return val, p + 1, None
     nxt = p + 1
-    ok = np.ones(p.size, bool)
-    more = np.flatnonzero(b & 0x80)
+    bad = np.zeros(p.size, bool)
     k = 1
     while more.size:
         if k == 10:  # an eleventh byte
-            ok[more] = False
+            bad[more] = True
             break
         q = p[more] + k
         inside = q < end[more]
         if not inside.all():
-            ok[more[~inside]] = False
+            bad[more[~inside]] = True
             more, q = more[inside], q[inside]
         bb = gather(q)
-        if k == 9:  # the tenth byte holds bit 63 only (0x80 | 0x01 for a negative int64)
-            wide = (bb & 0x7E) != 0
-            ok[more[wide]] = False
+        if k == 9:  # the tenth byte holds bit 63 only (0x01 for a negative int64)
+            bad[more[(bb & 0x7E) != 0]] = True
         val[more] |= (bb & 0x7F).astype(np.uint64) << np.uint64(7 * k)
         nxt[more] = q + 1
-        more = more[(bb & 0x80) != 0]
+        more = more[bb >= 0x80]
         k += 1
-    return val, nxt, ok
+    return val, nxt, bad
 
 
-def scan(gather, starts, ends, max_steps: int = 48) -> tuple[dict, np.ndarray]:
+_WIRE_OK = np.array([True, True, True, False, False, True, False, False])  # VARINT FIXED64 LEN FIXED32
+SCAN_TAIL = 24
+"""When fewer messages than this are left, scan finishes them with iter_fields: a numpy step costs
+about as much as walking a few dozen fields in Python."""
+
+
+def scan(gather, starts, ends, buf=None, max_steps: int = 64) -> tuple[dict, np.ndarray]:
     """Walk many messages at once, one field of every message per step, in numpy.
 
     gather(positions) -> uint8 bytes at those file positions. Returns (table, slow): table holds
     equal-length arrays, ordered by message then field order: `msg` (index into starts), `field`,
     `wire`, `value` (a VARINT's or FIXED's value; a LEN field's length), `start` (where a LEN
     field's payload starts) and `offset` (where the field starts). `slow` lists the messages left
-    out: malformed ones, groups, ten-byte varints, more than max_steps fields. Their caller walks
-    them with iter_fields, which decodes every case and names the error of a malformed one.
+    out: malformed ones, groups, more than max_steps fields. Their caller walks them with
+    iter_fields, which decodes every case and names the error of a malformed one. Given `buf`,
+    the last few messages of a long tail are walked with iter_fields here (SCAN_TAIL).
     The cost is numpy calls per step, not Python work per field: thousands of small tensors or
-    nodes take about as long as one."""
+    nodes take little longer than a few."""
     starts = np.asarray(starts, np.int64)
     ends = np.asarray(ends, np.int64)
     slow = np.zeros(starts.size, bool)
@@ -241,52 +245,93 @@ def scan(gather, starts, ends, max_steps: int = 48) -> tuple[dict, np.ndarray]:
     for _step in range(max_steps):
         if not active.size:
             break
+        if buf is not None and active.size < SCAN_TAIL:
+            parts.append(_tail(buf, active, pos, ends, slow))
+            active = active[:0]
+            break
         p, e = pos[active], ends[active]
-        key, after, ok = _varints_at(gather, p, e)
-        wire = (key & np.uint64(7)).astype(np.int64)
-        field = (key >> np.uint64(3)).astype(np.int64)
-        ok &= (field != 0) & ((wire == VARINT) | (wire == LEN) | (wire == FIXED32) | (wire == FIXED64))
+        key, after, bad = _varints_at(gather, p, e)
+        key = key.astype(np.int64)  # keys past 2**63 come out negative: field <= 0, refused
+        wire, field = key & 7, key >> 3
+        refused = (field <= 0) | ~_WIRE_OK[wire]
+        bad = refused if bad is None else bad | refused
         value = np.zeros(p.size, np.uint64)
         nxt = after.copy()
-        has_varint = np.flatnonzero(ok & ((wire == VARINT) | (wire == LEN)))
-        if has_varint.size:
-            inside = after[has_varint] < e[has_varint]
-            ok[has_varint[~inside]] = False
-            has_varint = has_varint[inside]
-            v, q, okv = _varints_at(gather, after[has_varint], e[has_varint])
-            ok[has_varint[~okv]] = False
-            value[has_varint] = v
-            nxt[has_varint] = q
-            after[has_varint] = q
-            is_len = wire[has_varint] == LEN
-            li = has_varint[is_len]
-            room = (e[li] - q[is_len]).astype(np.uint64)
-            fits = v[is_len] <= room
-            ok[li[~fits]] = False
-            nxt[li[fits]] = q[is_len][fits] + v[is_len][fits].astype(np.int64)
-        for w, width in ((FIXED32, 4), (FIXED64, 8)):
-            fx = np.flatnonzero(ok & (wire == w))
-            if fx.size:
-                fits = after[fx] + width <= e[fx]
-                ok[fx[~fits]] = False
-                fx = fx[fits]
-                for k in range(width):
-                    value[fx] |= gather(after[fx] + k).astype(np.uint64) << np.uint64(8 * k)
-                nxt[fx] = after[fx] + width
-        slow[active[~ok]] = True
-        parts.append((active[ok], field[ok], wire[ok], value[ok], after[ok], p[ok]))
-        pos[active] = nxt
-        active = active[ok & (nxt < e)]
+        vi = np.flatnonzero(((wire == VARINT) | (wire == LEN)) & ~bad)
+        if vi.size:
+            a, ev = after[vi], e[vi]
+            inside = a < ev
+            if not inside.all():
+                bad[vi[~inside]] = True
+                vi, a, ev = vi[inside], a[inside], ev[inside]
+            v, q, badv = _varints_at(gather, a, ev)
+            if badv is not None:
+                bad[vi[badv]] = True
+            value[vi] = v
+            nxt[vi] = q
+            after[vi] = q
+            li = np.flatnonzero(wire[vi] == LEN)
+            if li.size:
+                lv, ql, vl = vi[li], q[li], v[li]
+                fits = vl <= (ev[li] - ql).astype(np.uint64)
+                if not fits.all():
+                    bad[lv[~fits]] = True
+                nxt[lv] = ql + np.where(fits, vl, 0).astype(np.int64)
+        fixed = (wire & 1).astype(bool) & ~bad  # FIXED64 (1) and FIXED32 (5)
+        if fixed.any():
+            for w, width in ((FIXED32, 4), (FIXED64, 8)):
+                fx = np.flatnonzero(fixed & (wire == w))
+                if fx.size:
+                    fits = after[fx] + width <= e[fx]
+                    bad[fx[~fits]] = True
+                    fx = fx[fits]
+                    for k in range(width):
+                        value[fx] |= gather(after[fx] + k).astype(np.uint64) << np.uint64(8 * k)
+                    nxt[fx] = after[fx] + width
+        if bad.any():
+            slow[active[bad]] = True
+            good = ~bad
+            parts.append((active[good], field[good], wire[good], value[good], after[good], p[good]))
+            pos[active] = nxt
+            active = active[good & (nxt < e)]
+        else:
+            parts.append((active, field, wire, value, after, p))
+            pos[active] = nxt
+            active = active[nxt < e]
     slow[active] = True  # more fields than max_steps
     names = ("msg", "field", "wire", "value", "start", "offset")
     if parts:
         table = {k: np.concatenate([part[i] for part in parts]) for i, k in enumerate(names)}
-        keep = ~slow[table["msg"]]
-        order = np.argsort(table["msg"][keep], kind="stable")
-        table = {k: v[keep][order] for k, v in table.items()}
+        order = np.argsort(table["msg"], kind="stable")
+        if slow.any():
+            order = order[~slow[table["msg"][order]]]
+        table = {k: v[order] for k, v in table.items()}
     else:
         table = {k: np.zeros(0, np.uint64 if k == "value" else np.int64) for k in names}
     return table, np.flatnonzero(slow)
+
+
+def _tail(buf, active, pos, ends, slow):
+    """scan's last messages, walked with iter_fields (malformed ones marked slow)."""
+    rows = []
+    for m in active.tolist():
+        got = []
+        try:
+            for f, w, v, off in iter_fields(buf, int(pos[m]), int(ends[m])):
+                if w == LEN:
+                    got.append((m, f, w, v[1], v[0], off))
+                elif v >> 64 or f >> 62:  # past what the numpy walk holds: the caller's walk decides
+                    raise FormatError("wide value")
+                else:
+                    got.append((m, f, w, v, off, off))
+        except FormatError:
+            slow[m] = True
+            continue
+        rows.extend(got)
+    if not rows:
+        return (np.zeros(0, np.int64),) * 3 + (np.zeros(0, np.uint64),) + (np.zeros(0, np.int64),) * 2
+    cols = list(zip(*rows))
+    return tuple(np.array(c, np.uint64 if i == 3 else np.int64) for i, c in enumerate(cols))
 
 
 class PreadBuffer:
@@ -333,9 +378,11 @@ class PreadBuffer:
         return self._block(key // self.BLOCK)[key % self.BLOCK]
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
-        blocks, inverse = np.unique(positions // self.BLOCK, return_inverse=True)
+        index = positions // self.BLOCK
+        blocks = np.sort(index)
+        blocks = blocks[np.concatenate(([True], blocks[1:] != blocks[:-1]))] if blocks.size else blocks
         data = np.zeros((blocks.size, self.BLOCK), np.uint8)
         for j, i in enumerate(blocks.tolist()):
             b = self._block(i)
             data[j, :len(b)] = np.frombuffer(b, np.uint8)
-        return data[inverse.reshape(-1), positions % self.BLOCK]
+        return data[np.searchsorted(blocks, index), positions % self.BLOCK]
