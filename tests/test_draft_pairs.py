@@ -268,6 +268,62 @@ def tf1_checkpoint_context(tmp) -> Case:
                 what="TF1 checkpoint (alphabetical, no graph) vs RetinaFace-style port")
 
 
+class Tf1LstmPort(nn.Module):
+    """A port of a TF1 `tf.nn.dynamic_rnn(LSTMCell(5))` + dense logits, time-major (T, N, C)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.logits = nn.LSTM(3, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.logits(self.encoder(x)[0])
+
+
+TF1_IN, TF1_H = 3, 5
+
+
+def tf1_lstm_arrays(seed=12) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"rnn/lstm_cell/kernel": rng.standard_normal((TF1_IN + TF1_H, 4 * TF1_H)).astype(np.float32) * 0.5,
+            "rnn/lstm_cell/bias": rng.standard_normal(4 * TF1_H).astype(np.float32) * 0.5,
+            "logits/kernel": rng.standard_normal((TF1_H, 2)).astype(np.float32),
+            "logits/bias": rng.standard_normal(2).astype(np.float32)}
+
+
+def save_tf1_checkpoint(values: dict, prefix: Path) -> None:
+    """A TF1 Saver checkpoint of plain variables (what LSTMCell's scope writes: no object graph)."""
+    import tensorflow as tf
+
+    with tf.Graph().as_default():
+        variables = [tf.compat.v1.get_variable(n, initializer=v) for n, v in values.items()]
+        saver = tf.compat.v1.train.Saver(variables)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, str(prefix))
+
+
+def tf1_lstm_checkpoint(tmp) -> Case:
+    """TF1 LSTMCell (`rnn/lstm_cell/kernel` over [x, h] in i, j, f, o order, forget_bias 1.0
+    added at run time) vs an nn.LSTM port. The known mapping, written from the cell's definition;
+    tests/test_draft_pairs.py::test_tf1_lstm_draft_runs_like_tensorflow checks it against TF."""
+    values = tf1_lstm_arrays()
+    save_tf1_checkpoint(values, tmp / "ckpt" / "model")
+    k, b = values["rnn/lstm_cell/kernel"], values["rnn/lstm_cell/bias"]
+
+    def ifgo(a):  # TF1's i, j, f, o blocks along axis 0 -> PyTorch's i, f, g(=j), o
+        i, j, f, o = np.split(a, 4)
+        return torch.from_numpy(np.concatenate([i, f, j, o]).copy())
+
+    f_bias = np.zeros_like(b)
+    f_bias[2 * TF1_H:3 * TF1_H] = 1.0  # forget_bias on the f block
+    expected = {"encoder.weight_ih_l0": ifgo(k[:TF1_IN].T), "encoder.weight_hh_l0": ifgo(k[TF1_IN:].T),
+                "encoder.bias_ih_l0": ifgo(b + f_bias), "encoder.bias_hh_l0": torch.zeros(4 * TF1_H),
+                "logits.weight": torch.from_numpy(values["logits/kernel"].T.copy()),
+                "logits.bias": torch.from_numpy(values["logits/bias"])}
+    return Case(tmp / "ckpt" / "model.index", Tf1LstmPort(), "tensorflow", expected=expected,
+                what="TF1 LSTMCell checkpoint (ijfo, forget_bias) vs nn.LSTM port")
+
+
 class ProposalNet(nn.Module):
     """MTCNN P-Net written again with other names (an independent port of the Caffe model)."""
 
@@ -453,6 +509,7 @@ PAIRS = {
     "onnx_matmul_add": onnx_matmul_add,
     "tf_frozen_biasadd": tf_frozen_biasadd,
     "tf1_checkpoint_context": tf1_checkpoint_context,
+    "tf1_lstm_checkpoint": tf1_lstm_checkpoint,
     "caffe_renamed_port": caffe_renamed_port,
     "mxnet_pnet_like": mxnet_pnet_like,
     "keras_lstm_cell_port": keras_lstm_cell_port,
@@ -502,6 +559,62 @@ def test_pair_is_as_is_or_says_unsure(name, tmp_path):
     assert not confidently_wrong, f"{name}: confident and wrong: {r['detail']}\n{r['draft'].text}"
     outcome = "as is" if r["as_is"] else "unsure"
     assert outcome == EXPECTED[name], f"{name}: {outcome} ({r['detail']}; unsure: {r['unsure'][:4]})\n{r['draft'].text}"
+
+
+def tf1_lstm_cell_numpy(x, kernel, bias, forget_bias=1.0):
+    """TF1 LSTMCell over a (T, N, C) sequence from zero states, as its call() computes it."""
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    hidden = kernel.shape[1] // 4
+    h = c = np.zeros((x.shape[1], hidden), np.float64)
+    out = []
+    for x_t in x:
+        i, j, f, o = np.split(np.concatenate([x_t, h], 1) @ kernel + bias, 4, axis=1)
+        c = sig(f + forget_bias) * c + sig(i) * np.tanh(j)
+        h = sig(o) * np.tanh(c)
+        out.append(h)
+    return np.stack(out)
+
+
+def lstm_block_cell(x, kernel, bias, forget_bias=1.0):
+    """TensorFlow's own kernel for the same cell (tf.raw_ops.LSTMBlockCell, no peepholes, no clip)."""
+    import tensorflow as tf
+
+    hidden = kernel.shape[1] // 4
+    h = c = np.zeros((x.shape[1], hidden), np.float32)
+    zeros, out = np.zeros(hidden, np.float32), []
+    for x_t in x:
+        r = tf.raw_ops.LSTMBlockCell(x=x_t, cs_prev=c, h_prev=h, w=kernel, wci=zeros, wcf=zeros, wco=zeros, b=bias,
+                                     forget_bias=forget_bias, cell_clip=-1.0, use_peephole=False)
+        c, h = r.cs.numpy(), r.h.numpy()
+        out.append(h)
+    return np.stack(out)
+
+
+def test_tf1_lstm_draft_runs_like_tensorflow(tmp_path):
+    """The drafted nn.LSTM computes what TF's LSTMBlockCell computes on the checkpoint's arrays (the
+    numpy LSTMCell agrees with it first); the forget_bias it adds is flagged as not in the file,
+    and with another forget_bias in TF the outputs really differ: the CHECK is not a formality."""
+    pytest.importorskip("tensorflow")
+    case = tf1_lstm_checkpoint(tmp_path)
+    values = tf1_lstm_arrays()
+    k, b = values["rnn/lstm_cell/kernel"], values["rnn/lstm_cell/bias"]
+    x = np.random.default_rng(4).standard_normal((6, 2, TF1_IN)).astype(np.float32)
+    tf_h = lstm_block_cell(x, k, b)
+    assert np.abs(tf1_lstm_cell_numpy(x, k, b) - tf_h).max() < 1e-5
+    d = draft(case.source, case.target, framework="tensorflow", out=tmp_path / "lstm.yaml")
+    assert d.complete, d.problems
+    pair = next(p for p in d.matching.pairs if p.source.kind == "tf1_lstm")
+    assert pair.confidence <= 0.5 and any("rnn/lstm_cell" in u for u in d.unsure)
+    assert "forget_bias is a constructor argument of the TF1 cell and is NOT in the file" in d.text
+    bias_rule = next(p for p in pair.proposals if p.source.endswith("bias"))
+    assert bias_rule.transforms[0] == {"gate_add": {"gates": "ijfo", "gate": "f", "value": 1.0}}
+    model, _ = convert(case.source, tmp_path / "lstm.yaml", framework="tensorflow")
+    with torch.no_grad():
+        torch_h = model.encoder(torch.from_numpy(x))[0].numpy()
+    diff = float(np.abs(torch_h - tf_h).max())
+    assert diff < 1e-5, diff
+    assert np.abs(torch_h - lstm_block_cell(x, k, b, forget_bias=0.0)).max() > 1e-2
+    print(f"TF1 LSTMCell draft vs LSTMBlockCell: max abs diff {diff:.2g}")
 
 
 def main() -> int:

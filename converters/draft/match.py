@@ -128,6 +128,8 @@ def source_units(arrays, exclude=()) -> tuple[list, list]:
         if what == "rnn":
             kind = _rnn_kind(hs)
             units.append(SourceUnit(key, "RNN", kind, hs, pos, rnn=_rnn_descriptor(key)))
+        elif S.tf1_lstm_cell(key, types[(what, key)], hs):
+            units.append(SourceUnit(key, "LSTMCell (TF1)", "tf1_lstm", hs, pos))
         else:
             units.append(SourceUnit(key, types[(what, key)], S.source_kind(types[(what, key)], hs), hs, pos))
     units.sort(key=lambda u: (u.position, [arrays_index(arrays, h.name) for h in u.arrays][:1]))
@@ -346,6 +348,8 @@ def propose(s: SourceUnit, t: TargetUnit, framework: str, tr) -> tuple[list, lis
         return _propose_rnn(s, t, framework)
     if s.kind == "separable":
         return _propose_separable(s, t, framework)
+    if s.kind == "tf1_lstm":
+        return _propose_tf1_lstm(s, t)
     slots = s.slots()
     if any(k.startswith("?") or "#" in k for k in slots):
         return None  # arrays this unit kind does not explain (e.g. SeparableConv2D's two kernels)
@@ -392,6 +396,41 @@ def propose(s: SourceUnit, t: TargetUnit, framework: str, tr) -> tuple[list, lis
         else:
             return None
     return props, fills, remarks
+
+
+TF1_FORGET_BIAS = 1.0  # LSTMCell, BasicLSTMCell and LSTMBlockCell's default; never stored
+
+
+def _propose_tf1_lstm(s, t):
+    """A TF1 LSTMCell into nn.LSTM / nn.LSTMCell: gates = [x, h] @ kernel + bias in i, j, f, o
+    order, with forget_bias added to f at run time. The kernel splits into weight_ih and weight_hh
+    (transposed, gates reordered to PyTorch's i, f, j(g), o); the bias, with forget_bias added as an
+    explicit step, goes to bias_ih (bias_hh = 0). forget_bias is not in the file: never confident."""
+    by_role = {S.role_of(h): h for h in s.arrays}
+    k, b = by_role["weight"], by_role["bias"]
+    names = {r: t.tensors.get(r) for r in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    if None in names.values():
+        return None
+    hidden = t.shapes[names["weight_hh"]][1]
+    n_in = k.shape[0] - hidden
+    if n_in <= 0 or t.shapes[names["weight_ih"]] != (4 * hidden, n_in) or k.shape[1] != 4 * hidden:
+        return None
+    gates = {"gates": {"from": "ijfo", "to": "ifjo"}}
+    kernel = Proposal(k.name, [names["weight_ih"], names["weight_hh"]],
+                      ["transpose", {"split": {"axis": 1, "sizes": [n_in, hidden]}}, gates],
+                      why=["one kernel over [x, h]: (in + H, 4H) -> (4H, in + H), split into the input part "
+                           f"({n_in} columns) and the hidden part ({hidden})",
+                           "gate order i, j, f, o (TF1) -> i, f, j, o (PyTorch's i, f, g, o)"])
+    bias = Proposal(b.name, [names["bias_ih"], names["bias_hh"]],
+                    [{"gate_add": {"gates": "ijfo", "gate": "f", "value": TF1_FORGET_BIAS}}, gates, "bias_ih_hh"],
+                    why=[f"forget_bias {TF1_FORGET_BIAS} is added to the f gate at run time, not stored: added here",
+                         "gate order i, j, f, o -> i, f, j, o; one bias -> bias_ih, bias_hh = 0"])
+    bias.notes.append(f"forget_bias is a constructor argument of the TF1 cell and is NOT in the file: "
+                      f"{TF1_FORGET_BIAS} (the default of LSTMCell, BasicLSTMCell, LSTMBlockCell) is assumed; "
+                      f"set `value` to the model's forget_bias (CudnnCompatibleLSTMCell: 0)")
+    bias.unsure = True
+    return [kernel, bias], [], [f"TF1 LSTMCell scope {s.name}: kernel over [x, h], gates i, j, f, o, "
+                                f"forget_bias added at run time"]
 
 
 def _propose_separable(s, t, framework):

@@ -116,7 +116,7 @@ SOURCE_KIND = {t: k for k, types in _SOURCE_KINDS.items() for t in types}
 # layer's scale a module of a kind the draft does not know (its pairs are never confident).
 COMPATIBLE = {"conv": {"conv"}, "depthwise": {"conv"}, "dense": {"dense"}, "bn": {"bn"}, "prelu": {"prelu"},
               "lstm": {"lstm"}, "gru": {"gru"}, "rnn": {"rnn"}, "embedding": {"embedding"},
-              "separable": {"separable"}, "normalize": {"other"}}
+              "separable": {"separable"}, "normalize": {"other"}, "tf1_lstm": {"lstm"}}
 
 
 def source_kind(layer_type: str | None, handles) -> str:
@@ -140,6 +140,21 @@ def source_kind(layer_type: str | None, handles) -> str:
         if w.ndim == 2:
             return "dense"
     return "other"
+
+
+_TF1_CELL = re.compile(r"(?:^|/)(?:basic_)?lstm_cell(?:_\d+)?$|(?:^|/)LSTMCell$")
+
+
+def tf1_lstm_cell(layer: str, layer_type: str | None, handles) -> bool:
+    """A TF1 LSTMCell / BasicLSTMCell / LSTMBlockCell scope (`rnn/lstm_cell`): one kernel
+    (in + H, 4H) over [x, h] and one bias (4H), no recurrent_kernel, peepholes or projection. The
+    scope name is the evidence: the arrays alone look like a dense layer with 4H outputs."""
+    if layer_type in SOURCE_KIND or not _TF1_CELL.search(layer or ""):
+        return False
+    by_role = {role_of(h): h for h in handles}
+    k, b = by_role.get("weight"), by_role.get("bias")
+    return (len(handles) == 2 and k is not None and b is not None and k.ndim == 2 and b.ndim == 1
+            and k.shape[1] % 4 == 0 and k.shape[0] > k.shape[1] // 4 and b.shape[0] == k.shape[1])
 
 
 def target_kind(module) -> str:
