@@ -61,11 +61,12 @@ class ArrayHandle:
     __slots__ = ("name", "shape", "dtype", "_meta", "_load", "_fresh")
 
     def __init__(self, name: str, shape, dtype, load: Callable[[], np.ndarray],
-                 meta: dict | Callable[[], dict] | None = None, *, fresh: bool = False):
+                 meta: dict | Callable[[ArrayHandle], dict] | None = None, *, fresh: bool = False):
         """`fresh=True` promises that every `load()` returns a new array nobody else holds (read with
         `pread` into its own buffer, say), so `numpy()` hands it out without a second copy.
-        `meta` may be a callable returning the dict: it is called on first access of `.meta`, so a
-        reader of thousands of arrays need not work out roles and layers nobody asks for."""
+        `meta` may be a callable taking the handle and returning its dict: it is called on first
+        access of `.meta`, so a reader of thousands of arrays need not work out roles and layers
+        nobody asks for."""
         self.name = name
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
@@ -78,7 +79,7 @@ class ArrayHandle:
 
     @classmethod
     def checked(cls, name: str, shape: tuple, dtype: np.dtype, load: Callable[[], np.ndarray],
-                meta: dict | Callable[[], dict]) -> ArrayHandle:
+                meta: dict | Callable[[ArrayHandle], dict]) -> ArrayHandle:
         """A handle whose caller already validated everything __init__ checks: `shape` a tuple of
         ints that `element_count` accepts with `dtype` (an np.dtype), and `meta` its own dict or a
         callable. For readers that validate thousands of arrays at once (no per-array checks)."""
@@ -90,7 +91,7 @@ class ArrayHandle:
     def meta(self) -> dict:
         m = self._meta
         if not isinstance(m, dict):
-            m = self._meta = dict(m())
+            m = self._meta = dict(m(self))
         return m
 
     @meta.setter
@@ -136,14 +137,14 @@ class ArrayHandle:
         if arr.shape != self.shape or arr.dtype != self.dtype:
             raise FormatError(f"decoded {arr.dtype}{list(arr.shape)}, expected {self.dtype}{list(self.shape)}",
                               array=self.name)
-        if copy and self._fresh and arr.flags.c_contiguous and arr.flags.writeable and arr.dtype.byteorder in "=|":
+        if copy and self._fresh and arr.flags.c_contiguous and arr.flags.writeable and arr.dtype.isnative:
             return arr
         if copy:
             view = arr
             arr = view.copy() if type(view) is np.ndarray else np.array(view, copy=True, order="C")
             if view.nbytes >= RELEASE_MIN_BYTES:
                 release_pages(view)
-            if arr.dtype.byteorder not in "=|":
+            if not arr.dtype.isnative:  # ('<f4' is native here: no second copy for little-endian tables)
                 arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr
 

@@ -87,20 +87,16 @@ def _open(reader, gather, meta, graph_span):
         if i < n_init:
             names[i] = t.name
     structure = _Structure(reader)
-    arrays, taken = [], set()
-    buf, meta_of = reader.view.buf, structure.meta_of
+    arrays, meta_of, buf = [], structure.meta_of, reader.view.buf  # (ArrayFile refuses a name twice)
     rows = zip(names, tensors.complex.tolist(), tensors.dtypes, tensors.shapes(), tensors.count.tolist(),
                tensors.data_start.tolist())
     for i, (name, walk, dtype, shape, count, offset) in enumerate(rows):
-        if name in taken:
-            raise FormatError("array name appears twice", file=path, array=name)
-        taken.add(name)
         if walk:
             handle = reader.handle(walked[i], name, {})
-            handle.meta = partial(meta_of, name)
+            handle.meta = meta_of
         else:
             load = partial(np.ndarray, shape, dtype, buf, offset) if count else partial(np.zeros, shape, dtype)
-            handle = ArrayHandle.checked(name, shape, dtype, load, partial(meta_of, name))
+            handle = ArrayHandle.checked(name, shape, dtype, load, meta_of)
         arrays.append(handle)
     graph_names = np.flatnonzero(keys == K_NAME)
     graph_name = pw.text(src, (int(starts[graph_names[-1]]), int(lens[graph_names[-1]]))) if graph_names.size else ""
@@ -263,9 +259,9 @@ class _Structure:
         self._meta: dict | None = None
         self._layers: dict = {}
 
-    def meta_of(self, name: str) -> dict:
+    def meta_of(self, handle) -> dict:
         self._build()
-        return self._meta[name]
+        return self._meta[handle.name]
 
     def layers(self) -> dict:
         self._build()

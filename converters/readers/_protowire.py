@@ -153,10 +153,11 @@ def message_table(buf, start: int, end: int, file=None) -> tuple[list, list, lis
     anything malformed, and the message is walked again with iter_fields, which names the error
     (and its non-LEN fields are left out here too)."""
     keys, starts, lengths, offsets = [], [], [], []
+    add_key, add_start, add_length, add_offset = keys.append, starts.append, lengths.append, offsets.append
     pos = start
     try:
         while pos < end:
-            off = pos
+            add_offset(pos)
             key = buf[pos]
             if key >= 0x80 or key & 7 != LEN or key < 8:
                 raise _Slow
@@ -167,10 +168,9 @@ def message_table(buf, start: int, end: int, file=None) -> tuple[list, list, lis
                 n, pos = read_varint(buf, pos + 1, end, file)
             if pos + n > end:
                 raise _Slow
-            keys.append(key)
-            starts.append(pos)
-            lengths.append(n)
-            offsets.append(off)
+            add_key(key)
+            add_start(pos)
+            add_length(n)
             pos += n
     except (_Slow, IndexError, FormatError):
         keys, starts, lengths, offsets = [], [], [], []
@@ -193,7 +193,7 @@ def _varints_at(gather, p, end):
     past their message's end are not clean: the caller walks those messages with iter_fields."""
     b = gather(p)
     val = (b & 0x7F).astype(np.uint64)
-    more = np.flatnonzero(b >= 0x80)
+    more = _where(b >= 0x80)
     if not more.size:
         return val, p + 1, None
     nxt = p + 1
@@ -218,6 +218,10 @@ def _varints_at(gather, p, end):
     return val, nxt, bad
 
 
+def _where(mask: np.ndarray) -> np.ndarray:
+    return mask.nonzero()[0]  # np.flatnonzero without its two Python-level wrappers
+
+
 _WIRE_OK = np.array([True, True, True, False, False, True, False, False])  # VARINT FIXED64 LEN FIXED32
 SCAN_TAIL = 24
 """When fewer messages than this are left, scan finishes them with iter_fields: a numpy step costs
@@ -240,7 +244,7 @@ def scan(gather, starts, ends, buf=None, max_steps: int = 64) -> tuple[dict, np.
     ends = np.asarray(ends, np.int64)
     slow = np.zeros(starts.size, bool)
     pos = starts.copy()
-    active = np.flatnonzero(pos < ends)
+    active = _where(pos < ends)
     parts = []
     for _step in range(max_steps):
         if not active.size:
@@ -257,7 +261,7 @@ def scan(gather, starts, ends, buf=None, max_steps: int = 64) -> tuple[dict, np.
         bad = refused if bad is None else bad | refused
         value = np.zeros(p.size, np.uint64)
         nxt = after.copy()
-        vi = np.flatnonzero(((wire == VARINT) | (wire == LEN)) & ~bad)
+        vi = _where(((wire == VARINT) | (wire == LEN)) & ~bad)
         if vi.size:
             a, ev = after[vi], e[vi]
             inside = a < ev
@@ -270,7 +274,7 @@ def scan(gather, starts, ends, buf=None, max_steps: int = 64) -> tuple[dict, np.
             value[vi] = v
             nxt[vi] = q
             after[vi] = q
-            li = np.flatnonzero(wire[vi] == LEN)
+            li = _where(wire[vi] == LEN)
             if li.size:
                 lv, ql, vl = vi[li], q[li], v[li]
                 fits = vl <= (ev[li] - ql).astype(np.uint64)
@@ -280,7 +284,7 @@ def scan(gather, starts, ends, buf=None, max_steps: int = 64) -> tuple[dict, np.
         fixed = (wire & 1).astype(bool) & ~bad  # FIXED64 (1) and FIXED32 (5)
         if fixed.any():
             for w, width in ((FIXED32, 4), (FIXED64, 8)):
-                fx = np.flatnonzero(fixed & (wire == w))
+                fx = _where(fixed & (wire == w))
                 if fx.size:
                     fits = after[fx] + width <= e[fx]
                     bad[fx[~fits]] = True
@@ -308,7 +312,7 @@ def scan(gather, starts, ends, buf=None, max_steps: int = 64) -> tuple[dict, np.
         table = {k: v[order] for k, v in table.items()}
     else:
         table = {k: np.zeros(0, np.uint64 if k == "value" else np.int64) for k in names}
-    return table, np.flatnonzero(slow)
+    return table, _where(slow)
 
 
 def _tail(buf, active, pos, ends, slow):
