@@ -27,6 +27,7 @@ from ..arrays import ArrayFile, ArrayHandle, Layer, role_from_name
 from ..dtypes import bfloat16
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from ._binary import FileView
+from ._hdf5_tree import DatasetNode, Tree
 from ._limits import PARSER_ERRORS, check_inflation, element_count, parser_errors
 
 NAME = "keras"
@@ -303,10 +304,22 @@ class _Region:
 class _Source:
     """An open HDF5 file plus where its bytes are in a memory-mappable file (for lazy views)."""
 
-    def __init__(self, path: str, h5, view: FileView | None, base: int, cleanup=(), allow_external=False):
-        self.path, self.h5, self.view, self.base = path, h5, view, base
+    def __init__(self, path: str, h5, view: FileView, base: int, size: int, cleanup=(), allow_external=False):
+        self.path, self.h5, self.view, self.base, self.size = path, h5, view, base, size
         self.allow_external = allow_external
         self._cleanup = list(cleanup)
+        self.root = h5
+
+    def index(self, h5py) -> None:
+        """List every link once (refusing external links unless allow_external): the groups and
+        plain datasets are then walked without h5py (see _hdf5_tree)."""
+        tree = Tree(h5py, self.h5, self.view.buf, self.base, stop_at_external=not self.allow_external,
+                    before_h5py=lambda: _check_global_heaps(self.view, self.base, self.size, self.path))
+        if tree.external and not self.allow_external:
+            name, target = tree.external[0]
+            raise UnsupportedError(f"HDF5 external link {name} -> {target}: the data is outside this file",
+                                   file=self.path, hint="pass allow_external=True only for files you trust")
+        self.root = tree.root()
 
     def close(self) -> None:
         try:
@@ -319,6 +332,8 @@ class _Source:
 
     def handle(self, name: str, ds, meta: dict) -> ArrayHandle:
         """A lazy handle for dataset `ds`, checking its byte range before anything is read."""
+        if isinstance(ds, DatasetNode):  # decoded from its header: contiguous, unfiltered, numeric
+            return self._mapped(name, ds.shape, ds.dtype, ds.offset, {**meta, "h5_path": ds.name})
         dtype = ds.dtype
         if _text(ds.attrs.get("dtype", "")) == "bfloat16" and dtype.itemsize == 2 and bfloat16() is not None:
             dtype = bfloat16()
@@ -335,12 +350,7 @@ class _Source:
                 offset = None
         meta = {**meta, "h5_path": ds.name}
         if offset is not None:
-            count = element_count(shape)
-            start = self.base + int(offset)
-            self.view.require(start, count * dtype.itemsize, f"dataset {ds.name}", name)
-            view, shp = self.view, tuple(shape)
-            meta["offset"] = start
-            return ArrayHandle(name, shape, dtype, lambda: view.array(start, dtype, shp, name), meta)
+            return self._mapped(name, tuple(shape), dtype, self.base + int(offset), meta)
         nbytes = (element_count(shape, dtype.itemsize) or 0) * dtype.itemsize
         if not foreign:  # what h5py would inflate (or fill) must be in proportion to what is stored
             check_inflation(nbytes, ds.id.get_storage_size(), f"dataset {ds.name}", self.path, name)
@@ -365,6 +375,17 @@ class _Source:
                                    hint="pass allow_external=True only for files you trust")
         return bool(reasons)
 
+    def _mapped(self, name: str, shape: tuple, dtype, start: int, meta: dict) -> ArrayHandle:
+        """A handle on the bytes of a contiguous dataset at `start` in the view, bounds-checked now."""
+        count = element_count(shape, dtype.itemsize)
+        if count is None:
+            raise FormatError(f"shape {list(shape)} of {dtype} cannot be an array", file=self.path, array=name,
+                              hint=f"HDF5 path {meta['h5_path']}")
+        self.view.require(start, count * dtype.itemsize, f"dataset {meta['h5_path']}", name)
+        view = self.view
+        meta["offset"] = start
+        return ArrayHandle(name, shape, dtype, lambda: view.array(start, dtype, shape, name), meta)
+
     def _reader(self, ds, name: str, dtype):
         def load():
             with parser_errors(self.path, f"dataset {ds.name}", name):
@@ -386,25 +407,12 @@ def _open_h5(h5py, path: str, target, what: str):
         raise FormatError(f"{what} is not a readable HDF5 file: {text}", file=path, offset=0) from None
 
 
-def _refuse_external_links(h5py, h5, path: str) -> None:
-    """An external link makes h5py open another file when the link is touched: refuse them all."""
-    found = []
-
-    def visit(name, link):
-        if isinstance(link, h5py.ExternalLink):
-            found.append(f"{name} -> {link.filename}:{link.path}")
-            return True  # stop at the first
-        return None
-    h5.visititems_links(visit)
-    if found:
-        raise UnsupportedError(f"HDF5 external link {found[0]}: the data is outside this file", file=path,
-                               hint="pass allow_external=True only for files you trust")
-
-
-def _check_global_heaps(view: FileView, start: int, size: int) -> None:
+def _check_global_heaps(view: FileView, start: int, size: int, path: str) -> None:
     """Walk every HDF5 global heap collection (GCOL: where variable-length strings live) the way
     the HDF5 library decodes it, and refuse one it would decode forever: an object of index 0
-    and size 0 makes HDF5 1.14 loop without end (it is not interruptible from Python)."""
+    and size 0 makes HDF5 1.14 loop without end (it is not interruptible from Python).
+    Run before h5py is first given an object whose attributes it could read (only h5py decodes
+    the heaps then): a file whose attributes _hdf5_headers decodes is never scanned."""
     buf, end_of_data = view.buf, start + size
     at = buf.find(b"GCOL", start, end_of_data) if size else -1
     while at >= 0:
@@ -417,7 +425,7 @@ def _check_global_heaps(view: FileView, start: int, size: int) -> None:
                 need = obj if idx == 0 else 16 + (obj + 7) // 8 * 8
                 if need == 0:
                     raise FormatError("HDF5 global heap object of size 0 (a corrupt heap the HDF5 library "
-                                      "cannot decode)", file=view.path, offset=p)
+                                      "cannot decode)", file=path, offset=p)
                 p += need
         at = buf.find(b"GCOL", at + 4, end_of_data)
     view.release()
@@ -427,14 +435,17 @@ def _open_h5_path(path: str, allow_external: bool = False) -> _Source:
     h5py = _h5py()
     h5 = _open_h5(h5py, path, path, "file")
     try:
-        if not allow_external:
-            _refuse_external_links(h5py, h5, path)
         view = FileView(path)
-        _check_global_heaps(view, 0, view.size)
     except BaseException:
         h5.close()
         raise
-    return _Source(path, h5, view, 0, allow_external=allow_external)
+    source = _Source(path, h5, view, 0, view.size, allow_external=allow_external)
+    try:
+        source.index(h5py)
+    except BaseException:
+        source.close()
+        raise
+    return source
 
 
 def _zip_member_start(view: FileView, info: zipfile.ZipInfo) -> int:
@@ -459,9 +470,8 @@ def _open_h5_member(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, allow
         if info.compress_type == zipfile.ZIP_STORED:
             start = _zip_member_start(view, info)
             view.require(start, info.file_size, "zip member data", info.filename)
-            _check_global_heaps(view, start, info.file_size)
             region = _Region(view.buf, start, info.file_size)
-            source = _Source(path, _open_h5(h5py, path, region, _WEIGHTS_MEMBER), view, start,
+            source = _Source(path, _open_h5(h5py, path, region, _WEIGHTS_MEMBER), view, start, info.file_size,
                              allow_external=allow_external)
         else:
             view.close()
@@ -470,8 +480,7 @@ def _open_h5_member(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, allow
         view.close()
         raise
     try:
-        if not allow_external:
-            _refuse_external_links(h5py, source.h5, path)
+        source.index(h5py)
     except BaseException:
         source.close()
         raise
@@ -492,7 +501,6 @@ def _inflate_member(h5py, path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
                 out.write(chunk)
         view = FileView(tmp)
         try:
-            _check_global_heaps(view, 0, view.size)
             h5 = _open_h5(h5py, path, tmp, _WEIGHTS_MEMBER)
         except BaseException:
             view.close()
@@ -507,7 +515,7 @@ def _inflate_member(h5py, path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
     except BaseException:
         os.unlink(tmp)
         raise
-    return _Source(path, h5, view, 0, cleanup=[lambda: os.path.exists(tmp) and os.unlink(tmp)],
+    return _Source(path, h5, view, 0, view.size, cleanup=[lambda: os.path.exists(tmp) and os.unlink(tmp)],
                    allow_external=allow_external)
 
 
@@ -624,7 +632,7 @@ def _h5_kind(f) -> str | None:
 
 
 def _read_h5(source: _Source, config, extra_meta: dict) -> ArrayFile:
-    f = source.h5
+    f = source.root
     kind = _h5_kind(f)
     if kind is None:
         raise FormatError("HDF5 file without Keras structure (no model_weights group, no layer_names "
@@ -649,7 +657,7 @@ def _strip_index(weight_name: str) -> str:
 
 
 def _read_legacy(source: _Source, config, kind: str):
-    f = source.h5
+    f = source.root
     group = f["model_weights"] if kind == "keras-h5" else f
     meta = {"format": kind}
     for key in ("keras_version", "backend"):
@@ -745,7 +753,7 @@ def _legacy_optimizer(source: _Source, f, taken: set) -> list[ArrayHandle]:
 
 
 def _read_keras3(source: _Source, config):
-    f = source.h5
+    f = source.root
     meta = {"format": "keras3-weights"}
     layers: dict[str, Layer] = {}
     if config is not None:
