@@ -120,7 +120,8 @@ def draft(source, target, *, framework=None, target_kwargs=None, out=None, input
     if base_doc:
         input_section = base_doc.get("input") or input_section
     text = emit.write(matching, source_path=str(arrays.path), framework=fw, target_spec=target_spec,
-                      input_section=input_section, outputs=outputs, outputs_why=outputs_why, rules=rules, stats=stats, extra_notes=matching.notes,
+                      input_section=input_section, outputs=outputs, outputs_why=outputs_why, rules=rules, stats=stats,
+                      extra_notes=matching.notes,
                       base=base_doc)
 
     path = _write(text, out)

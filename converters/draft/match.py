@@ -747,7 +747,8 @@ def match(arrays, model, tr, framework: str, exclude=None) -> Matching:
         src.sort(key=lambda u: _natural(u.name))
         result.notes.append("The file lists arrays alphabetically (no graph): layer order is only guessed from "
                             "the names' numbers, so pairs decided by order alone are low confidence.")
-    tgt = target_units(model, tr.order, exclude[1] if exclude else (), separable=any(u.kind == "separable" for u in src))
+    tgt = target_units(model, tr.order, exclude[1] if exclude else (),
+                       separable=any(u.kind == "separable" for u in src))
     proposals, compat = {}, {}
     for i, s in enumerate(src):
         for j, t in enumerate(tgt):
@@ -1145,11 +1146,11 @@ def _outputs_by_size(arrays, result, tr) -> tuple[list | None, str | None]:
             n = None
         for o in made:
             size[o] = n
-    heads = [o for lay in layers.values() for o in ((lay.outputs or [lay.name]) if tops else [lay.name])
-             if o not in consumed]
+    made_by = {o: lay for lay in layers.values() for o in ((lay.outputs or [lay.name]) if tops else [lay.name])}
+    heads = [o for o in made_by if o not in consumed]
     head = None
     if len(heads) == 1 and size.get(heads[0]) is None:
-        producer = next(lay for lay in layers.values() if heads[0] in ((lay.outputs or [lay.name]) if tops else [lay.name]))
+        producer = made_by[heads[0]]
         if not producer.arrays:
             head, heads = f"{producer.name} ({producer.type})", list(producer.inputs)
     wanted = [per_sample(shape) for shape in tr.outputs]
