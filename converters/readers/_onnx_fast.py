@@ -35,10 +35,10 @@ K_NODE = 1 << 3 | LEN
 _ATTR_WIRES = {1: (LEN,), 2: (FIXED32,), 3: (VARINT,), 4: (LEN,), 5: (LEN,), 7: (LEN, FIXED32), 8: (LEN, VARINT),
                9: (LEN,)}
 """AttributeProto field -> the wire types `onnx_files._parse_attribute` decodes (others: that walk)."""
-_TENSOR_WIRES = {1: VARINT, 2: VARINT, 4: LEN, 8: LEN, 9: LEN, 10: LEN}
-_TENSOR_ELSEWHERE = (ox.T_INT32, ox.T_STRING, ox.T_INT64, ox.T_UINT64, ox.T_EXTERNAL, ox.T_LOCATION)
-_PACKED = {ox.T_RAW: None, ox.T_FLOAT: ("float32", "complex64"), ox.T_DOUBLE: ("float64", "complex128")}
-"""Data fields read here as one memory-map view -> the dtypes they may hold (None: any)."""
+_VIEWS = (ox.T_RAW, ox.T_FLOAT, ox.T_DOUBLE)  # data fields mapped as one view
+_VARINTS = (ox.T_INT32, ox.T_INT64, ox.T_UINT64)  # packed varints, decoded by onnx_files._decode_typed
+_TENSOR_WIRES = {1: VARINT, 2: VARINT, 8: LEN, **{f: LEN for f in _VIEWS + _VARINTS}}
+_TENSOR_ELSEWHERE = (ox.T_STRING, ox.T_EXTERNAL, ox.T_LOCATION)
 
 
 def _wire_table(allowed: dict, refused=()) -> np.ndarray:
@@ -54,7 +54,7 @@ def _wire_table(allowed: dict, refused=()) -> np.ndarray:
 _ATTR_OK = _wire_table(_ATTR_WIRES, refused=(6, 11))  # graph attributes: subgraphs
 _TENSOR_OK = _wire_table({f: (w,) for f, w in _TENSOR_WIRES.items()}, refused=_TENSOR_ELSEWHERE)
 _IS_DATA = np.zeros(_TENSOR_OK.shape[0], bool)
-_IS_DATA[list(_PACKED)] = True
+_IS_DATA[list(_VIEWS + _VARINTS)] = True
 
 
 def open_fast(reader, meta: dict, graph_span) -> ArrayFile | None:
@@ -89,15 +89,20 @@ def _open(reader, gather, meta, graph_span):
     structure = _Structure(reader)
     arrays, meta_of, buf = [], structure.meta_of, reader.view.buf  # (ArrayFile refuses a name twice)
     rows = zip(names, tensors.complex.tolist(), tensors.dtypes, tensors.shapes(), tensors.count.tolist(),
-               tensors.data_start.tolist())
-    for i, (name, walk, dtype, shape, count, offset) in enumerate(rows):
+               tensors.view.tolist(), tensors.data_start.tolist())
+    for i, (name, walk, dtype, shape, count, view, start) in enumerate(rows):
         if walk:
             handle = reader.handle(walked[i], name, {})
             handle.meta = meta_of
-        else:
-            load = partial(np.ndarray, shape, dtype, buf, offset) if count else partial(np.zeros, shape, dtype)
-            handle = ArrayHandle.checked(name, shape, dtype, load, meta_of)
-        arrays.append(handle)
+            arrays.append(handle)
+            continue
+        if view:
+            load = partial(np.ndarray, shape, dtype, buf, start) if count else partial(np.zeros, shape, dtype)
+        else:  # packed varints, decoded (and counted) on load as the walk's _typed_loader does
+            f = int(tensors.data_field[i])
+            entries = [(LEN, (start, int(tensors.data_len[i])), int(tensors.data_offset[i]))]
+            load = partial(ox._decode_typed, buf, f, entries, dtype, shape, count, path, name)
+        arrays.append(ArrayHandle.checked(name, shape, dtype, load, meta_of))
     graph_names = np.flatnonzero(keys == K_NAME)
     graph_name = pw.text(src, (int(starts[graph_names[-1]]), int(lens[graph_names[-1]]))) if graph_names.size else ""
     inputs = [ox._value_info(src, (int(s), int(n)), path) for s, n in zip(starts[keys == K_INPUT], lens[keys == K_INPUT])]
@@ -151,7 +156,8 @@ class _Nodes:
 
 class _Tensors:
     """Every TensorProto walked at once. `complex[i]`: left to the field-by-field walk; for the
-    others `dtypes`, `count`, `data_start` (a raw_data or packed float_data/double_data view)."""
+    others `dtypes`, `count` and their one data field: `data_field`, `data_start`, `data_len`,
+    `data_offset` (a raw_data or packed float/double view, or packed int32/int64/uint64 varints)."""
 
     def __init__(self, gather, buf, starts, lens):
         n = starts.size
@@ -164,9 +170,9 @@ class _Tensors:
         cx[msg[~_TENSOR_OK[fld_c, wire]]] = True
         data = _IS_DATA[fld_c]
         cx |= np.bincount(msg[data], minlength=n) != 1
-        self.data_field = np.zeros(n, np.int64)
-        self.data_field[msg[data]] = fld[data]
-        self.data_start, data_len = _last(tab, data, n)
+        row = _pick(tab, data, n)
+        self.data_field, self.data_start, self.data_len, self.data_offset = (
+            np.where(row >= 0, tab[k][row], -1).astype(np.int64) for k in ("field", "start", "value", "offset"))
         _, codes = _last(tab, fld == 2, n)
         cx |= codes < 0
         self.name_start, self.name_len = _last(tab, fld == 8, n)
@@ -182,23 +188,20 @@ class _Tensors:
         np.multiply.at(count, self._dmsg, self._dval)
         itemsize = np.zeros(n, np.int64)
         self.dtypes: list = [None] * n
-        for code in sorted(set(codes[~cx].tolist())):  # (np.unique imports numpy.ma on first use: 7 ms)
-            rows = (codes == code) & ~cx
-            try:
-                dtype = ox._np_dtype(code, None, None, None)
-            except UnsupportedError:
-                dtype = None
-            if dtype is None or dtype.hasobject:
+        kinds = codes * 64 + self.data_field  # (data_type, data field): a handful of distinct pairs
+        for kind in sorted(set(kinds[~cx].tolist())):  # (np.unique imports numpy.ma on first use: 7 ms)
+            rows = (kinds == kind) & ~cx
+            dtype = _dtype_for(kind // 64, kind % 64)
+            if dtype is None:
                 cx |= rows
                 continue
-            allowed = [f for f, names in _PACKED.items() if names is None or dtype.name in names]
-            cx |= rows & ~np.isin(self.data_field, allowed)  # a handful of rows: isin is fine
             itemsize[rows] = dtype.itemsize
             for i in np.flatnonzero(rows).tolist():
                 self.dtypes[i] = dtype
         cx |= nonzero * np.maximum(itemsize, 1) > 2.0 ** 61  # element_count's bound, with room
-        cx |= data_len != count * itemsize
-        self.count, self.complex = count, cx
+        view = np.isin(self.data_field, _VIEWS)
+        cx |= view & (self.data_len != count * itemsize)  # varints are counted when decoded, as in the walk
+        self.count, self.complex, self.view = count, cx, view
 
     def shapes(self) -> list[tuple]:
         dims = self._dval.tolist()
@@ -206,18 +209,41 @@ class _Tensors:
         return [tuple(dims[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _last(tab: dict, rows: np.ndarray, n: int, first: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(start, value) per message of its last (or first) field among `rows`, -1 where it has none:
-    a LEN field's payload start and length, a VARINT's value. The table is in message-then-field
-    order, so a message's rows are together and in the order they appear."""
-    start, value = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+def _dtype_for(code: int, data_field: int) -> np.dtype | None:
+    """The dtype of a tensor of data_type `code` whose data is in `data_field`, or None where the
+    field-by-field walk must decide (it raises the error: unknown type, field that cannot hold it)."""
+    try:
+        dtype = ox._np_dtype(code, None, None, None)
+        if dtype.hasobject:
+            return None
+        if data_field != ox.T_RAW:
+            ox._check_field_fits(data_field, dtype, None, None, None)
+    except (UnsupportedError, FormatError):
+        return None
+    return dtype
+
+
+def _pick(tab: dict, rows: np.ndarray, n: int, first: bool = False) -> np.ndarray:
+    """Per message, the table row of its last (or first) field among `rows`; -1 where none.
+    The table is in message-then-field order: a message's rows are together and in file order."""
+    out = np.full(n, -1, np.int64)
     idx = np.flatnonzero(rows)
     if idx.size:
         m = tab["msg"][idx]
         edge = m[1:] != m[:-1]
         chosen = idx[np.concatenate(([True], edge)) if first else np.concatenate((edge, [True]))]
-        start[tab["msg"][chosen]] = tab["start"][chosen]
-        value[tab["msg"][chosen]] = tab["value"][chosen].astype(np.int64)
+        out[tab["msg"][chosen]] = chosen
+    return out
+
+
+def _last(tab: dict, rows: np.ndarray, n: int, first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(start, value) per message of its last (or first) field among `rows`, -1 where it has none:
+    a LEN field's payload start and length, a VARINT's value."""
+    row = _pick(tab, rows, n, first)
+    has = row >= 0
+    start, value = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    start[has] = tab["start"][row[has]]
+    value[has] = tab["value"][row[has]].astype(np.int64)
     return start, value
 
 

@@ -335,6 +335,12 @@ def _varints(buf, entries, path, name) -> np.ndarray:
             chunks.append(np.array([v], dtype=np.uint64))
             continue
         s, n = v
+        if 0 < n <= 64 and buf[s + n - 1] < 0x80:  # a few values (a Reshape's shape): a Python loop is quicker
+            try:
+                chunks.append(np.array([x & 0xFFFFFFFFFFFFFFFF for x in pw.packed_varints(buf, v, path)], np.uint64))
+                continue
+            except FormatError:  # a varint past ten bytes: the numpy decoding below names it
+                pass
         data = np.frombuffer(buf, dtype=np.uint8, count=n, offset=s) if n else np.zeros(0, np.uint8)
         ends = np.flatnonzero(data < 0x80)
         if n and (ends.size == 0 or ends[-1] != n - 1):
