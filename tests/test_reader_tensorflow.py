@@ -194,12 +194,11 @@ def test_sniff():
 
 def test_opening_reads_no_tensor_data(monkeypatch):
     calls = []
-    original = _binary.FileView.array
-
-    def counting(self, *args, **kwargs):
-        calls.append(self.path)
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(_binary.FileView, "array", counting)
+    for accessor in ("array", "read_into"):  # the map view (copy=False) and pread (.numpy())
+        def counting(self, *args, _original=getattr(_binary.FileView, accessor), **kwargs):
+            calls.append(self.path)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(_binary.FileView, accessor, counting)
     for p in ["tf2_keras/ckpt-1", "sharded/ckpt-1", "frozen.pb"]:
         f = tfr.open(FIX / p)
         assert calls == [], p

@@ -1,8 +1,14 @@
-"""Bounds-checked access to a file's bytes through a read-only memory map.
+"""Bounds-checked access to a file's bytes: a read-only memory map for views, pread for copies.
 
 Every length and offset a reader takes from a file goes through `require` before anything is
 allocated, so a corrupt header gives a FormatError naming the file and byte offset instead of a
 MemoryError, a hang or a numpy traceback.
+
+Arrays stored as one run of bytes become `FileArray` handles (`FileView.handle`): `.numpy()` reads
+them with `pread` straight into a new buffer, `.numpy(copy=False)` is a view into the map. pread is
+one kernel copy with the kernel's readahead, where copying out of the map first faults every page in
+through the map (one fault per page or folio, slow and erratic when the pages are not cached) and
+then has to release them again; a file shortened while open is a TruncatedError, not a SIGBUS.
 """
 from __future__ import annotations
 
@@ -12,14 +18,62 @@ import struct
 
 import numpy as np
 
+from ..arrays import ArrayHandle
 from ..errors import FormatError, TruncatedError
+
+MAX_PREAD = 1 << 30  # bytes per preadv call (Linux returns at most ~2 GB per call anyway)
+HUGE_PAGE = 2 << 20
+ANON_MIN = HUGE_PAGE  # arrays from this size get a huge-page mapping of their own
+
+
+class _Anonymous:
+    """The owner (numpy `base`) of the private anonymous mapping an array lives in. Not a
+    memoryview of an mmap, so `arrays.release_pages` never takes it for a file's pages."""
+
+    __slots__ = ("_map", "__array_interface__")
+
+
+def new_array(shape, dtype) -> np.ndarray:
+    """An uninitialised, writeable, C-contiguous array for a reader to fill.
+
+    From ANON_MIN bytes on it gets a private anonymous mapping of its own, 2 MB-aligned and
+    advised MADV_HUGEPAGE: first-touch page faults are most of what filling fresh memory costs
+    (np.empty's malloc'd block is not 2 MB-aligned, so part of it faults in 4 KB pages; in a VM each
+    fault is expensive). Measured on 128 MB of arrays: 0.046 s against 0.075 s with np.empty.
+    The tail past the last whole huge page stays in 4 KB pages so that it costs no extra memory.
+    """
+    dtype = np.dtype(dtype)
+    count = 1
+    for d in shape:
+        count *= int(d)
+    nbytes = count * dtype.itemsize
+    if nbytes < ANON_MIN or dtype.hasobject or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.empty(shape, dtype)
+    length = -(-nbytes // HUGE_PAGE) * HUGE_PAGE  # a multiple of 2 MB: the kernel aligns the mapping
+    body = nbytes // HUGE_PAGE * HUGE_PAGE
+    try:
+        mapped = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mapped.madvise(mmap.MADV_HUGEPAGE, 0, body)
+        if length > body:
+            mapped.madvise(mmap.MADV_NOHUGEPAGE, body, length - body)
+    except (OSError, ValueError):  # advisory; no mapping: the ordinary allocation
+        return np.empty(shape, dtype)
+    owner = _Anonymous()
+    owner._map = mapped
+    address = np.frombuffer(mapped, np.uint8, count=1).ctypes.data
+    owner.__array_interface__ = {"shape": (nbytes,), "typestr": "|u1", "data": (address, False), "version": 3}
+    return np.asarray(owner).view(dtype).reshape(shape)
 
 
 class FileView:
     """The whole file as a read-only buffer (memory-mapped; pages load only when touched)."""
 
-    def __init__(self, path):
+    def __init__(self, path, pread_headers: bool = False):
+        """pread_headers: `unpack` and `bytes` read with pread instead of through the map, for
+        readers whose headers are spread through a big file (touching the map would make the
+        pages around every header resident: whole 2 MB folios on ext4)."""
         self.path = os.fspath(path)
+        self.pread_headers = pread_headers
         try:
             self._fh = open(self.path, "rb")
         except OSError as e:  # missing, a directory, no permission
@@ -70,12 +124,51 @@ class FileView:
 
     def bytes(self, offset: int, length: int, what: str = "data", array=None) -> bytes:
         self.require(offset, length, what, array)
+        if self.pread_headers:
+            out = os.pread(self._fh.fileno(), length, offset)
+            if len(out) != length:
+                self._shrunk(offset, length, what, array)
+            return out
         return bytes(self.buf[offset:offset + length])
 
     def unpack(self, fmt: str, offset: int, what: str = "header", array=None) -> tuple:
         n = struct.calcsize(fmt)
+        if self.pread_headers:
+            return struct.unpack(fmt, self.bytes(offset, n, what, array))
         self.require(offset, n, what, array)
         return struct.unpack_from(fmt, self.buf, offset)
+
+    def read_into(self, out: np.ndarray, offset: int, what: str | None = None, array=None) -> np.ndarray:
+        """Fill the C-contiguous `out` with the file's bytes from `offset` (pread, no map);
+        `what` names the data in errors (default: its dtype and shape)."""
+        raw = out.reshape(-1).view(np.uint8)
+        n = raw.size
+        if offset < 0 or offset + n > self.size:
+            self.require(offset, n, what or f"{out.dtype}{list(out.shape)} data", array)
+        fd, done = self._fh.fileno(), 0
+        while done < n:
+            got = os.preadv(fd, [raw[done:done + MAX_PREAD]], offset + done)
+            if got <= 0:
+                self._shrunk(offset + done, n - done, what or f"{out.dtype}{list(out.shape)} data", array)
+            done += got
+        return out
+
+    def read_array(self, offset: int, dtype, shape, array=None) -> np.ndarray:
+        """A new writeable array of `shape` elements of `dtype` at `offset`, read with pread."""
+        out = new_array(shape, dtype)
+        return self.read_into(out, offset, None, array) if out.size else out
+
+    def handle(self, name: str, offset: int, dtype, shape, meta: dict | None = None) -> "FileArray":
+        """The handle of an array stored as `shape` elements of `dtype` from `offset`."""
+        dtype = np.dtype(dtype)
+        return FileArray(name, shape, dtype, lambda: self.read_array(offset, dtype, shape, name),
+                         lambda: self.array(offset, dtype, shape, name), meta)
+
+    def _shrunk(self, offset: int, length: int, what: str, array):
+        size = os.fstat(self._fh.fileno()).st_size
+        raise TruncatedError(f"{what} needs bytes {offset}..{offset + length} but the file now has {size} "
+                             f"(it was {self.size} when opened)", file=self.path, array=array, offset=offset,
+                             hint="the file was truncated or replaced while open")
 
     def array(self, offset: int, dtype, shape, array=None) -> np.ndarray:
         """A read-only numpy view of `shape` elements of `dtype` at `offset` (no copy)."""
@@ -83,7 +176,28 @@ class FileView:
         count = 1
         for d in shape:
             count *= int(d)
-        self.require(offset, count * dtype.itemsize, f"{dtype}{list(shape)} data", array)
+        if offset < 0 or count < 0 or offset + count * dtype.itemsize > self.size:  # message only on failure
+            self.require(offset, count * dtype.itemsize, f"{dtype}{list(shape)} data", array)
         if count == 0:
             return np.zeros(shape, dtype)
         return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+class FileArray(ArrayHandle):
+    """A handle whose `.numpy()` reads a new array of its own (`read`, e.g. pread: handed out
+    without a second copy) and whose `.numpy(copy=False)` is a view into the memory map (`view`)."""
+
+    __slots__ = ("_view",)
+
+    def __init__(self, name: str, shape, dtype, read, view, meta: dict | None = None):
+        super().__init__(name, shape, dtype, read, meta, fresh=True)
+        self._view = view
+
+    def numpy(self, copy: bool = True) -> np.ndarray:
+        if copy:
+            return super().numpy()
+        arr = self._view()
+        if arr.shape != self.shape or arr.dtype != self.dtype:
+            raise FormatError(f"decoded {arr.dtype}{list(arr.shape)}, expected {self.dtype}{list(self.shape)}",
+                              array=self.name)
+        return arr

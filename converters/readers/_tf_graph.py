@@ -258,11 +258,11 @@ def _const_handle(view: FileView, name: str, t: _Tensor, consumer) -> ArrayHandl
             raise FormatError(f"tensor_content holds {length} bytes but {dtype_name(t.dtype)}{list(shape)} needs "
                               f"{count * dtype.itemsize}", file=view.path, array=name, offset=start)
         meta["offset"] = start
-        return ArrayHandle(name, shape, dtype, lambda: view.array(start, dtype, shape, name), meta)
+        return view.handle(name, start, dtype, shape, meta)
     if count * dtype.itemsize > _MAX_EXPANDED:  # a few stored values must not expand into gigabytes
         raise UnsupportedError(f"{dtype_name(t.dtype)}{list(shape)} constant given by typed values would expand to "
                                f"{count * dtype.itemsize} bytes", file=view.path, array=name, offset=t.at)
-    return ArrayHandle(name, shape, dtype, lambda: _typed_values(view, name, t, dtype, count), meta)
+    return ArrayHandle(name, shape, dtype, lambda: _typed_values(view, name, t, dtype, count), meta, fresh=True)
 
 
 def _typed_values(view: FileView, name: str, t: _Tensor, dtype, count: int) -> np.ndarray:

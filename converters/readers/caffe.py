@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arrays import ArrayFile, ArrayHandle, Layer
+from ..arrays import ArrayFile, ArrayHandle, Layer, release_pages
 from ..errors import FormatError, TruncatedError, UnsupportedError
 from . import _caffe_schema as S
 from . import _prototxt
-from ._binary import FileView
+from ._binary import FileArray, FileView, new_array
 from ._limits import parser_errors
 from ._protowire import FIXED32, FIXED64, LEN, VARINT, f32, f64, iter_fields, packed_varints, read_varint, text
 
@@ -160,7 +160,7 @@ def _open(view: FileView, prototxt) -> ArrayFile:
             array_meta = _blob_meta(raw.name, layer_type, params, index, blob)
             if target is not None and raw.type and raw.type != layer_type:
                 array_meta["caffemodel_layer_type"] = raw.type
-            arrays.append(ArrayHandle(name, blob.shape, blob.dtype, _loader(view, blob, name), array_meta))
+            arrays.append(_handle(view, blob, name, array_meta))
             names.append(name)
         if target is not None:
             target.arrays = names
@@ -392,17 +392,33 @@ def _field_value(buf, wire, pos, end, number, field_start, file, name):
     return None, pos + width
 
 
-def _loader(view: FileView, blob: _Blob, name: str):
+def _handle(view: FileView, blob: _Blob, name: str, meta: dict) -> ArrayHandle:
+    """The usual blob (one packed run) reads with pread; several runs or non-packed values
+    (one key per number, old writers) are gathered run by run into one new array."""
     runs, dtype, shape = blob.runs, blob.dtype, blob.shape
+    if len(runs) == 1 and runs[0][2] == dtype.itemsize:
+        return view.handle(name, runs[0][0], dtype, shape, meta)
 
-    def load():
-        if len(runs) == 1 and runs[0][2] == dtype.itemsize:  # the usual case: one packed run
-            return view.array(runs[0][0], dtype, shape, name)
+    def read():
+        out = new_array((blob_count,), dtype)
+        pos = 0
+        for run in runs:
+            offset, count, stride, _ = run
+            if stride == dtype.itemsize:
+                view.read_into(out[pos:pos + count], offset, "packed blob data", name)
+            else:
+                values = _run_array(view, run, dtype, name)
+                out[pos:pos + count] = values
+                release_pages(values)
+            pos += count
+        return out.reshape(shape)
+
+    def mapped():
         parts = [_run_array(view, run, dtype, name) for run in runs]
-        flat = np.concatenate(parts) if parts else np.zeros(0, dtype)
-        return flat.reshape(shape)
+        return (np.concatenate(parts) if parts else np.zeros(0, dtype)).reshape(shape)
 
-    return load
+    blob_count = sum(run[1] for run in runs)
+    return FileArray(name, shape, dtype, read, mapped, meta)
 
 
 def _run_array(view: FileView, run, dtype, name) -> np.ndarray:

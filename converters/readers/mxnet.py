@@ -82,7 +82,7 @@ def sniff(path, head: bytes) -> bool:
 def detect_name(path) -> str:
     """`mxnet` when the names carry arg:/aux: prefixes (Module / export), `gluon` otherwise."""
     try:
-        view = FileView(path)
+        view = FileView(path, pread_headers=True)
     except OSError:
         return NAME
     try:
@@ -105,7 +105,7 @@ def open(path, framework: str = NAME, symbol=None, strip_prefix: bool = True, **
     """
     path = os.fspath(path)
     _refuse_symbol_file(path)
-    view = FileView(path)
+    view = FileView(path, pread_headers=True)
     try:
         with parser_errors(path, "MXNet parameters"):  # symbol JSON nested too deep, bad numbers, ...
             return _open(view, framework, symbol, strip_prefix)
@@ -334,12 +334,8 @@ def _handle(view: FileView, rec: _Record, key: str, stored: str, owner) -> Array
     meta["role"] = role or ("running_stat" if prefix == "aux" else "other")
     if rec.none:
         meta["none"] = True
-        return ArrayHandle(key, (0,), np.float32, lambda: np.zeros((0,), np.float32), meta)
-    return ArrayHandle(key, rec.shape, rec.dtype, _loader(view, rec, key), meta)
-
-
-def _loader(view: FileView, rec: _Record, key: str):
-    return lambda: view.array(rec.data_offset, rec.dtype, rec.shape, key)
+        return ArrayHandle(key, (0,), np.float32, lambda: np.zeros((0,), np.float32), meta, fresh=True)
+    return view.handle(key, rec.data_offset, rec.dtype, rec.shape, meta)
 
 
 def _role_and_layer(name: str, prefix: str | None) -> tuple[str | None, str]:

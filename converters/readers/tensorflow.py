@@ -14,15 +14,16 @@ names="readable" keys by the object-graph path instead. See docs/readers/tensorf
 """
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
 import numpy as np
 
-from ..arrays import ArrayFile, ArrayHandle
+from ..arrays import ArrayFile, ArrayHandle, release_pages
 from ..errors import FormatError, TruncatedError, UnsupportedError
 from . import _tf_sstable as sstable
-from ._binary import FileView
+from ._binary import FileView, new_array
 from ._limits import parser_errors
 from ._protowire import FIXED32, LEN, VARINT, fields, ints, iter_fields, read_varint
 from ._tf_graph import is_graphdef, open_graphdef
@@ -295,7 +296,7 @@ def _bundle_handle(view: FileView, e: dict, name: str, info: dict) -> ArrayHandl
     if size != expected:
         raise FormatError(f"entry holds {size} bytes but {dtype_name(dt)}{list(shape)} needs {expected}",
                           file=view.path, array=name, offset=offset)
-    return ArrayHandle(name, shape, dtype, lambda: view.array(offset, dtype, shape, name), meta)
+    return view.handle(name, offset, dtype, shape, meta)
 
 
 def _sliced_handle(index: FileView, e: dict, name: str, info: dict, parts) -> ArrayHandle:
@@ -326,15 +327,21 @@ def _sliced_handle(index: FileView, e: dict, name: str, info: dict, parts) -> Ar
         raise FormatError(f"slices cover {covered} of {_count(shape)} elements", file=index.path, array=name,
                           offset=e["at"])
 
-    def load():
-        out = np.empty(shape, dtype)
+    def load():  # a new array each call: handed out as it is (fresh)
+        out = new_array(shape, dtype)
         for region, view, offset, sub in pieces:
-            out[region] = view.array(offset, dtype, sub, name)
+            target = out[region]
+            if target.flags.c_contiguous:  # slices along the first axis: read in place
+                view.read_into(target, offset, "tensor slice data", name)
+            else:
+                part = view.array(offset, dtype, sub, name)
+                target[...] = part
+                release_pages(part)
         return out
     meta = dict(info)
     meta["layout"] = layout_for(meta, len(shape))
     meta.update({"partitioned": len(pieces), "shard": sorted({Path(p[1].path).name for p in pieces})})
-    return ArrayHandle(name, shape, dtype, load, meta)
+    return ArrayHandle(name, shape, dtype, load, meta, fresh=True)
 
 
 def slice_key(name: str, extent: tuple) -> bytes:
@@ -397,6 +404,7 @@ def _rekey(handles: list[ArrayHandle], file) -> list[ArrayHandle]:
             raise FormatError(f"two arrays resolve to the readable name {new!r}", file=file, array=h.name,
                               hint="use names='keys'")
         seen.add(new)
-        meta = {**h.meta, "checkpoint_key": h.name}
-        out.append(ArrayHandle(new, h.shape, h.dtype, h._load, meta))
+        renamed = copy.copy(h)  # same loaders (pread, map view), new name
+        renamed.name, renamed.meta = new, {**h.meta, "checkpoint_key": h.name}
+        out.append(renamed)
     return out
