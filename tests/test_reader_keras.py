@@ -340,3 +340,125 @@ def test_live_framework_loaders_agree():
         assert len(got) == len(ref), name
         for g, r in zip(got, ref):
             assert g.tobytes() == np.asarray(r).tobytes(), name
+
+
+# ------------------------------------------------------------------ headers decoded without h5py
+
+def _weights_only_file(path, datasets, libver="earliest"):
+    """A Keras 2 weights-only file (layer_names / weight_names, as tf_keras writes them) holding
+    `datasets`: {name: callable(group, name)} writing one dataset each through h5py."""
+    with h5py.File(path, "w", libver=libver) as f:
+        f.attrs["layer_names"] = np.array([b"l"])
+        f.attrs["keras_version"] = b"2.15.0"
+        g = f.create_group("l")
+        g.attrs["weight_names"] = np.array([f"l/{n}:0".encode() for n in datasets])
+        for n, write in datasets.items():
+            write(g, f"l/{n}:0")
+    return path
+
+
+def _compact(g, name, data):
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.COMPACT)
+    sid = h5py.h5s.create_simple(data.shape)
+    h5py.h5d.create(g.id, name.encode(), h5py.h5t.py_create(data.dtype), sid, dcpl).write(
+        h5py.h5s.ALL, h5py.h5s.ALL, data)
+
+
+ODD = {
+    **{f"t_{t.replace('<', 'l').replace('>', 'b')}": (lambda t: lambda g, n: g.create_dataset(
+        n, data=(np.arange(24) - 7).astype(t).reshape(2, 3, 4)))(t)
+       for t in ("i1", "u1", "<i2", ">u2", "<i4", ">i8", "u8", "<f2", "<f4", ">f4", ">f8")},
+    "scalar": lambda g, n: g.create_dataset(n, data=np.float32(2.5)),
+    "bool": lambda g, n: g.create_dataset(n, data=np.array([True, False])),
+    "complex": lambda g, n: g.create_dataset(n, data=np.arange(3, dtype="c8")),
+    "empty": lambda g, n: g.create_dataset(n, data=np.zeros((0, 4), "f4")),
+    "unwritten": lambda g, n: g.create_dataset(n, shape=(3,), dtype="f4"),
+    "chunked": lambda g, n: g.create_dataset(n, data=np.arange(100, dtype="f4"), chunks=(10,)),
+    "gzip": lambda g, n: g.create_dataset(n, data=np.arange(100, dtype="f4"), compression="gzip"),
+    "compact": lambda g, n: _compact(g, n, np.arange(6, dtype="f4")),
+    "bf16_attr": lambda g, n: g.create_dataset(n, data=np.arange(4, dtype="u2")).attrs.__setitem__("dtype", "bfloat16"),
+}
+MAPPED = {n for n in ODD if n.startswith("t_")} | {"scalar", "bool", "complex", "bf16_attr"}
+
+
+@pytest.mark.parametrize("libver", ["earliest", "latest"])
+def test_every_dataset_kind_reads_as_h5py_does(tmp_path, libver):
+    """Plain datasets are decoded from their headers and mapped; the rest (and every dataset of
+    a file with version-2 headers) go through h5py: the same bytes and dtypes either way."""
+    path = _weights_only_file(tmp_path / "odd.h5", ODD, libver)
+    with open_file(path) as af, h5py.File(path, "r") as f:
+        assert list(af) == [f"l/{n}" for n in ODD]
+        for n in ODD:
+            a, ref = af[f"l/{n}"], f[f"l/l/{n}:0"][()]
+            got, native = a.numpy(), ref.astype(ref.dtype.newbyteorder("="))  # handles give native order
+            if n != "bf16_attr":
+                assert a.dtype == ref.dtype and got.dtype == native.dtype and got.shape == ref.shape, n
+                assert got.tobytes() == native.tobytes(), n
+            assert ("offset" in a.meta) == (n in MAPPED), n  # contiguous: read from the map
+        assert af.meta["version"] == "2.15.0"
+
+
+def test_decoded_headers_and_attributes_equal_h5py():
+    """For every group and dataset of every fixture: what _hdf5_headers decodes (kind, shape,
+    dtype, offset, attribute values and their types) is what h5py reports."""
+    from converters.readers import _hdf5_headers as H
+
+    for path in sorted(FIX.glob("*.h5")) + [FER]:
+        buf = path.read_bytes()
+        assert H.plain_superblock(buf, 0)
+        heaps, seen = {}, {"plain": 0, "group": 0}
+        with h5py.File(path, "r") as f:
+            def check(name, obj):
+                addr = h5py.h5o.get_info(obj.id).addr
+                kind = H.describe(buf, 0, addr)
+                if isinstance(obj, h5py.Dataset):
+                    assert kind == H.Plain(obj.shape, obj.dtype, obj.id.get_offset()), (path.name, name)
+                    seen["plain"] += 1
+                    return
+                assert isinstance(kind, H.Group), (path.name, name)
+                got, want = H.attributes(buf, 0, kind.attributes, heaps), dict(obj.attrs)
+                assert got.keys() == want.keys(), (path.name, name)
+                for k, w in want.items():
+                    assert type(got[k]) is type(w) and np.array_equal(got[k], w) and \
+                        getattr(got[k], "dtype", None) == getattr(w, "dtype", None), (path.name, name, k)
+                seen["group"] += 1
+            check("/", f)
+            f.visititems(check)
+        assert seen["plain"] and seen["group"]
+
+
+def test_keras3_file_needs_no_h5py_object_per_array(monkeypatch):
+    """A Keras 3 .weights.h5 is walked from the link index and its decoded headers: h5py's
+    high-level Group/Dataset lookups are never made (they cost 20-50 us each)."""
+    calls = []
+    real = h5py.Group.__getitem__
+    monkeypatch.setattr(h5py.Group, "__getitem__", lambda self, k: calls.append(k) or real(self, k))
+    exp = expected("k3_rnn.weights.h5")
+    ref = {str(n): exp[f"w_{i:03d}"] for i, n in enumerate(exp["names"])}
+    with open_file(FIX / "k3_rnn.weights.h5", "keras") as af:  # named: no sniffing
+        arrays = model_arrays(af)
+        assert {a.name for a in arrays} == set(ref)
+        assert all(a.numpy().tobytes() == ref[a.name].tobytes() for a in arrays)
+    assert calls == []
+
+
+def test_corrupt_global_heap_is_refused_not_decoded_forever(tmp_path):
+    """A global heap object of index 0 and size 0 sends HDF5 1.14 into an endless loop when it
+    decodes the heap; the layer names live there: refused (in a child, so a hang fails the test)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "heap.h5"
+    data = bytearray((FIX / "k3_rnn.weights.h5").read_bytes())
+    at = data.find(b"GCOL")
+    assert at > 0
+    data[at + 16:at + 18] = b"\0\0"        # the first object's index ...
+    data[at + 24:at + 32] = bytes(8)        # ... and size
+    path.write_bytes(bytes(data))
+    code = ("import sys; from converters.readers import open_file; from converters.errors import FormatError\n"
+            "try:\n    f = open_file(sys.argv[1]); [a.numpy() for a in f.values()]\n"
+            "except FormatError as e:\n    print('REFUSED', e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert "REFUSED" in r.stdout and "global heap object of size 0" in r.stdout, r.stdout + r.stderr
