@@ -353,6 +353,7 @@ class PreadBuffer:
         self.fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self.size = size
         self._blocks: dict[int, bytes] = {}
+        self._base, self._cur = 0, b""  # the block buf[i] read last
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -371,22 +372,24 @@ class PreadBuffer:
         return b
 
     def __getitem__(self, key):
-        if isinstance(key, slice):
-            start, stop, _ = key.indices(self.size)
-            if stop - start > 2 * self.BLOCK:
-                return os.pread(self.fd, stop - start, start)
-            return b"".join(self._block(i)[max(start - i * self.BLOCK, 0):stop - i * self.BLOCK]
-                            for i in range(start // self.BLOCK, (stop - 1) // self.BLOCK + 1)) if stop > start else b""
-        if not 0 <= key < self.size:
-            raise IndexError("PreadBuffer index out of range")
-        return self._block(key // self.BLOCK)[key % self.BLOCK]
+        if type(key) is int:
+            j = key - self._base
+            if 0 <= j < len(self._cur):
+                return self._cur[j]
+            if not 0 <= key < self.size:
+                raise IndexError("PreadBuffer index out of range")
+            self._base = key - key % self.BLOCK
+            self._cur = self._block(key // self.BLOCK)
+            return self._cur[key - self._base]
+        start, stop, _ = key.indices(self.size)
+        if stop - start > 2 * self.BLOCK:
+            return os.pread(self.fd, stop - start, start)
+        return b"".join(self._block(i)[max(start - i * self.BLOCK, 0):stop - i * self.BLOCK]
+                        for i in range(start // self.BLOCK, (stop - 1) // self.BLOCK + 1)) if stop > start else b""
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
         index = positions // self.BLOCK
         blocks = np.sort(index)
         blocks = blocks[np.concatenate(([True], blocks[1:] != blocks[:-1]))] if blocks.size else blocks
-        data = np.zeros((blocks.size, self.BLOCK), np.uint8)
-        for j, i in enumerate(blocks.tolist()):
-            b = self._block(i)
-            data[j, :len(b)] = np.frombuffer(b, np.uint8)
-        return data[np.searchsorted(blocks, index), positions % self.BLOCK]
+        data = np.frombuffer(b"".join(self._block(i).ljust(self.BLOCK, b"\0") for i in blocks.tolist()), np.uint8)
+        return data[np.searchsorted(blocks, index) * self.BLOCK + positions % self.BLOCK]
