@@ -36,13 +36,16 @@ def source_files(path) -> list[str]:
     return []
 
 
-def sha256_files(paths, chunk=1 << 22) -> str:
-    """sha256 of one file, or of the files' bytes in order when there are several."""
+def sha256_files(paths, chunk=1 << 20) -> str:
+    """sha256 of one file, or of the files' bytes in order when there are several (read into one
+    reused buffer: no new memory per block)."""
     h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
     for p in paths:
-        with open(p, "rb") as fh:
-            while block := fh.read(chunk):
-                h.update(block)
+        with open(p, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                h.update(view[:n])
     return h.hexdigest()
 
 

@@ -7,7 +7,8 @@ Tensors move in chunks of CHUNK_BYTES through a two-stage pipeline: this thread 
 reused chunk buffer) while a writer thread pwrites (and, for the torch zip, CRCs) chunk k; torch's
 copy, os.pwrite and zlib.crc32 all release the GIL. A C-contiguous little-endian value (a tensor
 that needs no transform) is pwritten from its own memory, with no copy at all. So no output
-tensor is ever held whole in memory: the writer's own memory is two chunk buffers.
+tensor is ever held whole in memory: the writer's own memory is two chunk buffers, each at most
+a quarter of the largest tensor (and at most CHUNK_BYTES).
 
 An entry is (name, shape, dtype, produce) or (name, shape, dtype, produce, source): produce() ->
 array; source() -> a context manager yielding the value as it is (a view of the input file, say),
@@ -26,6 +27,7 @@ from ..errors import ConvertersError
 from ..mapping.materialise import copy_into
 
 CHUNK_BYTES = 4 << 20
+MIN_CHUNK_BYTES = 256 << 10
 _BUFFERS = 2
 
 
@@ -43,7 +45,8 @@ def write_tensors(fd: int, entries, offsets, *, checksum: bool = False, progress
     """Write every entry's bytes at its offset in `fd`; returns each tensor's CRC32 when
     `checksum`, else zeros."""
     crcs = [0] * len(entries)
-    pipe = _Pipeline(fd, crcs, checksum)
+    largest = max((nbytes(e[1], e[2]) for e in entries), default=0)
+    pipe = _Pipeline(fd, crcs, checksum, min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, largest // 4)))
     try:
         for i, (entry, offset) in enumerate(zip(entries, offsets)):
             name, shape, dtype, produce, *rest = entry
@@ -75,15 +78,16 @@ def _write_value(pipe, value: np.ndarray, offset: int, i: int) -> None:
     dtype = little(value.dtype)
     if value.size == 0:
         return
+    chunk = pipe.chunk
     if value.flags.c_contiguous and value.dtype == dtype:
         flat = value.reshape(-1).view(np.uint8)
-        for start in range(0, flat.nbytes, CHUNK_BYTES):
-            pipe.submit(flat[start:start + CHUNK_BYTES], offset + start, i)
+        for start in range(0, flat.nbytes, chunk):
+            pipe.submit(flat[start:start + chunk], offset + start, i)
         return
     if value.ndim == 0:
         value = value.reshape(1)
     row = value.nbytes // value.shape[0]
-    per = max(1, CHUNK_BYTES // row)
+    per = max(1, chunk // row)
     for r in range(0, value.shape[0], per):
         part = value[r:r + per]
         buf = pipe.buffer(part.nbytes)
@@ -102,8 +106,8 @@ class _Pipeline:
     """A writer thread that pwrites (and CRCs) chunks in submission order while the caller makes
     the next one; chunk buffers go back to the caller once written."""
 
-    def __init__(self, fd, crcs, checksum):
-        self.fd, self.crcs, self.checksum, self.error = fd, crcs, checksum, None
+    def __init__(self, fd, crcs, checksum, chunk):
+        self.fd, self.crcs, self.checksum, self.chunk, self.error = fd, crcs, checksum, chunk, None
         self.free = queue.SimpleQueue()
         self.spare = _BUFFERS  # buffers not allocated yet: a file of small tensors never needs them
         self.work = queue.Queue(maxsize=2 * _BUFFERS)
@@ -111,14 +115,14 @@ class _Pipeline:
         self.thread.start()
 
     def buffer(self, n: int) -> np.ndarray:
-        """A chunk buffer of at least n bytes (a one-off buffer for a chunk larger than CHUNK_BYTES:
+        """A chunk buffer of at least n bytes (a one-off buffer for a chunk larger than self.chunk:
         a single row that long)."""
         self._raise()
-        if n > CHUNK_BYTES:
+        if n > self.chunk:
             return np.empty(n, np.uint8)
         if self.spare:
             self.spare -= 1
-            return np.empty(CHUNK_BYTES, np.uint8)
+            return np.empty(self.chunk, np.uint8)
         return self.free.get()
 
     def submit(self, data: np.ndarray, offset: int, i: int, buf=None) -> None:
@@ -137,7 +141,7 @@ class _Pipeline:
                 self.error = e
             finally:
                 del data, item
-                if buf is not None and buf.nbytes == CHUNK_BYTES:
+                if buf is not None and buf.nbytes == self.chunk:
                     self.free.put(buf)
                 buf = None
 
