@@ -24,7 +24,7 @@ from functools import partial
 import numpy as np
 
 from ..arrays import ArrayFile, ArrayHandle
-from ..errors import FormatError, UnsupportedError
+from ..errors import ConvertersError, FormatError, UnsupportedError
 from . import _protowire as pw
 from . import onnx_files as ox
 from ._limits import parser_errors
@@ -58,10 +58,13 @@ _IS_DATA[list(_VIEWS + _VARINTS)] = True
 
 
 def open_fast(reader, meta: dict, graph_span) -> ArrayFile | None:
-    """The ArrayFile of an ONNX model, or None when the field-by-field walk must open it."""
+    """The ArrayFile of an ONNX model, or None when the field-by-field walk must open it. A file
+    with an error anywhere is also the walk's: it reports the first error in file order."""
     gather = reader.gather()
     try:
         return _open(reader, gather, meta, graph_span)
+    except (ConvertersError, ValueError, TypeError, IndexError, OverflowError):
+        return None
     finally:
         del gather  # its array pins the memory map, which close() must be able to release
 
