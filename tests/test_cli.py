@@ -221,24 +221,33 @@ def test_no_progress_when_not_a_terminal(tmp_path, capsys):
 def test_library_modules_do_not_import_the_cli():
     """One direction only: converters/cli/ (and each subcommand module) imports the library."""
     cli_modules = {ROOT / "converters" / m.replace("converters.", "").replace(".", "/") for m in COMMANDS.values()}
-    pattern = re.compile(r"^\s*(from\s+(\.+cli\b|converters\.cli\b)|import\s+converters\.cli\b|from\s+\.\s+import\s+cli\b)",
-                         re.M)
+    pattern = re.compile(r"^\s*(from\s+(\.+cli\b|converters\.cli\b)|import\s+converters\.cli\b"
+                         r"|from\s+\.\s+import\s+cli\b)", re.M)
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "converters").rglob("*.py")
                  if "cli" not in p.relative_to(ROOT / "converters").parts[:1] and p.with_suffix("") not in cli_modules
                  and p.name != "__main__.py" and pattern.search(p.read_text())]
     assert not offenders, offenders
 
 
-def _partials(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".partial"))
+def _partials(folder, written=False):
+    """The `.partial` temporaries in folder; written=True: only those the writer has put bytes in."""
+    out = []
+    for p in folder.iterdir():
+        try:
+            if p.name.endswith(".partial") and (not written or p.stat().st_size > 0):
+                out.append(p.name)
+        except FileNotFoundError:  # renamed over the output meanwhile
+            pass
+    return sorted(out)
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
 def test_terminated_mid_write_leaves_no_partial_and_exits_128_plus_signal(tmp_path, name):
-    """A real conversion (64 MiB from an .npz, written as .pth by torch.save) in a fresh process,
-    caught mid-write: frozen (SIGSTOP) as soon as its `.partial` appears, checked to be still
-    writing, then sent the signal and thawed. No retries are left to chance: if the write had
-    already finished when the process froze, the case runs again on a fresh output."""
+    """A real conversion (64 MiB from an .npz, written as .pth) in a fresh process, caught
+    mid-write: frozen (SIGSTOP) as soon as its `.partial` holds bytes (so the writer is inside
+    its write, past creating the file), checked to be still writing, then sent the signal and
+    thawed. If the write had already finished when the process froze, the case runs again on a
+    fresh output."""
     import signal
     import time
 
@@ -254,10 +263,10 @@ def test_terminated_mid_write_leaves_no_partial_and_exits_128_plus_signal(tmp_pa
         proc = subprocess.Popen([sys.executable, "-m", "converters", "--from", "numpy", "--map", str(table),
                                  str(src), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
-        while not _partials(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        while not _partials(tmp_path, written=True) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.0005)
         proc.send_signal(signal.SIGSTOP)
-        mid_write = bool(_partials(tmp_path)) and not out.exists() and proc.poll() is None
+        mid_write = bool(_partials(tmp_path, written=True)) and not out.exists() and proc.poll() is None
         if mid_write:
             proc.send_signal(sig)
         proc.send_signal(signal.SIGCONT)

@@ -10,10 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from hostile_files import RunsCommand, pth_that_runs_command  # noqa: E402
+
 from converters import read  # noqa: E402
 from converters.errors import FormatError, TruncatedError, UnsupportedError  # noqa: E402
 from converters.readers import torch_files  # noqa: E402
-from hostile_files import RunsCommand, pth_that_runs_command  # noqa: E402
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "torch"
 FILES = ["state_dict_dtypes.pt", "checkpoint_nested.pth", "legacy_format.pth"]

@@ -85,7 +85,8 @@ def build_parser(prog: str, only: str | None = None) -> argparse.ArgumentParser:
     for name, module_name in available().items():
         module = importlib.import_module(module_name) if only in (None, name) else None
         help_text = getattr(module, "HELP", None) if module else None
-        p = root.commands[name] = sub.add_parser(name, help=help_text, description=help_text, prog=f"{prog} [{name}]" if name == DEFAULT else f"{prog} {name}")
+        shown = f"{prog} [{name}]" if name == DEFAULT else f"{prog} {name}"
+        p = root.commands[name] = sub.add_parser(name, help=help_text, description=help_text, prog=shown)
         if module is not None:
             module.add_arguments(p)
             p.set_defaults(_run=module.run)

@@ -42,7 +42,8 @@ def parse_options(pairs) -> dict:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConvertersError(f"--option takes KEY=VALUE, not {pair!r}", hint="e.g. --option prototxt=deploy.prototxt")
+            raise ConvertersError(f"--option takes KEY=VALUE, not {pair!r}",
+                                  hint="e.g. --option prototxt=deploy.prototxt")
         if key in options:
             raise ConvertersError(f"--option {key} is given twice")
         options[key] = parse_value(value)
@@ -75,8 +76,9 @@ def json_object(text: str) -> dict:
 def add_from(p, dest="framework", flag="--from", extra=(), help=None) -> None:
     from ..readers import FRAMEWORKS
 
-    p.add_argument(flag, dest=dest, choices=sorted(set(FRAMEWORKS) | set(extra)), metavar="FRAMEWORK",
-                   help=help or f"source format (detected when omitted): {', '.join(sorted(set(FRAMEWORKS) | set(extra)))}")
+    names = sorted(set(FRAMEWORKS) | set(extra))
+    p.add_argument(flag, dest=dest, choices=names, metavar="FRAMEWORK",
+                   help=help or f"source format (detected when omitted): {', '.join(names)}")
 
 
 def add_map(p, required=True) -> None:

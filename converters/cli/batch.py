@@ -16,7 +16,8 @@ def add_arguments(p) -> None:
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local process pool (default) or Ray tasks (RAY_ADDRESS picks a cluster)")
     p.add_argument("--force", action="store_true", help="reconvert outputs that are up to date")
-    p.add_argument("--report", metavar="PATH", dest="json", help="write the JSON report to PATH ('-': stdout); same as --json-out")
+    p.add_argument("--report", metavar="PATH", dest="json",
+                   help="write the JSON report to PATH ('-': stdout); same as --json-out")
     A.add_json(p, help="print the JSON report")
     A.add_quiet(p)
 
@@ -29,8 +30,8 @@ def run(args) -> int:
 
     def show(r):
         if not args.quiet or r.status == "failed":
-            print(f"{r.status:8s} {r.seconds:7.2f}s  {r.source} -> {r.out}" + (f"\n         {r.message}" if r.status == "failed" else ""),
-                  file=text, flush=True)
+            why = f"\n         {r.message}" if r.status == "failed" else ""
+            print(f"{r.status:8s} {r.seconds:7.2f}s  {r.source} -> {r.out}{why}", file=text, flush=True)
     results = run_batch(jobs, workers=args.workers, engine=args.engine, force=args.force, on_result=show)
     s = summary(results)
     if args.json:

@@ -23,7 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--allow-unused", action="store_true", help="accept source arrays no rule uses")
     p.add_argument("--allow-missing", action="store_true", help="accept target tensors nothing fills")
-    p.add_argument("--report", metavar="PATH", dest="json", help="write the coverage report as JSON to PATH ('-': stdout); same as --json-out")
+    p.add_argument("--report", metavar="PATH", dest="json",
+                   help="write the coverage report as JSON to PATH ('-': stdout); same as --json-out")
     A.add_json(p, help="print the coverage report as JSON")
     A.add_option(p)
     p.add_argument("--verify", action="store_true",

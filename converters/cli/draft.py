@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
     A.add_input_shape(p, help="dummy input for tracing the target, e.g. 1,3,224,224 (NCHW)")
     A.add_option(p)
     p.add_argument("--verify", action="store_true",
-                   help="run the draft through the parity check and name the rules the first divergent layer implicates")
+                   help="run the draft through the parity check and name the rules the first divergent layer "
+                        "implicates")
     p.add_argument("--source-python", help="interpreter with the source framework (MXNet), for --verify")
     p.add_argument("--like", metavar="PORT", help="an existing port's weights (.pth, .safetensors, ...): make every "
                    "rule reproduce its tensors bit for bit (layout steps searched), say where none does")

@@ -25,9 +25,10 @@ def run(args) -> int:
 
     taps = args.taps if args.taps in ("mapped", "all", "none") else [t for t in args.taps.split(",") if t]
     with A.activity(args, "running the source model"):
-        meta = write_reference(args.input, args.map, args.output, framework=args.framework, architecture=args.architecture,
-                               inputs=args.inputs, n=args.n, seed=args.seed, source_python=args.source_python,
-                               taps=taps, reader_options=A.parse_options(args.option), input_shape=args.input_shape,
+        meta = write_reference(args.input, args.map, args.output, framework=args.framework,
+                               architecture=args.architecture, inputs=args.inputs, n=args.n, seed=args.seed,
+                               source_python=args.source_python, taps=taps,
+                               reader_options=A.parse_options(args.option), input_shape=args.input_shape,
                                inputs_convention=args.inputs_convention, force=args.force, target=args.target,
                                target_kwargs=args.target_kwargs)
     if args.json:

@@ -65,7 +65,8 @@ def run_from_args(args, model=None):
     tolerance = {k: getattr(args, k, None) for k in ("atol", "rtol", "cosine", "topk")}
     tolerance = {k: v for k, v in tolerance.items() if v is not None} or None
     if model is None and getattr(args, "converted", None):
-        model = load_converted(args.converted, args.map, getattr(args, "target", None), getattr(args, "target_kwargs", None))
+        model = load_converted(args.converted, args.map, getattr(args, "target", None),
+                               getattr(args, "target_kwargs", None))
     localise = {"auto": True, "always": "always", "never": False}[getattr(args, "localise", "auto")]
     with A.activity(args, "verifying"):
         rep = verify(args.input, args.map, getattr(args, "target", None), framework=args.framework,

@@ -29,7 +29,7 @@ class Tolerance:
     topk: int = 1  # 0 turns the class-score check off
 
     @classmethod
-    def from_any(cls, value) -> "Tolerance":
+    def from_any(cls, value) -> Tolerance:
         """A Tolerance from None, a Tolerance, a dict ({atol, rtol, cosine, topk}) or a number (atol)."""
         if value is None:
             return cls()
@@ -45,7 +45,7 @@ class Tolerance:
             return cls(**value)
         raise ConvertersError(f"a tolerance is a number (atol) or a mapping, not {value!r}")
 
-    def merged(self, overrides: dict | None) -> "Tolerance":
+    def merged(self, overrides: dict | None) -> Tolerance:
         """This tolerance with the keys of `overrides` that are not None replaced."""
         values = asdict(self)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})

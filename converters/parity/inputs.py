@@ -32,7 +32,7 @@ class Conventions:
     explicit: dict = field(default_factory=dict)    # which chains came from the table, for the report
 
     @classmethod
-    def from_mapping(cls, m) -> "Conventions":
+    def from_mapping(cls, m) -> Conventions:
         source = dict(getattr(m, "input", None) or {})
         parity = getattr(m, "parity", None) or {}
         target = dict(source)

@@ -207,7 +207,7 @@ def judge_layers(rows: list[dict], model: nn.Module, args, limit: int = 20):
         vouched = next((r for r, d in zip(agreeing, depends) if d is True), None)
         doubted = next((r for r, d in zip(agreeing, depends) if d is not False), None)
         if reason is None and doubted is not None:
-            reason = f"{doubted['name']}, computed from it, agrees" if vouched else                 f"{doubted['name']} after it agrees"
+            reason = f"{doubted['name']}, computed from it, agrees" if vouched else f"{doubted['name']} after it agrees"
         if reason is None and pending:
             row["unsure"] = f"{pending[0]['name']} before it could not be compared"
             return None, unsure + [row]

@@ -72,7 +72,8 @@ class ParityReport(Report):
     # ---- the Report interface ----------------------------------------------------------------
 
     def headline(self) -> str:
-        return f"parity {self.verdict()}: {self.framework or 'source'} {self.source} vs PyTorch (mapping {self.mapping})"
+        return (f"parity {self.verdict()}: {self.framework or 'source'} {self.source} vs PyTorch "
+                f"(mapping {self.mapping})")
 
     def sections(self):
         return [(f"{kind}s", tuple(HEADERS), [tuple(_row_cells(r)) for r in rows])
@@ -84,8 +85,8 @@ class ParityReport(Report):
         return {"passed": self.passed, "verdict": self.verdict(), "source": self.source, "mapping": self.mapping,
                 "framework": self.framework, "tolerance": self.tolerance, "inputs": self.inputs,
                 "outputs": self.outputs, "first_divergent": self.first_divergent, "layers": self.layers,
-                "localised": self.localised, "undetermined": self.undetermined, "conventions": self.conventions, "timings": self.timings,
-                "notes": self.notes}
+                "localised": self.localised, "undetermined": self.undetermined, "conventions": self.conventions,
+                "timings": self.timings, "notes": self.notes}
 
     def to_json(self, path=None, indent=1) -> str:
         text = json.dumps(self.to_dict(), indent=indent, default=str)
@@ -121,7 +122,8 @@ class ParityReport(Report):
         except ImportError:
             from ..errors import MissingDependencyError
 
-            raise MissingDependencyError("the per-layer error plot needs matplotlib", hint="pip install matplotlib") from None
+            raise MissingDependencyError("the per-layer error plot needs matplotlib",
+                                         hint="pip install matplotlib") from None
         rows = [r for r in (self.layers or self.outputs) if r.get("max_abs") is not None]
         fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(rows) + 2), 4))
         values = [max(r["max_abs"] / r["scale"], 1e-12) for r in rows]

@@ -60,7 +60,7 @@ class ParitySetup:
     def create(cls, source, mapping, target=None, *, framework=None, architecture=None, inputs=None, n=None,
                seed=0, tolerance=None, source_python=None, dtype="float32", target_kwargs=None,
                reader_options=None, input_shape=None, inputs_convention="source", oracle_options=None,
-               extra_inputs=None) -> "ParitySetup":
+               extra_inputs=None) -> ParitySetup:
         """The set-up from verify's keywords (see converters.parity.verify.verify)."""
         m = mapping if isinstance(mapping, mapping_spec.Mapping) else mapping_spec.load(mapping)
         if dtype not in ("float32", "float64"):

@@ -18,8 +18,8 @@ names, else by order: the table's `parity.outputs` lists the source outputs in t
 PyTorch model returns them (default: the source's own order; a dict's values count in its order).
 Nested tuples are flattened ((out, (h, c)) -> out, h, c).
 
-Exit codes of `convert verify` (converters/cli/verify.py): 0 pass, 1 parity failure, 2 usage error, oracle unavailable, the
-source framework or the PyTorch model's forward crashed (its last lines are printed).
+Exit codes of `convert verify` (converters/cli/verify.py): 0 pass, 1 parity failure, 2 usage error, oracle
+unavailable, the source framework or the PyTorch model's forward crashed (its last lines are printed).
 """
 from __future__ import annotations
 
@@ -34,8 +34,14 @@ import torch
 from ..errors import ConvertersError, MappingError
 from . import inputs as I
 from .compare import compare
-from .localise import ActivationRecorder, compare_layers, judge_layers, likely_causes, pairs_from_conversion, \
-    resolve_pairs
+from .localise import (
+    ActivationRecorder,
+    compare_layers,
+    judge_layers,
+    likely_causes,
+    pairs_from_conversion,
+    resolve_pairs,
+)
 from .oracles import ORACLES
 from .oracles.base import Oracle, OracleUnavailable, SourceModel
 from .report import ParityReport
@@ -57,8 +63,9 @@ def verify(source, mapping, target=None, *, framework=None, architecture=None, i
     target: as for converters.convert. framework: the source framework (default: the table's).
     architecture: the file the framework needs beside the weights (prototxt, -symbol.json, a Keras
         model config or full model file for a weights-only Keras file).
-    inputs: None (random, `n` samples from `seed`; n default: the table's parity.batch, else 2), an .npz path, or a dict/list of arrays, in
-        the source's convention (inputs_convention="target": the PyTorch model's).
+    inputs: None (random, `n` samples from `seed`; n default: the table's parity.batch, else 2), an .npz
+        path, or a dict/list of arrays, in the source's convention (inputs_convention="target": the
+        PyTorch model's).
     tolerance: None (defaults), a number (atol) or {atol, rtol, cosine, topk}; overrides the
         table's parity.tolerance key by key.
     localise: True (when an output differs), "always", or False.

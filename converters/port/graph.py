@@ -161,8 +161,8 @@ class Graph:
     extra_inputs: dict = field(default_factory=dict)       # table `parity.extra_inputs` (MXNet labels, ...)
     unused_arrays: dict = field(default_factory=dict)      # source array -> why no node uses it (table ignore)
     reader_options: dict = field(default_factory=dict)     # converters.read options for source_files[0] (prototxt=...)
-    notes: list = field(default_factory=list)              # facts for the table's notes (what the file does not record, ...)
-    architecture: str | None = None                        # the file verify's oracle reads beside the weights (prototxt, -symbol.json)
+    notes: list = field(default_factory=list)              # facts for the table's notes (what the file lacks, ...)
+    architecture: str | None = None                        # what verify's oracle reads beside the weights (prototxt)
     fixed_batch: int | None = None                         # the batch the source only runs at (table parity.batch)
 
     def check(self) -> None:

@@ -101,7 +101,8 @@ def _split(head: str, node, text: str, indent: str, tail: str) -> list[str]:
         prefixes = [""] * len(node.args) + [f"{k.arg}=" if k.arg else "**" for k in node.keywords]
         closer = ")"
     elif isinstance(node, (ast.Tuple, ast.List)):
-        opener, closer = head + ("(" if isinstance(node, ast.Tuple) else "["), ")" if isinstance(node, ast.Tuple) else "]"
+        tup = isinstance(node, ast.Tuple)
+        opener, closer = head + ("(" if tup else "["), ")" if tup else "]"
         items = [_segment(text, e) for e in node.elts]
         nodes, prefixes = list(node.elts), [""] * len(node.elts)
     elif isinstance(node, ast.Subscript):  # x.shape[0] with a long x: the index on its own line

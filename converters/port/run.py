@@ -44,7 +44,8 @@ class PortResult:
         for row in self.layers:
             where = f"lines {row['lines'][0]}-{row['lines'][1]}" if row["lines"][1] > row["lines"][0] else \
                 f"line {row['lines'][0]}"
-            lines.append(f"  {row['layer']} ({row['op']}) -> {where}" + (f", self.{row['attr']}" if row["module"] else ""))
+            attr = f", self.{row['attr']}" if row["module"] else ""
+            lines.append(f"  {row['layer']} ({row['op']}) -> {where}{attr}")
         return "\n".join(lines)
 
 
@@ -74,7 +75,8 @@ def port(sources, out_dir, *, framework=None, name=None, fmt="safetensors", forc
         raise PortError(f"--name {name!r} is not a Python class name")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise OutputExistsError("output folder exists and is not empty", file=str(out), hint="pass --force to replace it")
+        raise OutputExistsError("output folder exists and is not empty", file=str(out),
+                                hint="pass --force to replace it")
     if framework is None:
         from ..readers import detect
 

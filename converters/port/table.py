@@ -74,7 +74,8 @@ def _rule(source: str, uses: list, file) -> dict:
         parts = [_split_take(p.transforms) for p, _ in uses]
         shared = {(repr(pt[0]), repr(pt[2])) for pt in parts if pt is not None}
         indices = sorted(pt[1] for pt in parts if pt is not None)
-        if None in parts or len(shared) != 1 or indices != list(range(len(uses))) or len({repr(p.with_) for p, _ in uses}) != 1:
+        if (None in parts or len(shared) != 1 or indices != list(range(len(uses)))
+                or len({repr(p.with_) for p, _ in uses}) != 1):
             raise PortError(f"array {source!r} fills both {uses[0][1]} and {uses[1][1]} (shared weights): "
                             "not supported by `convert port`", file=file)
         prefix, _, suffix = parts[0]

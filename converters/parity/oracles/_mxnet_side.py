@@ -88,8 +88,8 @@ def main():
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     sys.stdout = sys.stderr  # anything mxnet prints must not corrupt the protocol stream
     try:
-        import numpy as np
         import mxnet as mx
+        import numpy as np
     except Exception as e:  # reported as "framework unavailable in this interpreter"
         _answer(protocol, {"ok": False, "unavailable": True, "error": f"{type(e).__name__}: {e}",
                            "python": sys.executable})

@@ -50,8 +50,8 @@ class ReferenceOracle(Oracle):
         if self.meta.get("format") != FORMAT:
             raise FormatError(f"__meta__ says format {self.meta.get('format')!r}, not {FORMAT!r}", file=self.path)
         if int(self.meta.get("version", 0)) > VERSION:
-            raise FormatError(f"reference format version {self.meta.get('version')} is newer than this reader ({VERSION})",
-                              file=self.path, hint="upgrade converters")
+            raise FormatError(f"reference format version {self.meta.get('version')} is newer than this reader "
+                              f"({VERSION})", file=self.path, hint="upgrade converters")
         self.framework = self.meta.get("framework", "reference")
         self.arrays = arrays
 

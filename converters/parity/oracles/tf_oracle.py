@@ -95,7 +95,8 @@ class TensorFlowOracle(Oracle):
         signatures = dict(loaded.signatures)
         wanted = self.model.options.get("signature")
         if wanted is None:
-            wanted = "serving_default" if "serving_default" in signatures or len(signatures) != 1 else next(iter(signatures))
+            only = len(signatures) == 1 and "serving_default" not in signatures
+            wanted = next(iter(signatures)) if only else "serving_default"
         if wanted not in signatures:
             raise ConvertersError(f"the SavedModel has no signature {wanted!r}; it has {sorted(signatures)}",
                                   file=folder, hint="choose one with the `signature` option")

@@ -54,7 +54,8 @@ def frontend_for(framework: str, file=None):
     except ModuleNotFoundError as e:
         if e.name != f"{__name__}.{name}":
             raise
-        raise PortError(f"the {framework} frontend of `convert port` is not available in this build", file=file) from None
+        raise PortError(f"the {framework} frontend of `convert port` is not available in this build",
+                        file=file) from None
 
 
 # `--architecture PATH`: the reader option each frontend takes the network's description as

@@ -21,7 +21,8 @@ _CF_LAYOUT = {3: "NLC", 4: "NHWC", 5: "NDHWC"}
 
 
 class _T:
-    """A tensor: its IR name, its Keras shape (batch 'N', unknown None) and whether the module holds it channels-first."""
+    """A tensor: its IR name, its Keras shape (batch 'N', unknown None) and whether the module holds
+    it channels-first."""
 
     def __init__(self, name: str, shape: tuple, cf: bool):
         self.name, self.shape, self.cf = name, tuple(shape), cf
@@ -80,7 +81,8 @@ class _Builder:
         vs = self.variables(q)
         name = vs.get(var)
         if prefix is not None:
-            name = next((a for a in self.f.layers[q].arrays if prefix in a.split("/")[:-1] and a.endswith("/" + var)), None)
+            name = next((a for a in self.f.layers[q].arrays if prefix in a.split("/")[:-1] and a.endswith("/" + var)),
+                        None)
         if name is None:
             if fill is not None:
                 return Param(fill=fill)
@@ -618,7 +620,8 @@ def keras_op(b, q, cls, args):
     op = _OPS.get(cls)
     tensors = [a for a in args if isinstance(a, _T)]
     if op is None or not tensors or len(args) != 2:
-        raise b.unsupported("a keras.ops operation", hint="only +, -, *, / of two tensors or a tensor and a scalar are ported")
+        raise b.unsupported("a keras.ops operation",
+                            hint="only +, -, *, / of two tensors or a tensor and a scalar are ported")
     ins = []
     for i, a in enumerate(args):
         if isinstance(a, _T):

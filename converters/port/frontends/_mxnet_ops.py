@@ -77,8 +77,9 @@ def deconvolution(b, node, a):
         None if s[2 + i] is None else
         (s[2 + i] - 1) * stride[i] - 2 * pad[i] + dilate[i] * (kernel[i] - 1) + adj[i] + 1 for i in range(d))
     b.emit(node["name"], "conv_transpose", [x], {
-        "dims": d, "in_channels": in_channels, "out_channels": out, "kernel": kernel, "stride": stride, "dilation": dilate,
-        "groups": groups, "padding": tuple((p, p) for p in pad), "output_padding": adj, "bias": not no_bias},
+        "dims": d, "in_channels": in_channels, "out_channels": out, "kernel": kernel, "stride": stride,
+        "dilation": dilate, "groups": groups, "padding": tuple((p, p) for p in pad), "output_padding": adj,
+        "bias": not no_bias},
         params, node["op"], shape)
 
 
@@ -471,7 +472,8 @@ def rnn_param_sources(b, node) -> list:
     src = b.by_name[node["inputs"][1][0]]
     if src["op"] not in ("_rnn_param_concat", "Concat", "concat"):
         raise UnsupportedOpError("RNN whose parameters are one flat array (not per-gate arrays)", node["name"],
-                                 b.file, hint="export the Gluon rnn layer (net.export), which keeps one array per weight")
+                                 b.file,
+                                 hint="export the Gluon rnn layer (net.export), which keeps one array per weight")
     b.absorbed.add(src["name"])
     names = []
     for entry in src["inputs"]:
@@ -516,8 +518,8 @@ def rnn(b, node, a):
     b.nodes.append(Node(name=node["name"], op=mode, inputs=[x, *states], outputs=outs, params=params,
                         source_op=node["op"], attrs={
                             "input_size": b.arrays[params["weight_ih_l0"].source].shape[1], "hidden_size": hidden,
-                            "num_layers": layers, "bidirectional": two_way, "batch_first": False, "return_sequences": True,
-                            "go_backwards": False, "state_format": "stacked"}))
+                            "num_layers": layers, "bidirectional": two_way, "batch_first": False,
+                            "return_sequences": True, "go_backwards": False, "state_format": "stacked"}))
     b.shapes[node["name"]] = None if s is None else (s[0], s[1], hidden * len(dirs))
     for t in outs[1:]:
         b.shapes[t] = None if s is None else (layers * len(dirs), s[1], hidden)

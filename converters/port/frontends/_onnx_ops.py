@@ -625,7 +625,8 @@ def _resize(b: _Builder, L):
             attrs = {"mode": "nearest", "align_corners": False, "half_pixel": True}
         else:
             raise b.unsupported(f"nearest with coordinate_transformation_mode {coord!r} and nearest_mode "
-                                f"{nearest_mode!r}", hint="torch's nearest is asymmetric + floor, nearest-exact half_pixel + round_prefer_ceil")
+                                f"{nearest_mode!r}", hint="torch's nearest is asymmetric + floor, nearest-exact "
+                                "half_pixel + round_prefer_ceil")
     elif mode in ("linear", "bilinear") and nd == 4 and L.type == "Resize":
         if coord == "align_corners":
             attrs = {"mode": "bilinear", "align_corners": True, "half_pixel": False}
@@ -643,7 +644,8 @@ def _resize(b: _Builder, L):
         out = tuple(sizes)
     else:
         attrs.update(scale=tuple(float(s) for s in scales[2:]), size=None)
-        out = (*xs[:2], *[int(np.floor(d * s)) if isinstance(d, int) else b.symbol() for d, s in zip(xs[2:], scales[2:])])
+        out = (*xs[:2], *[int(np.floor(d * s)) if isinstance(d, int) else b.symbol()
+                          for d, s in zip(xs[2:], scales[2:])])
     b.emit(L.name, "upsample", [b.tensor(x)], L.outputs[:1], attrs, shape=out)
 
 

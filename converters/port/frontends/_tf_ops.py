@@ -76,7 +76,8 @@ def _spatial_padding(b, layer, kernel, stride, dilation, shape):
         pads = ((e[2], e[3]), (e[4], e[5]))
     else:
         raise UnsupportedOpError(f"{layer.type} padding={kind}", layer.name, b.file)
-    return pads, [_shapes.conv_out(n, k, s, d, p, q) for n, k, s, d, (p, q) in zip(size, kernel, stride, dilation, pads)]
+    return pads, [_shapes.conv_out(n, k, s, d, p, q)
+                  for n, k, s, d, (p, q) in zip(size, kernel, stride, dilation, pads)]
 
 
 def _fused_bias(b, layer, channels):
@@ -132,7 +133,8 @@ def conv2d_transpose(b, layer):
     """Conv2DBackpropInput (tf.nn.conv2d_transpose, Keras Conv2DTranspose): a ConvTranspose2d
     whose output is cropped to TF's output_shape (SAME: the odd row goes to the end)."""
     _nhwc(b, layer)
-    if layer.params.get("padding") not in ("SAME", "VALID") or any(d != 1 for d in layer.params.get("dilations", [1] * 4)):
+    if (layer.params.get("padding") not in ("SAME", "VALID")
+            or any(d != 1 for d in layer.params.get("dilations", [1] * 4))):
         raise UnsupportedOpError(f"Conv2DBackpropInput padding={layer.params.get('padding')} or dilated", layer.name,
                                  b.file)
     out_shape = [int(d) for d in b.const(layer.inputs[0], "conv2d_transpose output_shape")]
@@ -159,8 +161,8 @@ def conv2d_transpose(b, layer):
     if bias is not None:
         params["bias"] = bias
     ir = b.emit(last.name, "conv_transpose", [b.cf(x, layer)], {
-        "dims": 2, "in_channels": cin, "out_channels": cout, "kernel": (kh, kw), "stride": stride, "dilation": (1, 1), "groups": 1,
-        "padding": tuple(pads), "output_padding": tuple(extra), "bias": bias is not None}, params,
+        "dims": 2, "in_channels": cin, "out_channels": cout, "kernel": (kh, kw), "stride": stride, "dilation": (1, 1),
+        "groups": 1, "padding": tuple(pads), "output_padding": tuple(extra), "bias": bias is not None}, params,
         source_op=layer.type if last is layer else f"{layer.type}+{last.type}")
     value = _new(b, ir=ir, shape=(x.shape[0], out_shape[1], out_shape[2], cout), cf=True)
     b.set(layer, value)
@@ -338,8 +340,9 @@ def _batchnorm_pattern(b, layer) -> bool:
     if not four and (x.shape is None or len(x.shape) != 2):
         return False
     ir = b.emit(add.name, "batchnorm", [b.cf(x, layer) if four else x.ir], {
-        "dims": 2 if four else 1, "num_features": features, "eps": float(np.asarray(b.const(eps, "epsilon")).reshape(-1)[0]),
-        "affine": True}, params, source_op="batch_normalization (unfused)")
+        "dims": 2 if four else 1, "num_features": features,
+        "eps": float(np.asarray(b.const(eps, "epsilon")).reshape(-1)[0]), "affine": True}, params,
+        source_op="batch_normalization (unfused)")
     b.fused.add(add.name)
     value = _new(b, ir=ir, shape=x.shape, cf=four)
     b.set(layer, value)

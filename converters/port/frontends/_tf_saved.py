@@ -197,7 +197,8 @@ class _Loader:
         if fn is None or depth > _MAX_DEPTH:
             raise UnsupportedOpError(f"call of an unknown function {fname!r}", call, self.file)
         if len(feeds) != len(fn["args"]):
-            raise PortError(f"function {fname} takes {len(fn['args'])} inputs, the call gives {len(feeds)}", file=self.file)
+            raise PortError(f"function {fname} takes {len(fn['args'])} inputs, the call gives {len(feeds)}",
+                            file=self.file)
         env = dict(zip(fn["args"], feeds))
         names = {}
         for node in fn["nodes"]:

@@ -72,11 +72,11 @@ def build_graph(sources, *, reader_options, outputs=None, input_shapes=None) -> 
         raise PortError(f"prototxt layer {name!r} has weights in its definition but none in the caffemodel: "
                         "the prototxt does not describe these weights", file=used_prototxt or weights)
     inputs = _inputs(st, arrays, input_shapes)
-    layers = [l for l in arrays.layers.values() if l.type not in TRAINING_ONLY and not l.type.endswith("Loss")
-              and l.type != "Input" and "TRAIN" not in _phases(l)]
-    skipped = {l.name: l for l in arrays.layers.values() if l not in layers}
+    layers = [lay for lay in arrays.layers.values() if lay.type not in TRAINING_ONLY and not lay.type.endswith("Loss")
+              and lay.type != "Input" and "TRAIN" not in _phases(lay)]
+    skipped = {lay.name: lay for lay in arrays.layers.values() if lay not in layers}
     wanted = _wanted_layers(layers, outputs, st, weights)
-    kept, cut = [l for l in layers if l.name in wanted], [l for l in layers if l.name not in wanted]
+    kept, cut = [lay for lay in layers if lay.name in wanted], [lay for lay in layers if lay.name not in wanted]
     i = 0
     while i < len(kept):
         i = caffe_layers.translate(st, kept, i)
@@ -151,12 +151,12 @@ def _inputs(st: State, arrays, input_shapes) -> list:
 def _wanted_layers(layers, outputs, st, file) -> set:
     """All layers, or with --outputs only those the named blobs / layers depend on."""
     if not outputs:
-        return {l.name for l in layers}
+        return {lay.name for lay in layers}
     writers = {}   # blob -> layers writing it, in order
-    for l in layers:
-        for t in l.outputs:
-            writers.setdefault(t, []).append(l)
-    by_name = {l.name: l for l in layers}
+    for lay in layers:
+        for t in lay.outputs:
+            writers.setdefault(t, []).append(lay)
+    by_name = {lay.name: lay for lay in layers}
     wanted, todo = set(), []
     for o in outputs:
         if o in by_name:
@@ -165,7 +165,7 @@ def _wanted_layers(layers, outputs, st, file) -> set:
             todo.append(writers[o][-1])
         elif o not in st.current:
             raise PortError(f"--outputs names {o!r}, which is neither a layer nor a blob of the net", file=file)
-    index = {l.name: i for i, l in enumerate(layers)}
+    index = {lay.name: i for i, lay in enumerate(layers)}
     while todo:
         layer = todo.pop()
         if layer.name in wanted:
@@ -204,14 +204,15 @@ def _unused(st: State, arrays, skipped, cut) -> dict:
     used = {p.source for n in st.nodes for p in n.params.values() if p.source}
     used |= {w for n in st.nodes for p in n.params.values() for w in p.with_}
     not_in_proto = {d["name"]: d["type"] for d in arrays.meta.get("layers_not_in_prototxt") or []}
-    cut_names = {l.name for l in cut}
+    cut_names = {lay.name for lay in cut}
     out = {}
     for name in arrays:
         if name in used:
             continue
         layer = arrays[name].meta.get("layer", "")
         if layer in not_in_proto:
-            out[name] = f"layer {layer} ({not_in_proto[layer]}) is in the caffemodel's training net, not in the prototxt"
+            out[name] = (f"layer {layer} ({not_in_proto[layer]}) is in the caffemodel's training net, "
+                         "not in the prototxt")
         elif layer in skipped:
             phase = " (include phase TRAIN)" if "TRAIN" in _phases(skipped[layer]) else ""
             out[name] = f"layer {layer} ({skipped[layer].type}) is training-only{phase}"

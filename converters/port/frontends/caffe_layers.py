@@ -63,7 +63,8 @@ def _conv_size(size, kernel, stride, pad, dilation, transpose):
     if size is None or len(size) != len(kernel):
         return None
     if transpose:
-        return tuple((n - 1) * s - 2 * p + d * (k - 1) + 1 for n, k, s, p, d in zip(size, kernel, stride, pad, dilation))
+        return tuple((n - 1) * s - 2 * p + d * (k - 1) + 1
+                     for n, k, s, p, d in zip(size, kernel, stride, pad, dilation))
     return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(size, kernel, stride, pad, dilation))
 
 
@@ -128,7 +129,8 @@ def _conv(st, layer):
     cout = w[1] * groups if transpose else w[0]
     cin = w[0] if transpose else w[1] * groups
     if cout != num_output:
-        raise st.error(layer, f"weight {names[0]} has shape {w}: {cout} outputs, the prototxt says num_output {num_output}")
+        raise st.error(layer, f"weight {names[0]} has shape {w}: {cout} outputs, the prototxt says "
+                              f"num_output {num_output}")
     _check_channels(st, layer, x, cin, "its weight")
     params = {"weight": Param(names[0])}
     if bias:
@@ -436,7 +438,10 @@ def _flatten(st, layer):
     (x,) = _ins(st, layer, 1)
     start, end = int(fp.get("axis", 1)), int(fp.get("end_axis", -1))  # torch reads negative axes as Caffe does
     rank = st.rank.get(x)
-    out_rank = rank - ((end % rank) - (start % rank)) if rank is not None else (start + 1 if end == -1 and start >= 0 else None)
+    if rank is not None:
+        out_rank = rank - ((end % rank) - (start % rank))
+    else:
+        out_rank = start + 1 if end == -1 and start >= 0 else None
     _add(st, layer, "flatten", [x], {"start_dim": start, "end_dim": end}, channels=None, rank=out_rank,
          spatial=None)
 
@@ -481,7 +486,8 @@ def _lrn(st, layer):
     lp = layer.params.get("lrn_param") or {}
     if lp.get("norm_region", "ACROSS_CHANNELS") != "ACROSS_CHANNELS":
         raise st.error(layer, f"LRN norm_region {lp.get('norm_region')} is not supported (only ACROSS_CHANNELS)")
-    _add(st, layer, "lrn", _ins(st, layer, 1), {"size": int(lp.get("local_size", 5)), "alpha": float(lp.get("alpha", 1.0)),
+    _add(st, layer, "lrn", _ins(st, layer, 1), {"size": int(lp.get("local_size", 5)),
+                                                "alpha": float(lp.get("alpha", 1.0)),
                                                 "beta": float(lp.get("beta", 0.75)), "k": float(lp.get("k", 1.0))})
 
 

@@ -30,7 +30,7 @@ _FOLD_FIRST = {"Constant", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Iden
 
 def _graph_inputs(b, f, input_shapes):
     inputs = []
-    for k, spec in enumerate(f.meta["graph"]["inputs"]):
+    for spec in f.meta["graph"]["inputs"]:
         name = spec["name"]
         given = (input_shapes or {}).get(name)
         raw = list(given) if given is not None else list(spec.get("shape") or [])

@@ -138,7 +138,8 @@ class _Builder:
                 handler(self, layer)
         unknown = sorted(set(shapes) - {i.name for i in self.inputs} - {None, ""})
         if unknown:
-            raise PortError(f"input shapes given for {unknown}, which are not Placeholders of the graph", file=self.file)
+            raise PortError(f"input shapes given for {unknown}, which are not Placeholders of the graph",
+                            file=self.file)
 
     def _topological(self, roots) -> list:
         order, state = [], {}
@@ -176,8 +177,8 @@ class _Builder:
             self.fixed_batch = int(stored[0])  # TensorFlow refuses another batch for this Placeholder
         cf = len(shape) == 4
         module_shape = tuple(shape[i] for i in _TO_CF) if cf else shape
-        self.inputs.append(GraphInput(name=layer.name, shape=module_shape,
-                                      source_layout={4: "NHWC", 2: "NC", 3: "NLC"}.get(len(shape), "N" + "?" * (len(shape) - 1))))
+        layout = {4: "NHWC", 2: "NC", 3: "NLC"}.get(len(shape), "N" + "?" * (len(shape) - 1))
+        self.inputs.append(GraphInput(name=layer.name, shape=module_shape, source_layout=layout))
         self.values[f"{layer.name}:0"] = _Value(ir=layer.name, shape=shape, cf=cf)
 
     def _const(self, layer) -> None:
@@ -227,7 +228,8 @@ class _Builder:
         """A constant read at port time (an axis, a shape): refused when the graph computes it."""
         v = self.value(tf_name)
         if not v.is_const:
-            raise UnsupportedOpError(f"{what} computed at run time (from {tf_name!r})", tf_name.split(":")[0], self.file)
+            raise UnsupportedOpError(f"{what} computed at run time (from {tf_name!r})", tf_name.split(":")[0],
+                                     self.file)
         if v.array is not None:
             self.read_at_port_time.add(v.array)
         return v.value()
@@ -247,7 +249,8 @@ class _Builder:
         if v.is_const:
             return self.constant(v, layer, cf=True)
         if v.shape is not None and len(v.shape) == 4 and not v.cf:
-            return self.emit(self.fresh(f"{layer.name}_to_nchw"), "transpose", [v.ir], {"perm": _TO_CF}, source_op="layout")
+            return self.emit(self.fresh(f"{layer.name}_to_nchw"), "transpose", [v.ir], {"perm": _TO_CF},
+                             source_op="layout")
         return v.ir
 
     def source(self, v: _Value, layer) -> str:
@@ -262,7 +265,8 @@ class _Builder:
     def constant(self, v: _Value, layer, cf: bool, rank=4) -> str:
         """A stored Const used as a tensor operand: a `constant` node, laid out for a cf operand."""
         if v.array is None:
-            raise UnsupportedOpError("a constant computed from other constants used as an operand", layer.name, self.file)
+            raise UnsupportedOpError("a constant computed from other constants used as an operand", layer.name,
+                                     self.file)
         if v.array in self.extra:   # a function constant: no stored array holds it
             if tuple(v.shape) != ():
                 raise UnsupportedOpError("a non-scalar function constant used as an operand", layer.name, self.file)

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..graph import Node, UnsupportedOpError
 
 EMITTERS: dict[str, Callable] = {}
-HELPERS: dict[str, "Helper"] = {}
+HELPERS: dict[str, Helper] = {}
 
 
 @dataclass
@@ -110,5 +110,6 @@ def emit(ctx: Ctx) -> Emitted:
     fn = EMITTERS.get(ctx.node.op)
     if fn is None:
         raise UnsupportedOpError(ctx.node.source_op or ctx.node.op, ctx.node.name, ctx.file,
-                                 hint=f"no emitter for canonical op {ctx.node.op!r} (docs/port.md lists the covered ops)")
+                                 hint=f"no emitter for canonical op {ctx.node.op!r} "
+                                      "(docs/port.md lists the covered ops)")
     return fn(ctx)

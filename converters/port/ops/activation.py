@@ -62,5 +62,6 @@ def emit_softmax(ctx: Ctx) -> Emitted:
 @emits("clip")
 def emit_clip(ctx: Ctx) -> Emitted:
     lo, hi = ctx.a.get("min"), ctx.a.get("max")
-    args = [ctx.x] + ([f"min={py(float(lo))}"] if lo is not None else []) + ([f"max={py(float(hi))}"] if hi is not None else [])
+    args = [ctx.x] + ([f"min={py(float(lo))}"] if lo is not None else [])
+    args += [f"max={py(float(hi))}"] if hi is not None else []
     return Emitted(forward=[f"{ctx.y} = torch.clamp({', '.join(args)})"])

@@ -61,7 +61,8 @@ def emit_conv(ctx: Ctx) -> Emitted:
         helpers = []
         sym = split_padding(a["padding"])
         if sym is None:
-            lines.append(f"{ctx.y} = F.pad({x}, {torch_pads(a['padding'])}{'' if value == 0 else ', value=' + py(value)})")
+            fill = "" if value == 0 else ", value=" + py(value)
+            lines.append(f"{ctx.y} = F.pad({x}, {torch_pads(a['padding'])}{fill})")
             x = ctx.y
         elif any(sym):
             if value != 0:

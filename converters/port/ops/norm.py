@@ -46,7 +46,8 @@ def emit_batchnorm(ctx: Ctx) -> Emitted:
     if dims not in (1, 2, 3):
         raise ctx.unsupported(f"{dims}-d batch norm")
     affine = "" if a["affine"] else ", affine=False"
-    return Emitted(forward=[ctx.call()], module=f"nn.BatchNorm{dims}d({int(a['num_features'])}, eps={py(float(a['eps']))}{affine})")
+    module = f"nn.BatchNorm{dims}d({int(a['num_features'])}, eps={py(float(a['eps']))}{affine})"
+    return Emitted(forward=[ctx.call()], module=module)
 
 
 @emits("scale")
@@ -71,5 +72,6 @@ def emit_lrn(ctx: Ctx) -> Emitted:
     size = int(a["size"])
     if size % 2 == 0:  # torch centres an even window differently from ONNX; Caffe refuses even sizes
         raise ctx.unsupported(f"LRN over an even window ({size})")
-    module = f"nn.LocalResponseNorm({size}, alpha={py(float(a['alpha']))}, beta={py(float(a['beta']))}, k={py(float(a['k']))})"
+    module = (f"nn.LocalResponseNorm({size}, alpha={py(float(a['alpha']))}, beta={py(float(a['beta']))}, "
+              f"k={py(float(a['k']))})")
     return Emitted(forward=[ctx.call()], module=module)

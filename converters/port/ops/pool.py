@@ -49,7 +49,8 @@ def emit_pool(ctx: Ctx) -> Emitted:
     fits = sym is not None and all(2 * p <= k for p, k in zip(sym, kernel))
     lines, x = [], ctx.x
     if not fits and ceil:
-        raise ctx.unsupported("ceil rounding with padding PyTorch pools cannot take (asymmetric or over half the kernel)")
+        raise ctx.unsupported("ceil rounding with padding PyTorch pools cannot take "
+                              "(asymmetric or over half the kernel)")
     if not fits:
         if kind == "avg":
             if a.get("count_include_pad", True):
@@ -81,7 +82,8 @@ def _same(ctx, kind, kernel, stride, dilation):
     """TF SAME pooling: max pads with -inf, average excludes the padding."""
     if kind == "max":
         pad = f'{ctx.y} = tf_same_pad({ctx.x}, {py(kernel)}, {py(stride)}, {py(dilation)}, -float("inf"))'
-        args = f"{py(_t(kernel))}, stride={py(_t(stride))}" + (f", dilation={py(_t(dilation))}" if set(dilation) != {1} else "")
+        dilated = f", dilation={py(_t(dilation))}" if set(dilation) != {1} else ""
+        args = f"{py(_t(kernel))}, stride={py(_t(stride))}{dilated}"
         return Emitted(forward=[pad, f"{ctx.y} = self.{ctx.attr}({ctx.y})"],
                        module=f"nn.MaxPool{len(kernel)}d({args})", helpers=[TF_SAME_PAD])
     pads = f"same_pads({ctx.x}, {py(kernel)}, {py(stride)})"
