@@ -1,8 +1,11 @@
 """[keras] reader: Keras 2 / legacy HDF5 (`.h5`, `.hdf5`), Keras 3 `.keras` zips and `.weights.h5`.
 
-HDF5 is read with h5py (the maintained library for the format). Nothing is materialised at open:
-contiguous, uncompressed datasets are memory-mapped at the byte offset h5py reports (bounds-checked
-against the file first), other datasets are read through h5py when `.numpy()` is called.
+HDF5 is read with h5py (the maintained library for the format), but not object by object: one
+H5Lvisit pass lists every link, and the object headers of groups and of contiguous, unfiltered
+numeric datasets are decoded in Python (_hdf5_tree, _hdf5_headers; h5py's lookups cost 20-50 us
+each, thousands of them on a file of small arrays). Nothing is materialised at open: contiguous
+datasets are read at their byte offset (bounds-checked first; `.numpy()` preads into a new array,
+`.numpy(copy=False)` is a map view), other datasets through h5py when `.numpy()` is called.
 
 Naming (see docs/readers/keras.md):
   Keras 2 / legacy HDF5   the weight name as written, without a trailing `:0` (`conv2d_1/kernel`),
@@ -382,9 +385,8 @@ class _Source:
             raise FormatError(f"shape {list(shape)} of {dtype} cannot be an array", file=self.path, array=name,
                               hint=f"HDF5 path {meta['h5_path']}")
         self.view.require(start, count * dtype.itemsize, f"dataset {meta['h5_path']}", name)
-        view = self.view
         meta["offset"] = start
-        return ArrayHandle(name, shape, dtype, lambda: view.array(start, dtype, shape, name), meta)
+        return self.view.handle(name, start, dtype, shape, meta)
 
     def _reader(self, ds, name: str, dtype):
         def load():
