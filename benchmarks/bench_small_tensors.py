@@ -14,7 +14,9 @@ exports). Files, written by the real `onnx` package (onnx.helper / numpy_helper)
 
 Each measurement runs in a fresh child: `converters.read(path)` + `.numpy()` of every array
 against `onnx.load(path)` + `numpy_helper.to_array` of every initializer and Constant value.
-Both report a checksum of what they produced; they must agree. Writes results_small_tensors.json.
+Both report a checksum of what they produced; they must agree. `reader_meta` also reads every
+array's meta and the layers (worked out on first access: not part of the target, reported so the
+cost of the lazy part is visible). Writes results_small_tensors.json.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import _bench as B  # noqa: E402
 HERE = Path(__file__).resolve().parent
 FIXTURE = B.ROOT / "fixtures" / "onnx" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
 CASES = ("initializers", "constants", "ppocr_cls")
-MODES = ("reader_load", "framework_load")
+MODES = ("reader_load", "reader_meta", "framework_load")
 
 
 # ---------------------------------------------------------------------------------- building
@@ -75,7 +77,7 @@ def ensure_built(workdir: Path, n: int, rebuild: bool) -> dict[str, Path]:
 
 # -------------------------------------------------------------------------------- measuring
 
-def child_reader(spec: dict) -> dict:
+def child_reader(spec: dict, meta: bool = False) -> dict:
     import numpy as np  # noqa: F401
 
     import converters
@@ -87,7 +89,10 @@ def child_reader(spec: dict) -> dict:
     with meter:
         f = converters.read(spec["path"])
         arrays = [h.numpy() for h in f.values()]
-    out = meter.result(arrays=len(f))
+        if meta:
+            roles = [h.meta.get("role") for h in f.values()]
+            layers = len(f.layers)
+    out = meter.result(arrays=len(f), **({"roles": len(roles), "layers": layers} if meta else {}))
     out["count"], out["bytes"], out["checksum"] = B.checksum(arrays)
     return out
 
@@ -111,8 +116,8 @@ def child_main(mode: str, spec: dict) -> None:
     if mode == "build":
         build(spec["case"], Path(spec["path"]), spec["n"])
         B.emit({"built": spec["path"]})
-    elif mode == "reader_load":
-        B.emit(child_reader(spec))
+    elif mode in ("reader_load", "reader_meta"):
+        B.emit(child_reader(spec, meta=mode == "reader_meta"))
     elif mode == "framework_load":
         B.emit(child_framework(spec))
     else:
@@ -143,15 +148,16 @@ def evaluate(m: dict) -> dict:
 
 
 def table(results: dict) -> str:
-    head = ("case", "tensors", "file MB", "ours median s", "onnx median s", "ours/onnx", "runs", "same data")
+    head = ("case", "tensors", "file MB", "ours median s", "onnx median s", "ours/onnx", "runs", "same data",
+            "ours + meta/layers s")
     rows = [head]
     for case, r in results["cases"].items():
         m, t = r["measurements"], r["targets"]
-        rl, fl = m["reader_load"], m["framework_load"]
+        rl, fl, rm = m["reader_load"], m["framework_load"], m.get("reader_meta", {})
         rows.append((case, rl.get("count", "-"), f"{r['file_bytes'] / B.MB:.1f}", B.fmt_s(rl.get("median_s")),
                      B.fmt_s(fl.get("median_s")),
                      f"{t['speed']['ours_over_framework_median']:.2f}x" if t else "error", rl.get("runs", 0),
-                     "yes" if t and t["same_data"]["met"] else "NO"))
+                     "yes" if t and t["same_data"]["met"] else "NO", B.fmt_s(rm.get("median_s"))))
     return B.text_table(rows)
 
 

@@ -275,7 +275,7 @@ def release_pages(view: np.ndarray) -> None:
     base = view
     while isinstance(base, np.ndarray) and base.base is not None:
         base = base.base
-    mm = getattr(base, "obj", None)
+    mm = base if isinstance(base, mmap.mmap) else getattr(base, "obj", None)  # np.ndarray(buffer=map) / frombuffer
     if not isinstance(mm, mmap.mmap) or mm.closed or not hasattr(mmap, "MADV_DONTNEED") or view.size == 0:
         return
     try:
