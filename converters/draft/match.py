@@ -971,7 +971,7 @@ def _dataflow(s, t, by_layer, feeders, tr):
     if producer is None or fed_by is None:
         return None, producer
     own = producer.target.name
-    return fed_by == own or fed_by.startswith(own + ".") or own.startswith(fed_by + "+"), producer
+    return fed_by == own or fed_by.startswith(own + ".") or fed_by in own.split("+"), producer  # a+b: folded BN
 
 
 def _dataflow_pass(src, tgt, proposals, compat, used_s, used_t, result, feeders, tr) -> bool:
