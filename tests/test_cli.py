@@ -331,3 +331,11 @@ def _earlier_conversion(tmp_path):
     path = tmp_path / "earlier.pth"
     assert main(["--from", "caffe", "--map", TABLE, str(PNET), str(path), "-q"]) == 0
     return path
+
+
+def test_batch_keeps_the_default_sigterm():
+    """batch's process pool would wait for every queued job after a raised SIGTERM: it opts out."""
+    for name, raises in (("convert", True), ("port", True), ("batch", False)):
+        if name in available():
+            p = build_parser("convert", only=name).commands[name]
+            assert p.get_default("_raise_on_term") is raises, name

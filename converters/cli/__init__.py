@@ -16,8 +16,9 @@ Adding a subcommand (the one mechanism): write a module with
 and add one line `name: "module.path"` to COMMANDS below. Keep the module's top-level imports
 light (import the library inside run()): the chosen module is imported for every call and all
 of them for `--help`. Raise ConvertersError for bad input: main() prints one line and exits
-with its exit_code (2); argparse rejects unknown options with exit 2. Library modules never
-import this package.
+with its exit_code (2); argparse rejects unknown options with exit 2. SIGTERM / SIGHUP raise
+Terminated inside run() (exit 128 + signal, cleanups run) unless the module sets
+RAISE_ON_TERM = False. Library modules never import this package.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def build_parser(prog: str, only: str | None = None) -> argparse.ArgumentParser:
         p = root.commands[name] = sub.add_parser(name, help=help_text, description=help_text, prog=shown)
         if module is not None:
             module.add_arguments(p)
-            p.set_defaults(_run=module.run)
+            p.set_defaults(_run=module.run, _raise_on_term=getattr(module, "RAISE_ON_TERM", True))
     return root
 
 
@@ -115,9 +116,9 @@ class Terminated(BaseException):
 @contextlib.contextmanager
 def _terminate_by_raising():
     """While the command runs, SIGTERM and SIGHUP raise Terminated in this process. Signals
-    already ignored (nohup) stay ignored; a forked worker (process pool) that inherits the handler
-    dies of the signal as before; after the first signal the others are ignored, so the cleanup
-    runs once and uninterrupted."""
+    already ignored (nohup) stay ignored; a forked process that inherits the handler dies of the
+    signal as before; the first signal restores the previous handlers, so a second one kills at
+    once (as a second Ctrl-C would), leaving a partial the next write of that output removes."""
     names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -129,8 +130,8 @@ def _terminate_by_raising():
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
         raise Terminated(signum)
     previous = {}
     for name in names:
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
         # positionals may come between options (`IN --map T OUT`), as people type them
         args = build_parser(prog, only=argv[0]).commands[argv[0]].parse_intermixed_args(A.json_argv(argv[1:]))
         A.check_json_path(args)
-        with _terminate_by_raising():
+        with _terminate_by_raising() if args._raise_on_term else contextlib.nullcontext():
             return args._run(args)
     except ConvertersError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -7,6 +7,9 @@ import sys
 from . import args as A
 
 HELP = "convert many files from a jobs file (process pool or Ray); resumable, one summary"
+# SIGTERM keeps its default (the process ends at once): raised here, it would leave the process
+# pool's shutdown waiting for every queued job (converters/batch.py does not cancel them).
+RAISE_ON_TERM = False
 
 
 def add_arguments(p) -> None:
