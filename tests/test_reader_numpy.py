@@ -61,6 +61,22 @@ def test_npy_and_npz_match_numpy(tmp_path):
             assert f["step"].shape == () and f["conv1/weights"].meta["role"] == "weight"
 
 
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_each_materialisation_is_a_new_writeable_array(tmp_path, save):
+    """Stored members are pread into a new array, compressed ones inflated into one; either is
+    handed out without a second copy, so two .numpy() calls must still be two arrays."""
+    save(tmp_path / "m.npz", **MEMBERS)
+    with converters.read(tmp_path / "m.npz") as f, np.load(tmp_path / "m.npz") as ref:
+        for k in ref.files:
+            a, b = f[k].numpy(), f[k].numpy()
+            assert a.flags.writeable and a.flags.c_contiguous and not np.shares_memory(a, b), k
+            a[...] = 0
+            np.testing.assert_array_equal(b, ref[k])
+        if save is np.savez:
+            view = f["conv1/weights"].numpy(copy=False)
+            assert not view.flags.writeable and not view.flags.owndata
+
+
 def test_python2_pickled_dict_of_dicts_is_read_behind_the_flag(tmp_path):
     path = tmp_path / "det1.npy"
     facenet_like(path)

@@ -1,7 +1,9 @@
 """[numpy] reader: `.npy` and `.npz` files.
 
-`.npy` arrays and uncompressed `.npz` members are memory-mapped; compressed members are inflated
-on demand, after their declared size was checked against what is stored. Object (pickled) arrays
+`.npy` arrays and uncompressed `.npz` members are read at their offset (`.numpy()` preads into a
+new array, `copy=False` is a memory-map view); compressed members are inflated on demand into a
+new array (handed out without a second copy), after their declared size was checked against what
+is stored. Object (pickled) arrays
 are refused unless allow_pickle=True is passed explicitly: unpickling runs code from the file.
 With it, a pickled container (the dict of dicts TF ports such as facenet's MTCNN `det1.npy`
 write) is unpickled at open and its numeric leaves become arrays named by their keys joined with
@@ -111,10 +113,11 @@ def _mapped_handle(view, data, dtype, shape, fortran, name, room) -> ArrayHandle
         raise FormatError(f"{dtype}{list(shape)} needs {nbytes} bytes but its record holds {room}",
                           file=view.path, array=name, offset=data, hint="the file is truncated or corrupt")
     view.require(data, nbytes, "array data", name)
+    if not fortran:  # .numpy() preads into a new array, copy=False is a map view
+        return view.handle(name, data, dtype, shape, {"role": role_from_name(name)})
 
     def load():
-        arr = view.array(data, dtype, shape[::-1] if fortran else shape, name)
-        return arr.T if fortran else arr
+        return view.array(data, dtype, shape[::-1], name).T
     return ArrayHandle(name, shape, dtype, load, {"role": role_from_name(name)})
 
 
@@ -196,7 +199,7 @@ def _compressed_member(zf, info, name, path, allow_pickle, encoding) -> list[Arr
         if got != nbytes:
             raise FormatError(f"member ends after {got} of {nbytes} data bytes", file=path, array=name)
         return out.T if fortran else out
-    return [ArrayHandle(name, shape, dtype, load, {"role": role_from_name(name)})]
+    return [ArrayHandle(name, shape, dtype, load, {"role": role_from_name(name)}, fresh=True)]
 
 
 def _pickled_member(zf, info, name, path, encoding) -> list[ArrayHandle]:
