@@ -284,7 +284,7 @@ def test_cli_exit_codes_json_and_reference_round_trip(onnx_model, tmp_path, caps
     path, _, _ = onnx_model
     good = write_table(tmp_path / "good.yaml", extra="target: test_parity_onnx:TargetNet\n")
     bad = write_table(tmp_path / "bad.yaml", fc="[]", extra="target: test_parity_onnx:TargetNet\n")
-    code, out, err = run_cli(capsys, "verify", path, "--map", good, "--json", tmp_path / "ok.json")
+    code, out, err = run_cli(capsys, "verify", path, "--map", good, "--json-out", tmp_path / "ok.json")
     assert code == 0, err + out
     assert out.startswith("parity PASS") and json.loads((tmp_path / "ok.json").read_text())["passed"]
     code, out, err = run_cli(capsys, "verify", path, "--map", bad, "--html", tmp_path / "r.html")
