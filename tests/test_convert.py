@@ -269,3 +269,24 @@ def test_cli_coverage_failure_prints_the_table_and_exits_2(tmp_path):
     r = run_cli("--map", table, CAFFE, tmp_path / "o.pth")
     assert r.returncode == 2 and "PReLU2/0" in r.stderr and "prelu2.weight" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o.pth").exists()
+
+
+def test_fsync_and_source_hash_are_optional(tmp_path):
+    """fsync=False / hash_source=False still give a complete, loadable output; without the hash the
+    provenance says so with an empty source_sha256."""
+    from safetensors import safe_open
+
+    for ext in (".pth", ".safetensors"):
+        out = tmp_path / f"pnet{ext}"
+        convert(CAFFE, TABLE, out=out, fsync=False, hash_source=False)
+        if ext == ".pth":
+            sd = torch.load(out, weights_only=True, mmap=True)
+            meta = sd._metadata[""]["converters"]
+        else:
+            with safe_open(out, "pt") as fh:
+                meta, sd = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+        assert meta["source_sha256"] == "" and meta["mapping_sha256"]
+        assert sd["conv1.weight"].shape == (10, 3, 3, 3)
+        convert(CAFFE, TABLE, out=out, force=True)
+        if ext == ".pth":
+            assert len(torch.load(out, weights_only=True)._metadata[""]["converters"]["source_sha256"]) == 64
