@@ -180,12 +180,14 @@ class ArrayFile(Mapping):
                  layers: dict | Callable[[], dict] | None = None, closer: Callable[[], None] | None = None):
         self.path = os.fspath(path)
         self.framework = framework
-        items = arrays.values() if isinstance(arrays, dict) else arrays
-        self._arrays: dict[str, ArrayHandle] = {}
-        for a in items:
-            if a.name in self._arrays:
-                raise FormatError("array name appears twice", file=self.path, array=a.name)
-            self._arrays[a.name] = a
+        items = list(arrays.values() if isinstance(arrays, dict) else arrays)
+        self._arrays: dict[str, ArrayHandle] = {a.name: a for a in items}
+        if len(self._arrays) != len(items):
+            seen = set()
+            for a in items:
+                if a.name in seen:
+                    raise FormatError("array name appears twice", file=self.path, array=a.name)
+                seen.add(a.name)
         self.meta = {"framework": framework, **(meta or {})}
         self._layers = layers if callable(layers) else dict(layers or {})
         self._closer = closer
