@@ -216,6 +216,15 @@ class ArrayFile(Mapping):
     def __iter__(self) -> Iterator[str]:
         return iter(self._arrays)
 
+    def values(self):  # the dict's own views: Mapping's call __getitem__ once per array
+        return self._arrays.values()
+
+    def items(self):
+        return self._arrays.items()
+
+    def keys(self):
+        return self._arrays.keys()
+
     def __len__(self) -> int:
         return len(self._arrays)
 

@@ -148,7 +148,7 @@ def f64(value: int) -> float:
 def message_table(buf, start: int, end: int, file=None) -> tuple[list, list, list, list]:
     """(keys, starts, lengths, offsets) of one message's LEN fields (key = field << 3 | 2), in order.
 
-    The same walk as iter_fields with one-byte keys and lengths inlined, for messages of thousands
+    The same walk as iter_fields with one-byte keys and short lengths inlined, for messages of thousands
     of fields (an ONNX graph's nodes and initializers). Any field that is not a LEN field, or
     anything malformed, and the message is walked again with iter_fields, which names the error
     (and its non-LEN fields are left out here too)."""
@@ -164,6 +164,9 @@ def message_table(buf, start: int, end: int, file=None) -> tuple[list, list, lis
             n = buf[pos + 1]
             if n < 0x80:
                 pos += 2
+            elif buf[pos + 2] < 0x80:
+                n = (n & 0x7F) | buf[pos + 2] << 7
+                pos += 3
             else:
                 n, pos = read_varint(buf, pos + 1, end, file)
             if pos + n > end:
