@@ -127,6 +127,8 @@ def _messages(buf, base: int, addr: int) -> list | None:
 
 
 def _dataspace(buf, at: int, size: int) -> tuple | None:
+    if size < 8:
+        return None
     version, ndim = buf[at], buf[at + 1]
     if version == 1:
         dims_at = at + 8
@@ -199,7 +201,7 @@ def _attribute(buf, base: int, at: int, size: int, heaps: dict):
     name_at, type_at = p, p + padded(nname)
     space_at = type_at + padded(ntype)
     data_at = space_at + padded(nspace)
-    if nname < 1 or data_at > end or buf[name_at + nname - 1] != 0:
+    if nname < 1 or ntype < 8 or data_at > end or buf[name_at + nname - 1] != 0:
         return None
     try:
         name = bytes(buf[name_at:name_at + nname - 1]).decode("utf-8")
