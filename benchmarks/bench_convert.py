@@ -185,6 +185,7 @@ def child_main(mode: str, spec: dict) -> None:
     import torch  # noqa: F401
 
     import converters
+    import converters.convert  # noqa: F401  converters.convert is a lazy attribute: imported here, not timed
     from converters import readers
     from converters.mapping import spec as mapping_spec
 
