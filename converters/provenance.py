@@ -36,7 +36,7 @@ def source_files(path) -> list[str]:
     return []
 
 
-def sha256_files(paths, chunk=1 << 20) -> str:
+def sha256_files(paths, chunk=1 << 18) -> str:
     """sha256 of one file, or of the files' bytes in order when there are several (read into one
     reused buffer: no new memory per block)."""
     h = hashlib.sha256()
