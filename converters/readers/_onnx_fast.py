@@ -209,7 +209,8 @@ class _Tensors:
     def shapes(self) -> list[tuple]:
         dims = self._dval.tolist()
         bounds = np.concatenate(([0], np.cumsum(self.ndim))).tolist()
-        return [tuple(dims[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        same: dict = {}  # one tuple per distinct shape: fewer live objects for the garbage collector to walk
+        return [same.setdefault(t, t) for t in (tuple(dims[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))]
 
 
 def _dtype_for(code: int, data_field: int) -> np.dtype | None:
