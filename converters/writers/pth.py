@@ -123,28 +123,36 @@ def stream_pth(entries, path, provenance: dict, force: bool = False, progress=No
         try:
             os.ftruncate(fd, zf.end)
             crcs = write_tensors(fd, entries, [r.data_offset for r in records], checksum=True, progress=progress)
-            for key, token in tokens.items():
-                digest = str(provenance[key].result())
-                if len(digest) != len(token) or pkl.count(token.encode()) != 1:
-                    raise ConvertersError(f"provenance {key} has an unexpected length", file=path)
-                pkl = pkl.replace(token.encode(), digest.encode())
-            head[0] = (head[0][0], pkl)
+            head[0] = (head[0][0], _resolved(pkl, tokens, provenance, path))
             for rec, crc in zip(records, crcs):
                 rec.crc = crc
                 os.pwrite(fd, zf.local_header(rec), rec.header_offset)
-            crc_sum = 0
             for rec, data in head:
                 _write_record(fd, zf, rec, data)
-            for rec in zf.records:
-                crc_sum = (crc_sum * 31 + rec.crc) % (1 << 64)
-            tail = [(zf.add("version", len(FORMAT_VERSION)), FORMAT_VERSION)]
-            serial = f"{secrets.randbits(64):020d}{crc_sum % 10 ** 20:020d}".encode()
-            tail.append((zf.add(".data/serialization_id", len(serial)), serial))
-            for rec, data in tail:
-                _write_record(fd, zf, rec, data)
+            _write_record(fd, zf, zf.add("version", len(FORMAT_VERSION)), FORMAT_VERSION)
+            serial = _serialization_id(zf.records)
+            _write_record(fd, zf, zf.add(".data/serialization_id", len(serial)), serial)
             os.pwrite(fd, zf.directory(), zf.end)
         finally:
             os.close(fd)
+
+
+def _resolved(pkl: bytes, tokens: dict, provenance: dict, path) -> bytes:
+    """The pickle with each placeholder replaced by its value, now computed (same length)."""
+    for key, token in tokens.items():
+        digest = str(provenance[key].result())
+        if len(digest) != len(token) or pkl.count(token.encode()) != 1:
+            raise ConvertersError(f"provenance {key} has an unexpected length", file=path)
+        pkl = pkl.replace(token.encode(), digest.encode())
+    return pkl
+
+
+def _serialization_id(records) -> bytes:
+    """40 digits, as torch writes: 20 random, 20 from the records' CRCs."""
+    combined = 0
+    for rec in records:
+        combined = (combined * 31 + rec.crc) % (1 << 64)
+    return f"{secrets.randbits(64):020d}{combined % 10 ** 20:020d}".encode()
 
 
 def _write_record(fd, zf, rec, data: bytes) -> None:
