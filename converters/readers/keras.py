@@ -18,6 +18,7 @@ The raw HDF5 path is always in meta['h5_path'].
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import os
 import re
@@ -77,6 +78,7 @@ def to_snake_case(name: str) -> str:
 _CLASS_OF_KEY = {to_snake_case(c): c for c in _KNOWN_CLASSES}
 
 
+@functools.lru_cache(maxsize=4096)
 def _class_from_key(key: str) -> str | None:
     """The class a Keras 3 HDF5 key was derived from, for the classes we know (`conv2d_3` -> Conv2D)."""
     return _CLASS_OF_KEY.get(key) or _CLASS_OF_KEY.get(re.sub(r"_\d+$", "", key))
