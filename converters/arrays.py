@@ -132,20 +132,22 @@ class ArrayHandle:
         copy=False may return a read-only view into the memory-mapped file.
         """
         arr = self._load()
-        if arr.shape != self.shape and arr.size == self.size:
-            arr = arr.reshape(self.shape)
-        if arr.shape != self.shape or arr.dtype != self.dtype:
-            raise FormatError(f"decoded {arr.dtype}{list(arr.shape)}, expected {self.dtype}{list(self.shape)}",
+        shape, dtype = self.shape, self.dtype
+        if arr.shape != shape and arr.size == self.size:
+            arr = arr.reshape(shape)
+        if arr.shape != shape or (arr.dtype is not dtype and arr.dtype != dtype):
+            raise FormatError(f"decoded {arr.dtype}{list(arr.shape)}, expected {dtype}{list(shape)}",
                               array=self.name)
-        if copy and self._fresh and arr.flags.c_contiguous and arr.flags.writeable and arr.dtype.isnative:
+        if not copy:
             return arr
-        if copy:
-            view = arr
-            arr = view.copy() if type(view) is np.ndarray else np.array(view, copy=True, order="C")
-            if view.nbytes >= RELEASE_MIN_BYTES:
-                release_pages(view)
-            if not arr.dtype.isnative:  # ('<f4' is native here: no second copy for little-endian tables)
-                arr = arr.astype(arr.dtype.newbyteorder("="))
+        if self._fresh and arr.flags.c_contiguous and arr.flags.writeable and arr.dtype.isnative:
+            return arr
+        view = arr
+        arr = view.copy() if type(view) is np.ndarray else np.array(view, copy=True, order="C")
+        if view.nbytes >= RELEASE_MIN_BYTES:
+            release_pages(view)
+        if not arr.dtype.isnative:  # ('<f4' is native here: no second copy for little-endian tables)
+            arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr
 
     def __array__(self, dtype=None, copy=None):
