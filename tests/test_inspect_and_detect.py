@@ -51,7 +51,8 @@ def test_inspect_table_and_totals():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[1].split() == ["name", "shape", "dtype", "size", "role"]
-    assert any(l.startswith("conv1/0") and "10x3x3x3" in l and "float32" in l and "weight" in l for l in lines)
+    assert any(line.startswith("conv1/0") and "10x3x3x3" in line and "float32" in line and "weight" in line
+               for line in lines)
     assert lines[-1].startswith("13 arrays, 6,632 values")
 
 
@@ -65,13 +66,13 @@ def test_inspect_json_and_filter():
 
 
 def test_inspect_is_readable_for_500_arrays(tmp_path):
-    arrays = {f"block{i // 10}.unit{i % 10}.a_rather_long_parameter_name_{i}.weight": np.zeros((i % 7 + 1, 3), np.float32)
-              for i in range(500)}
+    arrays = {f"block{i // 10}.unit{i % 10}.a_rather_long_parameter_name_{i}.weight":
+              np.zeros((i % 7 + 1, 3), np.float32) for i in range(500)}
     np.savez(tmp_path / "many.npz", **arrays)
     r = inspect(tmp_path / "many.npz")
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and len(lines) == 504
-    assert max(len(l) for l in lines) < 140
+    assert max(len(line) for line in lines) < 140
     assert lines[-1].startswith("500 arrays")
 
 
@@ -106,11 +107,11 @@ def test_truncated_files_of_every_format_give_converters_errors(tmp_path):
 HEAVY_MODULES = ("torch", "tensorflow", "onnx", "ml_dtypes", "keras", "onnxruntime", "cv2")
 
 
-@pytest.mark.parametrize("rel", [r for r, fw in DETECT.items() if fw not in ("torch", "keras")])
+@pytest.mark.parametrize("rel", [r for r, fw in DETECT.items() if fw != "keras"])
 def test_inspect_imports_no_heavy_framework(rel):
     """`convert inspect` on a small file stays well under 0.3 s beyond Python's start-up (issue #12;
     benchmarks/bench_cli.py measures it) only while it imports none of these: `import onnx` alone
-    takes ~0.7 s here, tensorflow or torch seconds. (Keras .h5 needs h5py; torch files need torch.)"""
+    takes ~0.7 s here, tensorflow or torch seconds. (Keras .h5 needs h5py; a plain torch.save state dict is read without torch.)"""
     code = ("import runpy, sys, json\n"
             f"sys.argv = ['convert', 'inspect', {str(F / rel)!r}]\n"
             "try:\n    runpy.run_module('converters', run_name='__main__')\nexcept SystemExit as e:\n"

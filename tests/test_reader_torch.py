@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -238,3 +240,81 @@ def test_compressible_and_rezipped_checkpoints_read_as_torch_loads_them(tmp_path
             name = key[len("state_dict."):] if key.startswith("state_dict.") else key
             got = f[name].numpy()
             assert got.shape == tuple(t.shape) and got.tobytes() == as_bytes(t), (variant, key)
+
+
+# --------------------------------------------------------------------------- read without torch
+
+def _tricky_checkpoint():
+    """What a state dict or a checkpoint holds beyond plain contiguous weights."""
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    lin = torch.nn.Linear(3, 2)
+    return {
+        "model": {**lin.state_dict(), "transposed": base.t(), "strided": base[:, ::2], "slice": base[1:3],
+                  "shared_a": base, "shared_b": base, "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 3),
+                  "size1": torch.ones(1, 5).expand(1, 5).clone().as_strided((1, 5), (99, 1)),
+                  "param": torch.nn.Parameter(torch.ones(2, 2)), "bf16": torch.ones(3, dtype=torch.bfloat16),
+                  "half": torch.full((2,), 0.5, dtype=torch.float16), "flags": torch.tensor([True, False]),
+                  "ids": torch.arange(5, dtype=torch.int64), "bytes": torch.arange(4, dtype=torch.uint8),
+                  "c64": torch.tensor([1 + 2j], dtype=torch.complex64), "ünïcode.weight": torch.ones(1)},
+        "optimizer": {"state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.zeros(2, 3)}}, "param_groups": [
+            {"lr": 0.1, "params": [0]}]},
+        "epoch": 3, "names": ("a", "b"),
+    }
+
+
+def _as_torch_reads_it(path, monkeypatch):
+    """The same file through torch.load (the torch-free path switched off)."""
+    from converters.readers import torch_files
+
+    with monkeypatch.context() as m:
+        m.setattr(torch_files, "_open_plain", lambda path: None)
+        f = read(path, "torch")
+        return f, {k: (h.shape, h.dtype, dict(h.meta), h.numpy()) for k, h in f.items()}
+
+
+@pytest.mark.parametrize("case", ["state_dict_dtypes", "checkpoint_nested", "tricky", "module_state_dict"])
+def test_read_without_torch_equals_the_torch_load_path(case, tmp_path, monkeypatch):
+    if case in ("state_dict_dtypes", "checkpoint_nested"):
+        path = FIX / (case + (".pt" if case == "state_dict_dtypes" else ".pth"))
+    else:
+        path = tmp_path / f"{case}.pt"
+        obj = _tricky_checkpoint() if case == "tricky" else torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),
+                                                                                 torch.nn.BatchNorm2d(4)).state_dict()
+        torch.save(obj, path)
+    slow_file, slow = _as_torch_reads_it(path, monkeypatch)
+    with read(path, "torch") as f:
+        assert f.meta == slow_file.meta
+        assert list(f) == list(slow)
+        for name, h in f.items():
+            shape, dtype, meta, data = slow[name]
+            assert (h.shape, h.dtype, h.meta) == (shape, dtype, meta), name
+            got = h.numpy()
+            assert got.dtype == data.dtype and got.shape == data.shape and got.tobytes() == data.tobytes(), name
+            assert got.flags.owndata and got.flags.writeable
+
+
+def test_plain_state_dicts_are_read_without_importing_torch(tmp_path):
+    """Reading a state dict needs no torch (import torch is ~1-2 s of a `convert inspect`)."""
+    code = ("import sys, converters\n"
+            f"f = converters.read({str(FIX / 'state_dict_dtypes.pt')!r})\n"
+            "arrays = [h.numpy() for h in f.values()]\n"
+            "print(len(arrays), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) > 0 and out[1] == "False"
+
+
+def test_storage_smaller_than_its_tensor_is_refused(tmp_path):
+    """A pickle whose tensor reaches past its storage record (a hand-edited size, re-zipped with a
+    valid CRC) is an error naming the file and the tensor, from the torch-free path."""
+    src, path = tmp_path / "src.pt", tmp_path / "lie.pt"
+    torch.save({"w": torch.zeros(4)}, src)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("/data.pkl"):
+                assert data.count(b"K\x04\x85") == 1, "expected one (4,) size tuple in data.pkl"
+                data = data.replace(b"K\x04\x85", b"K\x09\x85")  # shape (9,) on a 4-element storage
+            zout.writestr(info.filename, data)
+    with pytest.raises(FormatError) as e:
+        read(path, "torch")
+    assert "'w'" in str(e.value) and str(path) in str(e.value) and "past its storage" in str(e.value)

@@ -116,9 +116,8 @@ def _generic(op, stack: list) -> None:
 
 # --------------------------------------------------------------------------- zip
 
-def check_zip(zf: zipfile.ZipFile, path, torch) -> bool:
-    """Refuse size claims torch.load would trust; True when every storage record is stored
-    uncompressed (only then can the file be memory-mapped: mmap reads records in place)."""
+def check_members(zf: zipfile.ZipFile, path) -> zipfile.ZipInfo:
+    """Every member inside the file and within deflate's ratio; the data.pkl member (size-capped)."""
     size = os.path.getsize(path)
     infos = zf.infolist()
     for info in infos:
@@ -127,13 +126,23 @@ def check_zip(zf: zipfile.ZipFile, path, torch) -> bool:
     if pkl.file_size > MAX_PICKLE:
         raise FormatError(f"data.pkl claims {pkl.file_size} bytes (more than {MAX_PICKLE >> 20} MiB)", file=path,
                           hint="a decompression bomb or a corrupt size field")
+    return pkl
+
+
+def check_zip(zf: zipfile.ZipFile, path, torch, declared: dict | None = None) -> bool:
+    """Refuse size claims torch.load would trust; True when every storage record is stored
+    uncompressed (only then can the file be memory-mapped: mmap reads records in place).
+    `declared` ({key: nbytes}): the storages, when the pickle was already read (_torch_pickle);
+    otherwise they are taken from the pickle with pickletools."""
+    pkl = check_members(zf, path)
     prefix = pkl.filename[:-len("data.pkl")]
-    try:
-        declared = declared_storages(zf.read(pkl), torch, path)
-    except (ValueError, EOFError, IndexError) as e:  # pickletools' answers to a damaged pickle
-        raise FormatError(f"data.pkl is not a well-formed pickle ({e})", file=path,
-                          hint="the file is truncated or corrupt") from None
-    by_name = {i.filename: i for i in infos}
+    if declared is None:
+        try:
+            declared = declared_storages(zf.read(pkl), torch, path)
+        except (ValueError, EOFError, IndexError) as e:  # pickletools' answers to a damaged pickle
+            raise FormatError(f"data.pkl is not a well-formed pickle ({e})", file=path,
+                              hint="the file is truncated or corrupt") from None
+    by_name = {i.filename: i for i in zf.infolist()}
     for key, nbytes in declared.items():
         info = by_name.get(f"{prefix}data/{key}")
         if info is None:

@@ -1,12 +1,13 @@
 """[torch] reader: `.pth` / `.pt` / `.bin` / `.ckpt` files written by torch.save.
 
-The tensors live in a pickle, so the file is read with torch.load(weights_only=True) and never with
-weights_only=False: torch's restricted unpickler refuses every global outside a short allow-list
-(tensors, OrderedDict, plain containers), so a file cannot run code while it is read. Zip-format
-files (torch >= 1.6) are memory-mapped (mmap=True): tensor data stays on disk until `.numpy()`;
-archives re-zipped with compression by another tool, and legacy (pre-1.6) files, are read into
-memory. Before torch.load runs, the sizes it would trust (zip records, the pickle's storage
-counts) are bounded by the file (_torch_bounds.py).
+The tensors live in a pickle, and no pickle is ever loaded with a general unpickler. Zip-format
+files (torch >= 1.6) holding a state dict or a plain checkpoint are read without torch
+(_torch_pickle.py: the C unpickler with an allow-list of inert stand-ins; tensors are views of
+their records in the memory-mapped file, so data stays on disk until `.numpy()`). Anything else
+(other globals, quantized tensors, archives re-zipped with compression, legacy pre-1.6 files) goes
+to torch.load(weights_only=True), whose restricted unpickler refuses every global outside its own
+allow-list, so a file cannot run code either way. The sizes either path trusts (zip records, the
+pickle's storage counts) are bounded by the file first (_torch_bounds.py).
 
 Checkpoints often wrap the state dict ({'epoch': 3, 'state_dict': {...}, 'optimizer': {...}}):
 the state dict is found under the usual keys (or `key=`), its names are kept as written
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import re
+import sys
 import zipfile
 from collections.abc import Mapping
 
@@ -24,8 +26,10 @@ from ..arrays import ArrayFile, ArrayHandle, role_from_name
 from ..dtypes import ML_DTYPES, of_torch
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from ..frameworks import FRAMEWORKS
+from . import _torch_pickle as plain_pickle
+from ._binary import FileView
 from ._limits import PARSER_ERRORS, parser_errors
-from ._torch_bounds import check_legacy, check_zip
+from ._torch_bounds import check_legacy, check_members, check_zip
 
 NAME = "torch"
 OPTIONS = {"key": str}
@@ -110,6 +114,40 @@ def _check_torch_zip(zf, path: str) -> bool:
     return check_zip(zf, path, _torch())
 
 
+def _open_plain(path: str):
+    """(checkpoint, mapped file, record offsets) for a zip archive read without torch, or None
+    when only torch.load can read (or refuse) it. Size bounds are checked either way."""
+    with builtins.open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            return None
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        return None  # _check_container says what is wrong
+    with zf:
+        names = zf.namelist()
+        if not any(_is_data_pkl(m) for m in names) or any(m.endswith("/constants.pkl") for m in names):
+            return None  # not torch.save's layout: _check_torch_zip names it
+        pkl = check_members(zf, path)
+        prefix = pkl.filename[:-len("data.pkl")]
+        if prefix + "byteorder" in names and zf.read(prefix + "byteorder") != b"little":
+            return None
+        try:
+            obj, storages = plain_pickle.load_pickle(zf.read(pkl))
+        except plain_pickle.NotPlain:
+            return None
+        declared = {k: ref.numel * ref.dtype.itemsize for k, ref in storages.items()}
+        if not check_zip(zf, path, None, declared):
+            return None  # compressed records: torch reads them into memory
+        view = FileView(path)
+        try:
+            offsets = plain_pickle.record_offsets(zf, view, prefix, storages)
+        except plain_pickle.NotPlain:
+            view.close()
+            return None
+    return obj, view, offsets
+
+
 def _load(path: str, mappable: bool):
     torch = _torch()
     import pickle
@@ -137,8 +175,11 @@ def _load(path: str, mappable: bool):
 # --------------------------------------------------------------------------- checkpoint structure
 
 def _is_tensor(x) -> bool:
-    torch = _torch()
-    return isinstance(x, torch.Tensor)
+    """A tensor read by either path (torch is only looked at when something imported it)."""
+    if isinstance(x, plain_pickle.TensorRef):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _walk(obj, prefix: tuple, tensors: list, plain: dict, other: list):
@@ -223,7 +264,7 @@ def _numpy_dtype(tensor, path, name):
     dt = of_torch(tensor.dtype)
     if dt is not None and dt.name in ML_DTYPES:  # bfloat16, float8: numpy sees the bits, ml_dtypes the type
         bits = {1: torch.uint8, 2: torch.int16}[dt.itemsize]
-        return dt, lambda t: t.view(bits).numpy().view(dt)
+        return dt, lambda t: t.detach().view(bits).numpy().view(dt)
     if tensor.is_quantized or tensor.layout != torch.strided or tensor.device.type != "cpu":
         raise UnsupportedError(f"{tensor.layout} / quantized / {tensor.device} tensors are not supported",
                                file=path, array=name)
@@ -231,7 +272,7 @@ def _numpy_dtype(tensor, path, name):
         dt = torch.empty(0, dtype=tensor.dtype).numpy().dtype
     except (TypeError, RuntimeError):
         raise UnsupportedError(f"torch dtype {tensor.dtype} has no numpy equivalent", file=path, array=name) from None
-    return dt, lambda t: t.numpy()
+    return dt, lambda t: t.detach().numpy()  # detach: a saved nn.Parameter requires grad
 
 
 def _guess_layout(name: str, ndim: int) -> str | None:
@@ -244,7 +285,9 @@ def _guess_layout(name: str, ndim: int) -> str | None:
     return {2: "OI", 3: "OIW", 4: "OIHW", 5: "OIDHW"}.get(ndim)
 
 
-def _handle(name, tensor, path, meta) -> ArrayHandle:
+def _handle(name, tensor, path, meta, view=None, offsets=None) -> ArrayHandle:
+    if isinstance(tensor, plain_pickle.TensorRef):
+        return _plain_handle(name, tensor, path, meta, view, offsets[tensor.storage.key])
     dtype, convert = _numpy_dtype(tensor, path, name)
 
     def load():
@@ -253,7 +296,19 @@ def _handle(name, tensor, path, meta) -> ArrayHandle:
     return ArrayHandle(name, tuple(tensor.shape), dtype, load, meta)
 
 
+def _plain_handle(name, tensor, path, meta, view, data_offset) -> ArrayHandle:
+    """A tensor read without torch: its elements must lie inside its storage record."""
+    if plain_pickle.strided_extent(tensor) > tensor.storage.numel:
+        raise FormatError(f"tensor {list(tensor.shape)} at offset {tensor.offset} with strides {list(tensor.stride)} "
+                          f"reaches past its storage of {tensor.storage.numel} elements", file=path, array=name,
+                          hint="the file is corrupt")
+    return ArrayHandle(name, tensor.shape, tensor.dtype,
+                       lambda: plain_pickle.tensor_array(tensor, view, data_offset, name), meta)
+
+
 def _storage_key(tensor):
+    if isinstance(tensor, plain_pickle.TensorRef):
+        return tensor.storage.key, tensor.offset, tensor.shape, tensor.stride, tensor.dtype.str
     try:
         return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
                 tuple(tensor.stride()), tensor.dtype)
@@ -272,8 +327,22 @@ def open(path, key: str | None = None, **options) -> ArrayFile:
 
 
 def _open(path: str, key: str | None) -> ArrayFile:
-    is_zip, mappable = _check_container(path)
-    obj = _load(path, mappable)
+    found = _open_plain(path)
+    if found is not None:
+        obj, view, offsets = found
+        is_zip = True
+    else:
+        is_zip, mappable = _check_container(path)
+        obj, view, offsets = _load(path, mappable), None, None
+    try:
+        return _arrays(path, key, obj, is_zip, view, offsets)
+    except BaseException:
+        if view is not None:
+            view.close()
+        raise
+
+
+def _arrays(path: str, key, obj, is_zip: bool, view, offsets) -> ArrayFile:
     tensors, plain, other = [], {}, []
     _walk(obj, (), tensors, plain, other)
     if not tensors:
@@ -283,7 +352,7 @@ def _open(path: str, key: str | None) -> ArrayFile:
     for parts, tensor in tensors:
         inside = parts[:len(where)] == where
         name = ".".join(parts[len(where):] if inside else parts) or "tensor"
-        arrays.append(_handle(name, tensor, path, _meta(name, parts, tensor, inside, where)))
+        arrays.append(_handle(name, tensor, path, _meta(name, parts, tensor, inside, where), view, offsets))
         skey = _storage_key(tensor)
         if skey is not None:
             if skey in seen:
@@ -297,7 +366,7 @@ def _open(path: str, key: str | None) -> ArrayFile:
     recorded = ((getattr(obj, "_metadata", None) or {}).get("") or {}).get("converters")
     if isinstance(recorded, dict):  # the provenance converters' writer records (writer.save_pth)
         meta["provenance"] = _jsonish(dict(recorded))
-    return ArrayFile(path, NAME, arrays, meta=meta)
+    return ArrayFile(path, NAME, arrays, meta=meta, closer=view.close if view is not None else None)
 
 
 def _meta(name, parts, tensor, inside, where) -> dict:
