@@ -454,3 +454,23 @@ def test_tf_oracle_keras_export_scope_taps(keras, tmp_path):
     conv, bn = inner([x], training=False)
     assert_close(np.asarray(conv), got["conv"], 1e-6)
     assert_close(np.asarray(bn), got["bn"], 1e-5)
+
+
+def test_convert_and_port_verify_run_the_chosen_signature(keras, tmp_path):
+    """`convert ... --option signature=NAME --verify` and `convert port --option signature=NAME
+    --verify`: the reader never sees the oracle-only option, verify runs that signature."""
+    from converters.cli import main
+
+    two_signature_saved_model(tmp_path / "sm")
+    table = tmp_path / "affine.yaml"
+    table.write_text(TWO_SIGNATURE_TABLE)
+    out = tmp_path / "linear.pth"
+    # nn.Linear is the affine signature: PASS for the default, FAIL (exit 1) for relu
+    assert main([str(tmp_path / "sm"), "--map", str(table), str(out), "--verify", "-q"]) == 0
+    assert main([str(tmp_path / "sm"), "--map", str(table), str(out), "--force", "--verify", "-q",
+                 "--option", "signature=relu"]) == 1
+    # a port of the relu signature has the ReLU in its forward and verifies against that signature
+    port_dir = tmp_path / "port_relu"
+    assert main(["port", str(tmp_path / "sm"), "-o", str(port_dir), "--option", "signature=relu", "--verify",
+                 "-q"]) == 0
+    assert "relu" in (port_dir / "model.py").read_text().lower()

@@ -50,6 +50,21 @@ def parse_options(pairs) -> dict:
     return options
 
 
+def reader_options_of(options: dict, framework, source) -> dict:
+    """The --option values the reader takes; oracle-only ones (a SavedModel's `signature`, which
+    picks the function verify runs) are left for verify, which is given all of them."""
+    from ..parity.setup import split_oracle_options
+
+    if framework is None:
+        from ..readers import detect
+
+        try:
+            framework = detect(source)
+        except ConvertersError:  # the conversion itself says what the file is not
+            return options
+    return split_oracle_options(framework, options)[0]
+
+
 def shape(text: str) -> list[int]:
     """An argparse type: '1,3,224,224', '1x3x224x224' or '[1, 3, 224, 224]' -> [1, 3, 224, 224]."""
     parts = [p for p in re.split(r"[,x\s]+", text.strip().strip("[]()")) if p]

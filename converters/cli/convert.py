@@ -51,7 +51,8 @@ def run(args) -> int:
         _, rep = convert(args.input, args.map, args.target, None if args.dry_run else args.output,
                          framework=args.framework, target_kwargs=args.target_kwargs,
                          allow_unused=args.allow_unused, allow_missing=args.allow_missing, dry_run=args.dry_run,
-                         force=args.force, progress=A.progress_enabled(args), reader_options=options)
+                         force=args.force, progress=A.progress_enabled(args),
+                         reader_options=A.reader_options_of(options, args.framework, args.input))
     except CoverageError as e:
         rep = e.report
         print(rep.problem_table(), file=sys.stderr)

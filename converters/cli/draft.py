@@ -41,9 +41,10 @@ def run(args) -> int:
 
     if args.verify and not args.output:
         raise ConvertersError("--verify needs -o: the parity check reads the written table")
+    reader_options = A.reader_options_of(A.parse_options(args.option), args.framework, args.source)
     with A.activity(args, "drafting"):
         d = draft(args.source, args.target, framework=args.framework, target_kwargs=args.target_kwargs,
-                  out=args.output, input_shape=args.input_shape, reader_options=A.parse_options(args.option),
+                  out=args.output, input_shape=args.input_shape, reader_options=reader_options,
                   force=args.force, like=args.like, base=args.base)
     if args.output is None:
         sys.stdout.write(d.text)
@@ -69,7 +70,7 @@ def _verify(d, args) -> int:
     if not d.complete:
         print("verify: skipped, the draft needs edits before it converts (see UNMATCHED/AMBIGUOUS in the table)")
         return 1
-    kwargs = {"framework": args.framework}
+    kwargs = {"framework": args.framework, "reader_options": A.parse_options(args.option)}
     if args.source_python:
         kwargs["source_python"] = args.source_python
     with A.activity(args, "verifying"):

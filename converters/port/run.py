@@ -96,7 +96,7 @@ def port(sources, out_dir, *, framework=None, name=None, fmt="safetensors", forc
         raise
     result.timings = {"graph_and_code": t_graph - t0, "total": time.perf_counter() - t0}
     if verify:
-        result.parity = _verify(graph, result, source_python, verify_options or {})
+        result.parity = _verify(graph, result, source_python, verify_options or {}, reader_options)
     return result
 
 
@@ -160,11 +160,15 @@ def _replace(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def _verify(graph, result: PortResult, source_python, options: dict):
+def _verify(graph, result: PortResult, source_python, options: dict, reader_options):
+    """Verify the written port; oracle-only options the frontend set aside (a SavedModel's
+    `signature`: the function that was ported) go to the oracle, so it runs that same function."""
+    from ..parity.setup import split_oracle_options
     from ..parity.verify import verify
     from ..target import load_converted
 
     model = load_converted(result.weights_file, result.table_file)
+    oracle_only = split_oracle_options(graph.framework, reader_options)[1]
     kwargs = {"framework": graph.framework, "architecture": graph.architecture, "source_python": source_python,
-              "reader_options": graph.reader_options, **options}
+              "reader_options": {**graph.reader_options, **oracle_only}, **options}
     return verify(graph.source_files[0], result.table_file, model=model, **kwargs)
