@@ -3,7 +3,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING  # noqa: E402
+
 from .errors import ConvertersError  # noqa: E402
+
+if TYPE_CHECKING:  # the annotation's name; the real import is lazy (_LAZY below)
+    from .arrays import ArrayFile
 
 
 def read(path, framework: str | None = None, **options) -> ArrayFile:

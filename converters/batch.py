@@ -108,7 +108,8 @@ def _expand(path, base, index, entry) -> list[Job]:
     for src in sources:
         stem = os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
         try:
-            out = entry["out"].format(stem=stem, name=os.path.basename(src), parent=os.path.basename(os.path.dirname(src)))
+            out = entry["out"].format(stem=stem, name=os.path.basename(src),
+                                      parent=os.path.basename(os.path.dirname(src)))
         except (KeyError, IndexError, ValueError) as e:
             raise MappingError(f"job {index + 1}: `out` template {entry['out']!r}: {e}; fields: stem, name, parent",
                                file=path) from None
@@ -190,7 +191,8 @@ def _gather(jobs, futures, completed, on_result) -> list[JobResult]:
         try:
             results[i] = fut.result()
         except Exception as e:  # the worker process itself died (killed, out of memory)
-            results[i] = JobResult(jobs[i].source, jobs[i].out, "failed", message=f"worker died: {type(e).__name__}: {e}")
+            results[i] = JobResult(jobs[i].source, jobs[i].out, "failed",
+                                   message=f"worker died: {type(e).__name__}: {e}")
         if on_result:
             on_result(results[i])
     return results

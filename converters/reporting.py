@@ -86,7 +86,7 @@ def text_table(headers, rows, max_width: int = 70) -> list[str]:
     cells = [[fmt(v) for v in row] for row in rows]
     cells = [[c if len(c) <= max_width else "..." + c[-(max_width - 3):] for c in row] for row in cells]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = ["  " + line.format(*headers).rstrip(), "  " + line.format(*("-" * w for w in widths))]
     out += ["  " + line.format(*r).rstrip() for r in cells]
     return out

@@ -17,6 +17,7 @@ from .mapping.plan import TargetTensor
 from .mapping.spec import is_file_target
 from .target_policy import check_factory, check_kwargs, check_module_name
 
+
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
     found = of_torch(dtype)  # converters/dtypes.py
     if found is None:

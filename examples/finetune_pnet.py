@@ -28,8 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import converters  # noqa: E402
-from converters.finetune import (freeze, init_params, load_partial, param_groups, resume,  # noqa: E402
-                                 save_checkpoint, summary)
+from converters.finetune import freeze, init_params, load_partial, param_groups, resume, save_checkpoint, summary  # noqa: E402
 
 CAFFEMODEL = ROOT / "fixtures/caffe/mtcnn_pnet/det1.caffemodel"
 EPOCHS, STEPS_PER_EPOCH, STOP_AFTER = 4, 5, 2

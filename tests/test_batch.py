@@ -86,7 +86,8 @@ def test_pool_converts_the_zoo_and_a_rerun_skips_it(zoo):
     results = run_batch(jobs, workers=2)
     assert [r.status for r in results] == ["ok"] * N_FILES, [r.message for r in results]
     for i in (0, 7, 19):
-        assert_matches_onnxruntime(zoo, zoo / "models" / f"net{i:02d}.onnx", zoo / "out_pool" / f"net{i:02d}.safetensors")
+        assert_matches_onnxruntime(zoo, zoo / "models" / f"net{i:02d}.onnx",
+                                   zoo / "out_pool" / f"net{i:02d}.safetensors")
     again = run_batch(jobs, workers=0)
     assert [r.status for r in again] == ["skipped"] * N_FILES
 
@@ -146,4 +147,5 @@ def test_ray_engine_converts_the_zoo(zoo):
     s = summary(results)
     assert (s["ok"], s["failed"]) == (N_FILES, 0), [r.message for r in results]
     for i in (0, 11, 19):
-        assert_matches_onnxruntime(zoo, zoo / "models" / f"net{i:02d}.onnx", zoo / "out_ray" / f"net{i:02d}.safetensors")
+        assert_matches_onnxruntime(zoo, zoo / "models" / f"net{i:02d}.onnx",
+                                   zoo / "out_ray" / f"net{i:02d}.safetensors")

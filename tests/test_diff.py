@@ -100,8 +100,9 @@ def test_usage_and_format_errors_exit_2(files, capsys):
 
 def test_real_caffe_pnet_against_its_pytorch_port(tmp_path):
     """The intended use: check a conversion (here: the P-Net loaded into PyTorch) against its source."""
-    import converters
     from safetensors.torch import save_file as save_torch
+
+    import converters
 
     with converters.read(PNET, "caffe") as f:
         arrays = f.numpy()

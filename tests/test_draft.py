@@ -308,7 +308,7 @@ def MX():
 
 
 @pytest.fixture(scope="module")
-def mx_oracle(mx_model):
+def mx_oracle(mx_model):  # noqa: F811 - the imported fixture, requested by name
     """name -> one mxnet oracle on the model's export() checkpoint, shared by both file forms."""
     oracles = {}
 
@@ -335,7 +335,7 @@ def _check_mx(MX, d_dir, oracle, name, form, target, framework, kwargs=None, ext
 @pytest.mark.mxnet
 @pytest.mark.parametrize("form", ["exported", "gluon"])
 @pytest.mark.parametrize("name", ["lstm_bi", "lstm_uni"])
-def test_gluon_lstm_draft(MX, mx_model, mx_oracle, name, form):
+def test_gluon_lstm_draft(MX, mx_model, mx_oracle, name, form):  # noqa: F811 - the fixture
     """The exported graph takes the initial states too (data1 = h, data2 = c): zeros, to the source only."""
     kwargs = {"batch_first": True, **MX.LSTM_KWARGS[name]}
     batch = 2 if kwargs["batch_first"] else 3  # the generator's batch sizes
@@ -353,7 +353,7 @@ def test_gluon_lstm_draft(MX, mx_model, mx_oracle, name, form):
     ("resnet50_v1", "converters.models.resnet_gluon:resnet50_v1", "mxnet", 299, 53),  # Gluon model zoo
     ("resnet50_v1b", "torchvision.models:resnet50", "gluon", 267, None),  # GluonCV
 ])
-def test_mxnet_resnet50_draft(MX, mx_model, mx_oracle, form, name, target, reader, matched, filled):
+def test_mxnet_resnet50_draft(MX, mx_model, mx_oracle, form, name, target, reader, matched, filled):  # noqa: F811
     d = _check_mx(MX, mx_model(name), mx_oracle(name), name, form, target, reader)
     assert d.stats["matched_sources"] == matched and len(d.rules) <= 30
     assert filled is None or d.stats["filled"] == filled
@@ -398,7 +398,8 @@ def test_item4_names_beat_order_onnx_if_branches(tmp_path):
 
     g = H.make_graph([H.make_node("If", ["cond"], ["y"], then_branch=branch("branch16k"),
                                   else_branch=branch("branch8k"))], "g",
-                     [H.make_tensor_value_info("x", TP.FLOAT, [1, 3, 8, 8]), H.make_tensor_value_info("cond", TP.BOOL, [])],
+                     [H.make_tensor_value_info("x", TP.FLOAT, [1, 3, 8, 8]),
+                      H.make_tensor_value_info("cond", TP.BOOL, [])],
                      [H.make_tensor_value_info("y", TP.FLOAT, [1, 8, 8, 8])])
     model = H.make_model(g, opset_imports=[H.make_opsetid("", 13)])
     onnx.checker.check_model(model)

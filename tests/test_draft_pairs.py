@@ -79,8 +79,9 @@ class FacenetStyleNet(nn.Module):
 def keras_cnn_permuted_port(tmp) -> Case:
     k = _keras()
     k.utils.set_random_seed(1)
-    model = k.Sequential([k.Input((12, 10, 3)), k.layers.Conv2D(6, 3, name="c1"), k.layers.BatchNormalization(name="bn1"),
-                          k.layers.ReLU(), k.layers.MaxPooling2D(2), k.layers.Conv2D(8, 3, activation="relu", name="c2"),
+    model = k.Sequential([k.Input((12, 10, 3)), k.layers.Conv2D(6, 3, name="c1"),
+                          k.layers.BatchNormalization(name="bn1"), k.layers.ReLU(), k.layers.MaxPooling2D(2),
+                          k.layers.Conv2D(8, 3, activation="relu", name="c2"),
                           k.layers.Flatten(), k.layers.Dense(16, activation="relu", name="fc1"),
                           k.layers.Dense(5, name="logits")])
     _randomize_keras(model, 1)

@@ -103,8 +103,8 @@ def test_dataparallel_saves_plain_names_and_loads_both_ways(tmp_path):
     resume(tmp_path / "dp.pt", plain)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
     # a file written elsewhere with module. prefixes loads into a wrapped model too
-    torch.save({**load_checkpoint(tmp_path / "dp.pt"), "model": {"module." + k: v for k, v in model.state_dict().items()}},
-               tmp_path / "prefixed.pt")
+    prefixed = {"module." + k: v for k, v in model.state_dict().items()}
+    torch.save({**load_checkpoint(tmp_path / "dp.pt"), "model": prefixed}, tmp_path / "prefixed.pt")
     other = nn.DataParallel(make(seed=9)[0])
     resume(tmp_path / "prefixed.pt", other)
     assert torch.equal(other.module.fc.weight, model.fc.weight)

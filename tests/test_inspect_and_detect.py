@@ -111,7 +111,8 @@ HEAVY_MODULES = ("torch", "tensorflow", "onnx", "ml_dtypes", "keras", "onnxrunti
 def test_inspect_imports_no_heavy_framework(rel):
     """`convert inspect` on a small file stays well under 0.3 s beyond Python's start-up (issue #12;
     benchmarks/bench_cli.py measures it) only while it imports none of these: `import onnx` alone
-    takes ~0.7 s here, tensorflow or torch seconds. (Keras .h5 needs h5py; a plain torch.save state dict is read without torch.)"""
+    takes ~0.7 s here, tensorflow or torch seconds. (Keras .h5 needs h5py; a plain torch.save state dict
+    is read without torch.)"""
     code = ("import runpy, sys, json\n"
             f"sys.argv = ['convert', 'inspect', {str(F / rel)!r}]\n"
             "try:\n    runpy.run_module('converters', run_name='__main__')\nexcept SystemExit as e:\n"

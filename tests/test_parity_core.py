@@ -419,7 +419,8 @@ def test_pytest_plugin_collects_parity_yaml_files(tmp_path):
     (tmp_path / "floor.yaml").write_text(table.replace("target: converters.models.mtcnn:PNet",
                                                        "target: floor_pnet:FloorPNet"))
     (tmp_path / "floor_pnet.py").write_text("from torch import nn\nfrom converters.models.mtcnn import PNet\n"
-                                            "def FloorPNet() -> nn.Module:\n    m = PNet()\n    m.pool1.ceil_mode = False\n"
+                                            "def FloorPNet() -> nn.Module:\n    m = PNet()\n"
+                                            "    m.pool1.ceil_mode = False\n"
                                             "    return m\n")
     from importlib.metadata import entry_points
 

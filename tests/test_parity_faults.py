@@ -295,7 +295,8 @@ def mx_table(tmp_path, name, break_conv2=False):
 
         text += "\n" + yaml.safe_dump({"parity": MX_PARITY}, default_flow_style=None)
     if break_conv2:  # the conv2/conv3 rule without its height/width swap
-        rule = "  - from: 'conv(?P<n>[23])_weight'\n    to: 'conv{n}.weight'\n    transforms: [{permute: [0, 1, 3, 2]}]\n"
+        rule = ("  - from: 'conv(?P<n>[23])_weight'\n    to: 'conv{n}.weight'\n"
+                "    transforms: [{permute: [0, 1, 3, 2]}]\n")
         assert rule in text
         text = text.replace(rule, "  - from: 'conv(?P<n>[23])_weight'\n    to: 'conv{n}.weight'\n")
     path = tmp_path / f"{name}.yaml"

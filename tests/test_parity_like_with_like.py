@@ -182,7 +182,8 @@ class FunctionalPort(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv1, self.conv2, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 5, 3, padding=1), nn.Linear(180, 3)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 5, 3, padding=1)
+        self.fc = nn.Linear(180, 3)
 
     def forward(self, x):
         x = F.relu(self.conv2(F.relu(self.conv1(x))))

@@ -115,7 +115,7 @@ def write_table(path, fc="[transpose]", conv="[]", extra=""):
 def randomise(net, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in net.named_parameters():
+        for _name, p in net.named_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
         net.bn1.running_mean.copy_(torch.randn(8, generator=g) * 0.2)
         net.bn1.running_var.copy_(torch.rand(8, generator=g) * 0.02 + 0.002)  # small: eps 1e-3 vs 1e-5 shows
@@ -126,7 +126,8 @@ def export(net, path, size=16):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, torch.zeros(1, net.conv1.in_channels, size, size), str(path), dynamo=False,
-                          input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}})
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}})
     return path
 
 
@@ -257,7 +258,8 @@ def test_missing_bgr_flip_is_localised_to_the_first_convolution(onnx_model, tmp_
     path, _, _ = onnx_model
     flip = "- from: 'conv1\\.weight'\n    to: 'conv1.weight'\n    transforms: [{flip: {axis: 1}}]"
     (tmp_path / "ok.yaml").write_text(BGR_TABLE.replace("FIRST_CONV", flip))
-    (tmp_path / "fault.yaml").write_text(BGR_TABLE.replace("FIRST_CONV", "- from: 'conv1\\.weight'\n    to: 'conv1.weight'"))
+    no_flip = "- from: 'conv1\\.weight'\n    to: 'conv1.weight'"
+    (tmp_path / "fault.yaml").write_text(BGR_TABLE.replace("FIRST_CONV", no_flip))
     good = verify(path, tmp_path / "ok.yaml", TargetNet())
     assert good.passed, str(good)
     assert good.conventions["source_input"] == ["flip(axis=1)"]

@@ -110,7 +110,8 @@ def test_every_emitter_gives_ruff_formatted_code_that_runs_with_only_torch(tmp_p
     assert_ruff_formatted(path)
     # a fresh interpreter where the toolkit cannot be imported: the file needs torch only
     code = ("import sys, importlib.util; sys.modules['converters'] = None\n"
-            f"spec = importlib.util.spec_from_file_location('m', {str(path)!r}); m = importlib.util.module_from_spec(spec)\n"
+            f"spec = importlib.util.spec_from_file_location('m', {str(path)!r})\n"
+            "m = importlib.util.module_from_spec(spec)\n"
             "spec.loader.exec_module(m); import torch; net = m.EveryOp().eval()\n"
             "outs = net(torch.randn(1, 3, 9, 9))\n"
             "assert all(torch.isfinite(o).all() for o in outs), 'non-finite output'\n"

@@ -221,7 +221,8 @@ def test_shape_ops_and_attribute_opsets(tmp_path):
 
 
 def test_slice_resize_pad_inputs_opset13(tmp_path):
-    inits = {"pads": np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64), "pv": np.array(0.5, np.float32), "starts": np.array([1, 0], np.int64), "ends": np.array([-1, 2 ** 62], np.int64),
+    inits = {"pads": np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64), "pv": np.array(0.5, np.float32),
+             "starts": np.array([1, 0], np.int64), "ends": np.array([-1, 2 ** 62], np.int64),
              "axes": np.array([2, 3], np.int64), "steps": np.array([1, 2], np.int64),
              "ax": np.array([0], np.int64), "roi": np.zeros(0, np.float32),
              "sizes": np.array([1, 3, 6, 9], np.int64), "k": rand(1, 3, 1, 1)}
@@ -383,8 +384,8 @@ def test_fixed_batch_graph_verifies_with_the_tables_batch(tmp_path, capsys):
     assert table["parity"]["batch"] == 1
     with pytest.raises(converters.ConvertersError):  # what the key spares: onnxruntime refuses a batch of 2
         converters.verify(str(fixed), str(next((tmp_path / "fixed").glob("*.yaml"))), n=2)
-    free = save(nodes, [vi("x", ["N", 2, 5, 5])], [vi("y", None)], {**inits, "sizes": np.array([2, 4, 10, 7], np.int64)},
-                tmp_path / "free.onnx")
+    free = save(nodes, [vi("x", ["N", 2, 5, 5])], [vi("y", None)],
+                {**inits, "sizes": np.array([2, 4, 10, 7], np.int64)}, tmp_path / "free.onnx")
     result = port([str(free)], tmp_path / "free", verify=True)
     assert result.parity.passed and "batch" not in yaml.safe_load(Path(result.table_file).read_text())["parity"]
 

@@ -12,10 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import converters
-from converters.mapping.transforms import build, chain_apply
-from converters.port import codegen, port
-from converters.port.graph import Graph, GraphInput, Node, Param, UnsupportedOpError
+import converters  # noqa: E402 - after the torch skip: converters.port needs torch
+from converters.mapping.transforms import build, chain_apply  # noqa: E402
+from converters.port import codegen, port  # noqa: E402
+from converters.port.graph import Graph, GraphInput, Node, Param, UnsupportedOpError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures" / "port" / "mxnet"

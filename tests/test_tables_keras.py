@@ -1,7 +1,7 @@
 """Shipped Keras tables (mappings/keras/*.yaml), proved against Keras itself.
 
-Each test builds the source model in Keras 3 (tensorflow-cpu; one test in tf_keras, Keras 2), gives every variable random values
-(BatchNorm statistics and biases too, so a swapped or missed array shows), saves it in a real
+Each test builds the source model in Keras 3 (tensorflow-cpu; one test in tf_keras, Keras 2), gives every
+variable random values (BatchNorm statistics and biases too, so a swapped or missed array shows), saves it in a real
 Keras file format, converts it with `converters.convert` through the project's reader and compares
 the PyTorch model's output with Keras' on the same input (NHWC / NTC for Keras, NCHW for torch):
 max |difference| <= 1e-4 * max(1, max |output|). Models are written to pytest's tmp_path, never
@@ -128,7 +128,8 @@ def test_mobilenet_v2_eps_mismatch_is_reported(small_mobilenet):
 
 def test_mobilenet_v2_odd_feature_maps_and_unknown_size(tmp_path):
     """Keras' correct_pad: symmetric padding on odd feature maps when the size is known (36 -> 18,
-    9, 5, 3 at the stride-2 depthwise convs), always bottom/right when the model was built with an unknown size; no top, avg pool."""
+    9, 5, 3 at the stride-2 depthwise convs), always bottom/right when the model was built with an unknown
+    size; no top, avg pool."""
     keras.utils.set_random_seed(4)
     known = keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(36, 36, 3),
                                            include_top=False, pooling="avg")
@@ -209,8 +210,8 @@ def test_lstm_compiled_model_optimizer_state_is_ignored(tmp_path):
     model.compile(optimizer="adam", loss="mse")
     model.fit(np.ones((2, T, FEATURES), np.float32), np.ones((2, UNITS), np.float32), verbose=0)
     model.save(tmp_path / "trained.h5")
-    module, rep = convert(tmp_path / "trained.h5", "keras/lstm", target_kwargs={"input_size": FEATURES, "hidden_size": UNITS,
-                                                                          "return_sequences": False})
+    module, rep = convert(tmp_path / "trained.h5", "keras/lstm",
+                          target_kwargs={"input_size": FEATURES, "hidden_size": UNITS, "return_sequences": False})
     assert_clean(rep)
     ignored = [name for name, _, _ in rep.ignored]
     # iteration counter, learning rate, Adam momentum + velocity for each of the 3 variables

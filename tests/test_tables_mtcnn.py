@@ -66,7 +66,8 @@ def test_mxnet_table_matches_mxnet_forward(tmp_path):
     x_mx = np.ascontiguousarray(x[:, ::-1].transpose(0, 1, 3, 2))
     np.savez(tmp_path / "in.npz", data=x_mx)
     r = subprocess.run([str(MX_PYTHON), str(ROOT / "tests/mxnet_side/forward_checkpoint.py"), str(MX_DIR / "det1"), "1",
-                        str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300)
+                        str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     outs = np.load(tmp_path / "out.npz")
     ref_box, ref_prob = outs["out0"].transpose(0, 1, 3, 2), outs["out1"].transpose(0, 1, 3, 2)

@@ -22,7 +22,6 @@ import types
 from dataclasses import dataclass, field
 
 
-
 @dataclass
 class Draft:
     """A proposed mapping: `.text` (YAML), `.path` (where written, if anywhere), `.matching` (pairs
@@ -204,7 +203,8 @@ def _declared_input(arrays):
             if raw:
                 return [1 if i == 0 and d is None else d for i, d in enumerate(raw)]
             return None
-    graph_inputs = (arrays.meta.get("graph") or {}).get("inputs") if isinstance(arrays.meta.get("graph"), dict) else None
+    graph = arrays.meta.get("graph")
+    graph_inputs = (graph or {}).get("inputs") if isinstance(graph, dict) else None
     if graph_inputs and len(graph_inputs) == 1 and isinstance(graph_inputs[0].get("shape"), (list, tuple)):
         dims = [d if isinstance(d, int) and d > 0 else None for d in graph_inputs[0]["shape"]]  # ONNX
         return [1 if i == 0 and d is None else d for i, d in enumerate(dims)] or None

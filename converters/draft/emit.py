@@ -83,16 +83,16 @@ def _forms(var, xs, ys):
             return f"{var}{plus(b)}"
         for a in (2, 3, 4):
             b = y0 - a * x0
-            if ok(lambda x: a * x + b):
+            if ok(lambda x, a=a, b=b: a * x + b):  # bound now: ok() calls fn(x) only
                 return f"{a}*{var}{plus(b)}"
         for d in (2, 3, 4):
             for b in range(-(d - 1), d):
                 inner = f"({var}{plus(b)})" if b else var
                 c = y0 - (x0 + b) // d
-                if ok(lambda x: (x + b) // d + c):
+                if ok(lambda x, b=b, c=c, d=d: (x + b) // d + c):
                     return f"{inner}//{d}{plus(c)}"
                 c = y0 - (x0 + b) % d
-                if ok(lambda x: (x + b) % d + c):
+                if ok(lambda x, b=b, c=c, d=d: (x + b) % d + c):
                     return f"{inner}%{d}{plus(c)}"
     return None
 
@@ -427,7 +427,7 @@ def _write_sets(add, matching, base, outputs, outputs_why=""):
         add("")
         add("# AMBIGUOUS: these source layers fit several target modules and neither the layer order nor")
         add("# the names single one out. Pick one and write the rules (candidates in order of execution):")
-        for s, cands, why in matching.ambiguous:
+        for s, cands, _why in matching.ambiguous:
             add(f"#   {s.name} ({s.type or s.kind}; {', '.join(h.name for h in s.arrays)}) -> one of: "
                 f"{', '.join(cands)}")
     if matching.unmatched_sources:

@@ -117,7 +117,7 @@ def source_units(arrays, exclude=()) -> tuple[list, list]:
         if h.meta.get("role") == "constant" and (h.ndim == 0 or h.dtype.kind != "f"):
             ignored.append((name, "constant", "a graph constant (shape, axis or index values), not a weight"))
             continue
-        m = _RNN_ARRAY.fullmatch(name) if not h.meta.get("layer_type") in S.SOURCE_KIND else None
+        m = _RNN_ARRAY.fullmatch(name) if h.meta.get("layer_type") not in S.SOURCE_KIND else None
         key = ("rnn", m.group("unit")) if m else ("layer", h.meta.get("layer") or _layer_from_name(name))
         groups.setdefault(key, []).append(h)
         types.setdefault(key, h.meta.get("layer_type"))
@@ -374,7 +374,8 @@ def propose(s: SourceUnit, t: TargetUnit, framework: str, tr) -> tuple[list, lis
             p.transforms.append("caffe_bn_stat")
             p.why.append("Caffe stores running sums: divided by the scale factor (third blob)")
         props.append(p)
-    if s.kind == "depthwise" and getattr(t.module, "groups", 1) == 1 and t.shapes.get(t.tensors.get("weight"), (0, 0))[1] != 1:
+    if (s.kind == "depthwise" and getattr(t.module, "groups", 1) == 1
+            and t.shapes.get(t.tensors.get("weight"), (0, 0))[1] != 1):
         return None
     if t.kind == "other":  # a module type the draft has no kind for: names and shapes only
         for p in props:
@@ -562,7 +563,8 @@ def _propose_rnn(s, t, framework):
         for role, h in slots.items():
             if role not in t.tensors or tuple(h.shape) != shapes[role]:
                 return None
-            props.append(Proposal(h.name, [t.tensors[role]], [], why=["MXNet's RNN layout and gate order are PyTorch's"]))
+            props.append(Proposal(h.name, [t.tensors[role]], [],
+                                  why=["MXNet's RNN layout and gate order are PyTorch's"]))
         return props, fills, []
     if framework == "onnx" and s.arrays[0].meta.get("layer_type") in ("LSTM", "GRU"):
         return _propose_onnx_rnn(s, t, shapes)
@@ -649,7 +651,8 @@ def _sim(s, t) -> float:
 def _identify(s, t) -> bool:
     if s.rnn is not None or t.rnn is not None:
         return S.names_identify(_unit_name(s), _unit_name(t))
-    return any(S.names_identify(n, t.name) for n in dict.fromkeys([s.name, *(_layer_from_name(h.name) for h in s.arrays)]))
+    names = dict.fromkeys([s.name, *(_layer_from_name(h.name) for h in s.arrays)])
+    return any(S.names_identify(n, t.name) for n in names)
 
 
 def _unit_name(u) -> str:
@@ -845,7 +848,8 @@ def _folded_batchnorm(src, tgt, framework, tr, used_s, used_t, result):
                                                             "makes it the identity")]
         if bias_to != bn.tensors["bias"]:
             fills.append((bn.tensors["bias"], 0, "BatchNorm folded into the source conv: identity beta"))
-        fills += [(n, 0, "a PyTorch-only training counter") for r, n in bn.tensors.items() if r == "num_batches_tracked"]
+        fills += [(n, 0, "a PyTorch-only training counter")
+                  for r, n in bn.tensors.items() if r == "num_batches_tracked"]
         unit = dataclasses.replace(conv, name=f"{conv.name}+{bn.name}", shapes={**conv.shapes, **bn.shapes},
                                    tensors={**{f"bn.{k}": v for k, v in bn.tensors.items()}, **conv.tensors})
         pair = Pair(s, unit, "shape (folded BatchNorm)", 0.6, [

@@ -97,7 +97,8 @@ class Trace:
         def capture(module, args):
             got.setdefault("x", args[0].detach().clone() if args and isinstance(args[0], torch.Tensor) else None)
 
-        hooks = [modules[producer].register_forward_hook(replace), modules[module_name].register_forward_pre_hook(capture)]
+        hooks = [modules[producer].register_forward_hook(replace),
+                 modules[module_name].register_forward_pre_hook(capture)]
         try:
             with torch.no_grad():
                 was = self.model.training
@@ -180,7 +181,7 @@ def trace(model: nn.Module, hint: tuple | None = None) -> Trace:
         calls: list[Call] = []
         hooks = []
 
-        def hook(module, args, output):
+        def hook(module, args, output, calls=calls):  # torch passes 3 args; removed before the next x
             if list(module.children()) and not _owns(module):
                 return  # containers: their children are recorded
             first = args[0] if args and isinstance(args[0], torch.Tensor) else None

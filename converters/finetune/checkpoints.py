@@ -127,7 +127,8 @@ def _plain(value, where: str):
         items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
     raise ConvertersError(f"cannot store a {type(value).__name__} in a checkpoint", array=where,
-                          hint="store numbers, strings, tensors, arrays, lists and dicts, or an object with state_dict()")
+                          hint="store numbers, strings, tensors, arrays, lists and dicts, "
+                               "or an object with state_dict()")
 
 
 def rng_state() -> dict:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import ConvertersError
-from .checkpoints import unwrap
 from ..reporting import Report
+from .checkpoints import unwrap
 
 SCHEMES = ("kaiming", "kaiming_uniform", "xavier", "xavier_normal", "normal", "zeros", "constant",
            "classic", "pytorch")

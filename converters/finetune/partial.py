@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CoverageError, ConvertersError, FormatError
-from .checkpoints import strip_prefixes, unwrap
+from ..errors import ConvertersError, CoverageError, FormatError
 from ..reporting import Report
+from .checkpoints import strip_prefixes, unwrap
 
 MATCH_MODES = ("name", "name+shape", "suffix")
 

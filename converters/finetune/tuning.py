@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..errors import ConvertersError
+from ..reporting import Report
 from .checkpoints import unwrap
 from .init import NORM_TYPES
-from ..reporting import Report
 
 _BN_LOCK = "_converters_bn_lock"
 HEAD_ATTRS = ("fc", "classifier", "head", "heads", "last_linear")
@@ -90,7 +90,7 @@ def unfreeze(model: nn.Module, include=None) -> list[str]:
         if pats is None or _hits(name, pats):
             p.requires_grad_(True)
             names.append(name)
-    for name, m in model.named_modules():
+    for _name, m in model.named_modules():
         handle = getattr(m, _BN_LOCK, None)
         if handle is not None and (pats is None or any(p.requires_grad for p in m.parameters(recurse=False))):
             handle.remove()
@@ -215,7 +215,8 @@ def _rule(pattern, value, base_lr, weight_decay) -> tuple[float, float]:
     if isinstance(value, str):
         m = re.fullmatch(r"\s*[x*×]\s*([0-9.eE+-]+)\s*", value)
         if not m:
-            raise ConvertersError(f"rule {pattern!r}: {value!r} is neither a learning rate nor a multiplier like 'x0.1'")
+            raise ConvertersError(f"rule {pattern!r}: {value!r} is neither a learning rate "
+                                  f"nor a multiplier like 'x0.1'")
         return base_lr * float(m.group(1)), weight_decay
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value), weight_decay

@@ -53,7 +53,7 @@ def make_plan(mapping, arrays, targets: dict | None) -> Plan:
     rep.source, rep.mapping = arrays.path, mapping.path
     consumed_by_with: set = set()
     written: dict = {}
-    for name, handle in arrays.items():
+    for name, _handle in arrays.items():
         hits = [(r, m) for r in mapping.rules if (m := r.pattern.fullmatch(name))]
         if len(hits) > 1:
             rep.problems.append(Problem("source_twice", name, "matched by " + ", ".join(r.where for r, _ in hits),
@@ -85,7 +85,8 @@ def make_plan(mapping, arrays, targets: dict | None) -> Plan:
         if len(out_shapes) != len(targets_named):
             raise MappingError(f"the transforms leave {len(out_shapes)} array(s) for {len(targets_named)} "
                                f"target(s) {targets_named}", rule=rule.where, file=arrays.path, array=name)
-        a = Assignment(targets_named, sources, rule, [tuple(s) for s in out_shapes], [np.dtype(out_dtype)] * len(out_shapes))
+        a = Assignment(targets_named, sources, rule, [tuple(s) for s in out_shapes],
+                       [np.dtype(out_dtype)] * len(out_shapes))
         plan.assignments.append(a)
         rep.rows.append({"sources": sources, "targets": targets_named, "rule": rule.where,
                          "transforms": [repr(t) for t in rule.transforms],
@@ -151,7 +152,8 @@ def attach_fills(plan, mapping, targets):
             rep.initialised.append((name, init.scheme, init.where))
             continue
         unused = [p.name for p in rep.problems if p.kind == "unused_source"]
-        rep.problems.append(Problem("missing_target", name, f"{list(targets[name].shape)} {np.dtype(targets[name].dtype)}",
+        rep.problems.append(Problem("missing_target", name,
+                                    f"{list(targets[name].shape)} {np.dtype(targets[name].dtype)}",
                                     None, difflib.get_close_matches(name, unused, n=2, cutoff=0.4)))
 
 

@@ -114,7 +114,9 @@ class Report(_Base):
     def plan_table(self) -> str:
         """source -> transforms -> target, with shapes (the --dry-run view)."""
         def shape(s):
-            return " + ".join("x".join(map(str, x)) for x in s) if s and isinstance(s[0], (list, tuple)) else "x".join(map(str, s))
+            if s and isinstance(s[0], (list, tuple)):
+                return " + ".join("x".join(map(str, x)) for x in s)
+            return "x".join(map(str, s))
         lines = []
         for r in self.rows:
             chain = " -> ".join(r["transforms"]) or "(as is)"
@@ -124,6 +126,6 @@ class Report(_Base):
             lines.append(f"fill {v:g} -> {t}  [{w}]")
         for t, s, w in self.initialised:
             lines.append(f"init {s} -> {t}  [{w}]")
-        for n, r, w in self.ignored:
+        for n, r, _w in self.ignored:
             lines.append(f"ignore {n}" + (f" ({r})" if r else ""))
         return "\n".join(lines)

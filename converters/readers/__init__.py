@@ -64,7 +64,7 @@ def detect(path) -> str:
         seen.add(mod)
         module = reader_module(name)
         if _sniffs(module, path, head):
-            return getattr(module, "detect_name", lambda p: module.NAME)(path)
+            return getattr(module, "detect_name", lambda p: module.NAME)(path)  # noqa: B023 - called at once
     raise DetectionError("cannot tell which framework wrote this file", file=path,
                          hint=f"pass --from with one of {', '.join(FRAMEWORKS)}")
 
