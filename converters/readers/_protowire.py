@@ -156,6 +156,8 @@ def message_table(buf, start: int, end: int, file=None) -> tuple[list, list, lis
     add_key, add_start, add_length, add_offset = keys.append, starts.append, lengths.append, offsets.append
     pos = start
     try:
+        if isinstance(buf, PreadBuffer):
+            return _pread_table(buf, start, end)
         while pos < end:
             add_offset(pos)
             key = buf[pos]
@@ -183,6 +185,36 @@ def message_table(buf, start: int, end: int, file=None) -> tuple[list, list, lis
                 starts.append(v[0])
                 lengths.append(v[1])
                 offsets.append(off)
+    return keys, starts, lengths, offsets
+
+
+def _pread_table(buf, pos: int, end: int) -> tuple[list, list, list, list]:
+    """message_table for a PreadBuffer: one 16-byte pread per field (its key and length), so a
+    graph of thousands of nodes and tensors costs thousands of small reads, nothing per byte."""
+    keys, starts, lengths, offsets = [], [], [], []
+    fd = buf.fd
+    while pos < end:
+        head = os.pread(fd, 16, pos)
+        key = head[0] if head else 0
+        if key >= 0x80 or key & 7 != LEN or key < 8:
+            raise _Slow
+        n, shift, i = 0, 0, 1
+        while True:
+            if i >= len(head) or shift > 63:
+                raise _Slow
+            b = head[i]
+            n |= (b & 0x7F) << shift
+            i += 1
+            if b < 0x80:
+                break
+            shift += 7
+        if pos + i + n > end:
+            raise _Slow
+        keys.append(key)
+        starts.append(pos + i)
+        lengths.append(n)
+        offsets.append(pos)
+        pos += i + n
     return keys, starts, lengths, offsets
 
 
@@ -346,11 +378,11 @@ class PreadBuffer:
 
     Touching a memory map maps whole page-cache folios into the process (on ext4 with large folios
     one header byte maps ~1-2 MB), so walking the headers of a 1 GB model through its map put
-    ~100 MB of file pages in the resident set. pread copies just the blocks asked for. Supports
+    ~100 MB of file pages in the resident set. pread copies just the pieces asked for. Supports
     what the walkers use: len(), buf[i], buf[a:b] (bytes) and gather(positions)."""
 
-    BLOCK = 4096
-    KEEP = 256  # blocks cached (1 MB)
+    BLOCK = 512  # for buf[i] and short slices: a tensor's header fits, copying it costs nothing
+    KEEP = 2048  # blocks cached (1 MB)
 
     def __init__(self, path, size: int):
         self.fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -391,8 +423,36 @@ class PreadBuffer:
                         for i in range(start // self.BLOCK, (stop - 1) // self.BLOCK + 1)) if stop > start else b""
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
-        index = positions // self.BLOCK
-        blocks = np.sort(index)
-        blocks = blocks[np.concatenate(([True], blocks[1:] != blocks[:-1]))] if blocks.size else blocks
-        data = np.frombuffer(b"".join(self._block(i).ljust(self.BLOCK, b"\0") for i in blocks.tolist()), np.uint8)
-        return data[np.searchsorted(blocks, index) * self.BLOCK + positions % self.BLOCK]
+        """The bytes at `positions`, from 256-byte pieces kept for the whole walk (a tensor's header
+        is one piece: thousands of tensors cost thousands of small reads once, not per step)."""
+        index = positions // GATHER_PIECE
+        need = np.sort(index)
+        need = need[np.concatenate(([True], need[1:] != need[:-1]))] if need.size else need
+        have, missing = self._pieces, need
+        if have.size:
+            at = np.minimum(np.searchsorted(have, need), have.size - 1)
+            missing = need[have[at] != need]
+        if missing.size:
+            self._read_pieces(missing)
+        row = np.searchsorted(self._pieces, index)
+        return self._store[row, positions % GATHER_PIECE]
+
+    _pieces = np.zeros(0, np.int64)
+    _store = np.zeros((0, 256), np.uint8)
+
+    def _read_pieces(self, missing: np.ndarray) -> None:
+        """Read the pieces `missing` (sorted), one pread per run of adjacent pieces."""
+        firsts = np.flatnonzero(np.concatenate(([True], np.diff(missing) != 1)))
+        counts = np.diff(np.append(firsts, missing.size))
+        chunks = []
+        for first, n in zip(missing[firsts].tolist(), counts.tolist()):
+            data = os.pread(self.fd, n * GATHER_PIECE, first * GATHER_PIECE)
+            chunks.append(data.ljust(n * GATHER_PIECE, b"\0"))
+        new = np.frombuffer(b"".join(chunks), np.uint8).reshape(-1, GATHER_PIECE)
+        ids = np.concatenate((self._pieces, missing))
+        order = np.argsort(ids, kind="stable")
+        self._pieces = ids[order]
+        self._store = np.concatenate((self._store, new))[order]
+
+
+GATHER_PIECE = 256
