@@ -314,5 +314,7 @@ class _Structure:
             finally:
                 if temp is not None:
                     temp.close()
+                elif isinstance(reader.src, pw.PreadBuffer):
+                    reader.src.forget()
         self._meta = {a.name: a.meta for a in arrays}
         self._layers = layers

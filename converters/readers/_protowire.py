@@ -391,9 +391,15 @@ class PreadBuffer:
         self._base, self._cur = 0, b""  # the block buf[i] read last
 
     def close(self) -> None:
+        self.forget()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def forget(self) -> None:
+        """Drop what was read (a walk is over; the next one reads again)."""
+        self._blocks, self._base, self._cur = {}, 0, b""
+        self._pieces, self._store = PreadBuffer._pieces, PreadBuffer._store
 
     def __len__(self) -> int:
         return self.size

@@ -572,14 +572,18 @@ def open(path, allow_outside: bool = False, subgraphs: bool = True, **options) -
 
 
 def _open(reader: _Reader, want_subgraphs: bool) -> ArrayFile:
-    meta, graph_span = _model_fields(reader)
-    if FAST:
-        found = _open_fast(reader, meta, graph_span)
-        if found is not None:
-            return found
-    arrays, layers, graph = _walk(reader, graph_span, want_subgraphs)
-    _graph_meta(meta, graph.name, graph.inputs, graph.outputs, {t.name for t in graph.initializers})
-    return ArrayFile(reader.path, NAME, arrays, meta=meta, layers=layers, closer=reader.close)
+    try:
+        meta, graph_span = _model_fields(reader)
+        if FAST:
+            found = _open_fast(reader, meta, graph_span)
+            if found is not None:
+                return found
+        arrays, layers, graph = _walk(reader, graph_span, want_subgraphs)
+        _graph_meta(meta, graph.name, graph.inputs, graph.outputs, {t.name for t in graph.initializers})
+        return ArrayFile(reader.path, NAME, arrays, meta=meta, layers=layers, closer=reader.close)
+    finally:
+        if isinstance(reader.src, pw.PreadBuffer):
+            reader.src.forget()  # the headers read for the walk: not kept while the file is open
 
 
 def _model_fields(reader: _Reader) -> tuple[dict, tuple]:
