@@ -30,7 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing non-empty DIR")
     p.add_argument("--verify", action="store_true", help="run `convert verify` on the result; exit 0 only on PASS")
     p.add_argument("--source-python", metavar="PY", help="interpreter with the source framework (mxnet) for --verify")
-    A.add_json(p, help="print the result (conversion report, parity verdict) as JSON (--json=PATH / --json-out PATH: to a file)")
+    A.add_json(p, help="print the result (conversion report, parity verdict) as JSON "
+               "(--json=PATH / --json-out PATH: to a file)")
     A.add_quiet(p, help="print only errors and the parity verdict")
 
 

@@ -76,8 +76,9 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     if not isinstance(storage, StorageRef) or metadata:
         raise NotPlain("a tensor without a plain storage, or with metadata")
     size, stride = tuple(size), tuple(stride)
+    counts = (*size, *stride)
     if not (isinstance(storage_offset, int) and len(size) == len(stride)
-            and all(isinstance(d, int) and d >= 0 for d in size) and all(isinstance(s, int) and s >= 0 for s in stride)):
+            and all(isinstance(n, int) and n >= 0 for n in counts)):
         raise NotPlain("a malformed tensor description")
     return TensorRef(storage, storage_offset, size, stride)
 
