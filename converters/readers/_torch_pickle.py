@@ -77,7 +77,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         raise NotPlain("a tensor without a plain storage, or with metadata")
     size, stride = tuple(size), tuple(stride)
     counts = (*size, *stride)
-    if not (isinstance(storage_offset, int) and len(size) == len(stride)
+    if not (isinstance(storage_offset, int) and storage_offset >= 0 and len(size) == len(stride)
             and all(isinstance(n, int) and n >= 0 for n in counts)):
         raise NotPlain("a malformed tensor description")
     return TensorRef(storage, storage_offset, size, stride)
