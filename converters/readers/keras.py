@@ -30,6 +30,7 @@ import numpy as np
 from ..arrays import ArrayFile, ArrayHandle, Layer, role_from_name
 from ..dtypes import bfloat16
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
+from . import _gc
 from ._binary import FileView
 from ._hdf5_tree import DatasetNode, Tree
 from ._limits import PARSER_ERRORS, check_inflation, element_count, parser_errors
@@ -555,7 +556,7 @@ def open(path, config=None, allow_external: bool = False, **options) -> ArrayFil
     allow_external: read HDF5 datasets whose bytes are in other files (external links, external
     raw storage, virtual datasets); refused by default."""
     path = os.fspath(path)
-    with parser_errors(path, "Keras file"):
+    with parser_errors(path, "Keras file"), _gc.paused():
         return _open(path, config, allow_external)
 
 

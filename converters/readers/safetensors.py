@@ -9,12 +9,14 @@ on 5,000 small tensors that, not the JSON parse, is what the open costs.
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from numpy import frombuffer
 
 from ..arrays import RELEASE_MIN_BYTES as SMALL_BYTES, ArrayFile, ArrayHandle, element_count, role_from_name
 from ..dtypes import SAFETENSORS as _DTYPES
 from ..errors import FormatError, UnsupportedError
+from . import _gc
 from ._binary import FileView
 from ._limits import parser_errors
 
@@ -35,7 +37,8 @@ def sniff(path, head: bytes) -> bool:
 def open(path, **options) -> ArrayFile:
     view = FileView(path)
     try:
-        return _open(view)
+        with _gc.paused():
+            return _open(view)
     except BaseException:
         view.close()
         raise
@@ -90,9 +93,9 @@ def _handle(view: FileView, offset: int, name: str, dtype, shape: tuple, nbytes:
     1 us to load instead of 2.5, the same bytes."""
     if nbytes >= SMALL_BYTES:
         return view.handle(name, offset, dtype, shape, {"role": role_from_name(name)})
-    buf, count = view.buf, nbytes // dtype.itemsize
-    return ArrayHandle.checked(name, shape, dtype, lambda: frombuffer(buf, dtype, count, offset).reshape(shape),
-                               _meta)
+    # frombuffer's 1-D result is reshaped by ArrayHandle.numpy; partial calls it without a Python frame
+    return ArrayHandle.checked(name, shape, dtype, partial(frombuffer, view.buf, dtype, nbytes // dtype.itemsize,
+                                                           offset), _meta)
 
 
 def _meta(h) -> dict:
