@@ -185,7 +185,7 @@ def child_main(mode: str, spec: dict) -> None:
     import torch  # noqa: F401
 
     import converters
-    import converters.convert  # noqa: F401  converters.convert is a lazy attribute: imported here, not timed
+    from converters.convert import convert  # a lazy attribute of the package: imported here, not timed
     from converters import readers
     from converters.mapping import spec as mapping_spec
 
@@ -215,7 +215,7 @@ def child_main(mode: str, spec: dict) -> None:
         options["hash_source"] = False
     meter = B.Meter()
     with meter:
-        result, report = converters.convert(spec["src"], table, out=out_path, force=True, **options)
+        result, report = convert(spec["src"], table, out=out_path, force=True, **options)
     src = converters.read(spec["src"])
     res = meter.result(model_bytes=src.nbytes, largest_tensor=max(h.nbytes for h in src.values()))
     if kind == "to_pth":
