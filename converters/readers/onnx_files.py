@@ -7,6 +7,11 @@ lies: `raw_data` and packed `float_data`/`double_data` become memory-map views, 
 external data files are memory-mapped. The dtype table is converters/dtypes.py's: the `onnx`
 package is not needed to read.
 
+This module's field-by-field walk (`_walk`) is the reference; `_onnx_fast` opens the common case
+(no subgraphs, no errors) with a few numpy passes over all nodes and tensors at once and leaves
+roles, layouts and layers to this walk on first access. Files over MAP_WALK_MAX are walked with
+pread (`_protowire.PreadBuffer`) so opening them makes no file pages resident.
+
 Field numbers (onnx/onnx.proto, checked against onnx 1.23):
     ModelProto    ir_version=1 producer_name=2 producer_version=3 domain=4 model_version=5
                   doc_string=6 graph=7 opset_import=8 metadata_props=14
