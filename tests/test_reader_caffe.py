@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from converters.errors import ConvertersError, FormatError, TruncatedError
-from converters.readers import _prototxt, caffe
+from converters.readers import _binary, _prototxt, caffe
 from converters.readers._binary import FileView
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,21 @@ def test_every_blob_matches_protobuf(pb, rel):
     ref = reference_blobs(pb, FIX / rel)
     with caffe.open(FIX / rel) as f:
         assert list(f) == list(ref)  # same names, same (file) order
+        for name, expected in ref.items():
+            assert_bit_equal(f[name].numpy(), expected, name)
+
+
+@pytest.mark.parametrize("rel", ALL_FIXTURES)
+def test_header_walk_by_pread_reads_what_the_map_walk_reads(pb, rel, monkeypatch):
+    """Big files walk their headers in pread blocks (FileView.headers), not through the map."""
+    with caffe.open(FIX / rel) as f:
+        by_map = {k: (h.shape, h.dtype, h.meta) for k, h in f.items()}, {k: vars(v) for k, v in f.layers.items()}
+    monkeypatch.setattr(_binary, "WALK_MAP_MAX", 0)
+    ref = reference_blobs(pb, FIX / rel)
+    with caffe.open(FIX / rel) as f:
+        assert not isinstance(f._closer.__self__.headers(), (bytes, type(f._closer.__self__.buf)))
+        assert ({k: (h.shape, h.dtype, h.meta) for k, h in f.items()}, {k: vars(v) for k, v in f.layers.items()}) \
+            == by_map
         for name, expected in ref.items():
             assert_bit_equal(f[name].numpy(), expected, name)
 

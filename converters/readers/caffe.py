@@ -182,7 +182,7 @@ def _unique_keys(names: list[str]) -> list[str]:
 
 def _read_net(view: FileView):
     """(net name, inputs, layers, version, unknown field numbers) of the whole file."""
-    buf, file = view.buf, view.path
+    buf, file = view.headers(), view.path
     name, inputs, input_dims, input_shapes = "", [], [], []
     v2, v1, unknown = [], [], set()
     for number, wire, value, offset in _top_fields(view):
@@ -213,7 +213,7 @@ def _read_net(view: FileView):
 def _top_fields(view: FileView):
     """NetParameter fields; a layer whose length runs past the end names the layer it cut."""
     try:
-        yield from iter_fields(view.buf, 0, view.size, view.path)
+        yield from iter_fields(view.headers(), 0, view.size, view.path)
     except TruncatedError as e:
         if e.offset is None:
             raise
@@ -226,7 +226,7 @@ def _top_fields(view: FileView):
 
 def _partial_layer_name(view: FileView, offset: int):
     """Name of the layer message that starts at `offset` even if its end is missing."""
-    buf, end = view.buf, view.size
+    buf, end = view.headers(), view.size
     try:
         key, pos = read_varint(buf, offset, end)
         if key & 7 != LEN or (key >> 3) not in (S.NET_LAYER, S.NET_LAYERS_V1):
@@ -255,7 +255,7 @@ def _input_shapes(names, dims, shapes) -> dict:
 
 
 def _read_layer(view: FileView, span, offset: int, v1: bool) -> _RawLayer:
-    buf, file = view.buf, view.path
+    buf, file = view.headers(), view.path
     start, length = span
     names = (S.V1_NAME, S.V1_TYPE, S.V1_BOTTOM, S.V1_TOP, S.V1_BLOBS) if v1 else \
         (S.LAYER_NAME, S.LAYER_TYPE, S.LAYER_BOTTOM, S.LAYER_TOP, S.LAYER_BLOBS)
@@ -307,7 +307,7 @@ _DOUBLE_KEY = bytes([S.BLOB_DOUBLE_DATA << 3 | FIXED64])  # 0x41: one non-packed
 
 def _read_blob(view: FileView, span, offset: int, name: str) -> _Blob:
     """Shape and data runs of one BlobProto; diff / double_diff are skipped, never read."""
-    buf, file = view.buf, view.path
+    buf, file = view.headers(), view.path
     start, length = span
     end = start + length
     dims, legacy = None, {}
@@ -368,7 +368,7 @@ def _run_length(buf, pos: int, end: int, key: bytes, stride: int, file, name) ->
     available = (end - pos) // stride
     if available == 0:
         raise TruncatedError("a non-packed value runs past the end of its blob", file=file, array=name, offset=pos)
-    keys = np.frombuffer(buf, np.uint8, count=available * stride, offset=pos)[::stride]
+    keys = np.frombuffer(buf[pos:pos + available * stride], np.uint8)[::stride]
     mismatch = np.flatnonzero(keys != key[0])
     return int(mismatch[0]) if mismatch.size else available
 
@@ -487,7 +487,7 @@ def _wire_value(buf, spec, wire, value, file):
             return [f32(value)]
         if wire == LEN:
             s, n = value
-            return [float(x) for x in np.frombuffer(buf, "<f4", count=n // 4, offset=s)]
+            return [float(x) for x in np.frombuffer(buf[s:s + n // 4 * 4], "<f4")]
         return None
     if kind == "double":
         return [f64(value)] if wire == FIXED64 else None
