@@ -4,7 +4,8 @@ Both output formats know every tensor's name, shape and dtype up front, so the h
 JSON, torch pickle + zip records) is laid out first and each tensor's bytes go to a known offset.
 Tensors move in chunks of CHUNK_BYTES through a two-stage pipeline: this thread makes chunk k+1
 (the transform's last copy -- a transpose, a cast -- goes straight from the source view into a
-reused chunk buffer) while a writer thread pwrites (and, for the torch zip, CRCs) chunk k; torch's
+reused chunk buffer; for the torch zip, its CRC32 too) while a writer thread pwrites chunk k
+(writing into the page cache is the slower stage, so the CRC goes to this thread); numpy's
 copy, os.pwrite and zlib.crc32 all release the GIL. A C-contiguous little-endian value (a tensor
 that needs no transform) is pwritten from its own memory, with no copy at all. So no output
 tensor is ever held whole in memory: the writer's own memory is two chunk buffers, each at most
@@ -46,15 +47,15 @@ def write_tensors(fd: int, entries, offsets, *, checksum: bool = False, progress
     `checksum`, else zeros."""
     crcs = [0] * len(entries)
     largest = max((nbytes(e[1], e[2]) for e in entries), default=0)
-    pipe = _Pipeline(fd, crcs, checksum, min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, largest // 4)))
+    pipe = _Pipeline(fd, min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, largest // 4)))
     try:
         for i, (entry, offset) in enumerate(zip(entries, offsets)):
             name, shape, dtype, produce, *rest = entry
             if rest and rest[0] is not None:
                 with rest[0]() as value:
-                    _write_value(pipe, _checked(value, name, shape, dtype), offset, i)
+                    crcs[i] = _write_value(pipe, _checked(value, name, shape, dtype), offset, checksum)
             else:
-                _write_value(pipe, _checked(produce(), name, shape, dtype), offset, i)
+                crcs[i] = _write_value(pipe, _checked(produce(), name, shape, dtype), offset, checksum)
             if progress is not None:
                 progress.update(1)
     except BaseException:
@@ -72,18 +73,22 @@ def _checked(value, name, shape, dtype) -> np.ndarray:
     return arr
 
 
-def _write_value(pipe, value: np.ndarray, offset: int, i: int) -> None:
+def _write_value(pipe, value: np.ndarray, offset: int, checksum: bool) -> int:
     """Queue `value`'s little-endian bytes for offset, in chunks: from its own memory when it is
-    already laid out as stored, else copied chunk by chunk (along the first axis) into buffers."""
+    already laid out as stored, else copied chunk by chunk (along the first axis) into buffers.
+    Returns their CRC32 when `checksum`, else 0."""
     dtype = little(value.dtype)
+    crc = 0
     if value.size == 0:
-        return
+        return crc
     chunk = pipe.chunk
     if value.flags.c_contiguous and value.dtype == dtype:
         flat = value.reshape(-1).view(np.uint8)
         for start in range(0, flat.nbytes, chunk):
-            pipe.submit(flat[start:start + chunk], offset + start, i)
-        return
+            if checksum:
+                crc = zlib.crc32(flat[start:start + chunk], crc)
+            pipe.submit(flat[start:start + chunk], offset + start)
+        return crc
     if value.ndim == 0:
         value = value.reshape(1)
     row = value.nbytes // value.shape[0]
@@ -92,7 +97,10 @@ def _write_value(pipe, value: np.ndarray, offset: int, i: int) -> None:
         part = value[r:r + per]
         buf = pipe.buffer(part.nbytes)
         copy_into(buf[:part.nbytes].view(dtype).reshape(part.shape), part)
-        pipe.submit(buf[:part.nbytes], offset + r * row, i, buf)
+        if checksum:
+            crc = zlib.crc32(buf[:part.nbytes], crc)
+        pipe.submit(buf[:part.nbytes], offset + r * row, buf)
+    return crc
 
 
 def _pwrite_all(fd, data, offset: int) -> None:
@@ -103,11 +111,11 @@ def _pwrite_all(fd, data, offset: int) -> None:
 
 
 class _Pipeline:
-    """A writer thread that pwrites (and CRCs) chunks in submission order while the caller makes
-    the next one; chunk buffers go back to the caller once written."""
+    """A writer thread that pwrites chunks in submission order while the caller makes the next
+    one; chunk buffers go back to the caller once written."""
 
-    def __init__(self, fd, crcs, checksum, chunk):
-        self.fd, self.crcs, self.checksum, self.chunk, self.error = fd, crcs, checksum, chunk, None
+    def __init__(self, fd, chunk):
+        self.fd, self.chunk, self.error = fd, chunk, None
         self.free = queue.SimpleQueue()
         self.spare = _BUFFERS  # buffers not allocated yet: a file of small tensors never needs them
         self.work = queue.Queue(maxsize=2 * _BUFFERS)
@@ -125,18 +133,16 @@ class _Pipeline:
             return np.empty(self.chunk, np.uint8)
         return self.free.get()
 
-    def submit(self, data: np.ndarray, offset: int, i: int, buf=None) -> None:
+    def submit(self, data: np.ndarray, offset: int, buf=None) -> None:
         self._raise()
-        self.work.put((data, offset, i, buf))
+        self.work.put((data, offset, buf))
 
     def _run(self):
         while (item := self.work.get()) is not None:
-            data, offset, i, buf = item
+            data, offset, buf = item
             try:
                 if self.error is None:
                     _pwrite_all(self.fd, data, offset)
-                    if self.checksum:
-                        self.crcs[i] = zlib.crc32(data, self.crcs[i])
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 self.error = e
             finally:
