@@ -19,6 +19,7 @@ edge case is that walk's.
 from __future__ import annotations
 
 import os
+import weakref
 from functools import partial
 
 import numpy as np
@@ -96,7 +97,7 @@ def _open(reader, gather, meta, graph_span):
     for i, (name, walk, dtype, shape, count, view, start) in enumerate(rows):
         if walk:
             handle = reader.handle(walked[i], name, {})
-            handle.meta = meta_of
+            structure.base[name], handle.meta = handle.meta, meta_of  # ({"storage": "external"})
             arrays.append(handle)
             continue
         if view:
@@ -111,7 +112,9 @@ def _open(reader, gather, meta, graph_span):
     inputs = [ox._value_info(src, (int(s), int(n)), path) for s, n in zip(starts[keys == K_INPUT], lens[keys == K_INPUT])]
     outputs = [ox._value_info(src, (int(s), int(n)), path) for s, n in zip(starts[keys == K_OUTPUT], lens[keys == K_OUTPUT])]
     ox._graph_meta(meta, graph_name, inputs, outputs, set(names[:n_init]))
-    return ArrayFile(path, ox.NAME, arrays, meta=meta, layers=structure.layers, closer=reader.close)
+    opened = ArrayFile(path, ox.NAME, arrays, meta=meta, layers=structure.layers, closer=reader.close)
+    structure.file = weakref.ref(opened)
+    return opened
 
 
 class _Nodes:
@@ -288,6 +291,8 @@ class _Structure:
         self.stamp = (st.st_size, st.st_mtime_ns)
         self._meta: dict | None = None
         self._layers: dict = {}
+        self.base: dict[str, dict] = {}  # meta a handle was made with (external storage)
+        self.file = None  # weakref to the ArrayFile: its handles stand for themselves in the walk
 
     def meta_of(self, handle) -> dict:
         self._build()
@@ -310,7 +315,9 @@ class _Structure:
                 reader = temp = ox._Reader(path, reader.allow_outside)
             try:
                 _meta, graph_span = ox._model_fields(reader)
-                arrays, layers, _graph = ox._walk(reader, graph_span, want_subgraphs=True)
+                opened = self.file() if self.file is not None else None
+                make = None if opened is None else partial(_Stand, opened._arrays, self.base)
+                arrays, layers, _graph = ox._walk(reader, graph_span, want_subgraphs=True, make=make)
             finally:
                 if temp is not None:
                     temp.close()
@@ -318,3 +325,14 @@ class _Structure:
                     reader.src.forget()
         self._meta = {a.name: a.meta for a in arrays}
         self._layers = layers
+
+
+class _Stand:
+    """An opened handle's stand-in in the walk that works out meta: what `_array_meta` reads of
+    it, and a fresh meta dict to fill (no second handle made, no tensor checked twice)."""
+
+    __slots__ = ("name", "ndim", "dtype", "meta")
+
+    def __init__(self, handles: dict, base: dict, name: str):
+        real = handles[name]
+        self.name, self.ndim, self.dtype, self.meta = name, real.ndim, real.dtype, dict(base.get(name, ()))

@@ -630,11 +630,11 @@ def _model_fields(reader: _Reader) -> tuple[dict, tuple]:
     return meta, graph_span
 
 
-def _walk(reader: _Reader, graph_span, want_subgraphs: bool):
+def _walk(reader: _Reader, graph_span, want_subgraphs: bool, make=None):
     """The field-by-field open: every node and tensor parsed, handles with their meta, layers."""
     graph = _parse_graph(reader.src, graph_span, reader.path)
     arrays, layers = [], {}
-    _collect(reader, graph, arrays, layers, want_subgraphs, owner=None)
+    _collect(reader, graph, arrays, layers, want_subgraphs, owner=None, make=make)
     return arrays, layers, graph
 
 
@@ -663,8 +663,11 @@ def _describe(vi: dict) -> dict:
     return out
 
 
-def _collect(reader, graph: _Graph, arrays: list, layers: dict, want_subgraphs: bool, owner: str | None):
-    """Add graph's initializers and Constant tensors (and its nodes as layers), then its subgraphs."""
+def _collect(reader, graph: _Graph, arrays: list, layers: dict, want_subgraphs: bool, owner: str | None,
+             make=None):
+    """Add graph's initializers and Constant tensors (and its nodes as layers), then its subgraphs.
+    make(shown name) -> a stand-in whose .meta gets filled, in place of making each handle (the
+    fast open's handles exist already: only their meta is wanted)."""
     path, buf = reader.path, reader.src
     if graph.sparse:
         raise UnsupportedError("sparse_initializer is not supported", file=path, offset=graph.sparse[0])
@@ -684,7 +687,7 @@ def _collect(reader, graph: _Graph, arrays: list, layers: dict, want_subgraphs: 
         if shown in taken:
             raise FormatError("array name appears twice", file=path, array=shown)
         taken.add(shown)
-        handle = make_handle(shown)
+        handle = make_handle(shown) if make is None else make(shown)
         handle.meta.update(_array_meta(name, handle, source, consumers.get(name, []), producers, owner))
         arrays.append(handle)
         return shown
@@ -716,7 +719,7 @@ def _collect(reader, graph: _Graph, arrays: list, layers: dict, want_subgraphs: 
         return
     for node, key in zip(graph.nodes, node_keys):
         for _aname, span in node.subgraphs:
-            _collect(reader, _parse_graph(buf, span, path), arrays, layers, want_subgraphs, owner=key)
+            _collect(reader, _parse_graph(buf, span, path), arrays, layers, want_subgraphs, owner=key, make=make)
 
 
 def _node_keys(nodes, layers) -> list[str]:
