@@ -648,6 +648,8 @@ def _graph_meta(meta: dict, name: str, inputs: list, outputs: list, init_names: 
 
 
 def _open_fast(reader: _Reader, meta: dict, graph_span) -> ArrayFile | None:
+    from . import _onnx_fast  # it builds on this module's parsers: imported here, not at the top (a cycle)
+
     return _onnx_fast.open_fast(reader, meta, graph_span)
 
 
@@ -757,5 +759,3 @@ def _array_meta(name, handle, source, uses, producers, owner) -> dict:
         meta["layout"] = layout
     return meta
 
-
-from . import _onnx_fast  # noqa: E402 - it uses this module's parsers; imported last (a cycle)
