@@ -290,3 +290,15 @@ def test_fsync_and_source_hash_are_optional(tmp_path):
         convert(CAFFE, TABLE, out=out, force=True)
         if ext == ".pth":
             assert len(torch.load(out, weights_only=True)._metadata[""]["converters"]["source_sha256"]) == 64
+
+
+def test_cli_no_fsync_and_no_source_hash_flags(tmp_path):
+    """`--no-fsync --no-source-hash` reach convert(): the output is complete, its provenance has
+    no source hash (and with the defaults it has one)."""
+    from converters.cli import main
+
+    out = tmp_path / "pnet.pth"
+    assert main([str(CAFFE), "--map", str(TABLE), str(out), "--no-fsync", "--no-source-hash", "-q"]) == 0
+    assert torch.load(out, weights_only=True)._metadata[""]["converters"]["source_sha256"] == ""
+    assert main([str(CAFFE), "--map", str(TABLE), str(out), "--force", "-q"]) == 0
+    assert len(torch.load(out, weights_only=True)._metadata[""]["converters"]["source_sha256"]) == 64

@@ -23,6 +23,12 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--allow-unused", action="store_true", help="accept source arrays no rule uses")
     p.add_argument("--allow-missing", action="store_true", help="accept target tensors nothing fills")
+    p.add_argument("--no-fsync", dest="fsync", action="store_false",
+                   help="do not flush the output to disk before renaming it into place (faster; a crash "
+                        "right after may leave an empty or partial file where the output was)")
+    p.add_argument("--no-source-hash", dest="hash_source", action="store_false",
+                   help="do not record the source's sha256 in the output's provenance (saves reading the source "
+                        "twice; `convert batch` then cannot tell the output is up to date)")
     p.add_argument("--report", metavar="PATH", dest="json",
                    help="write the coverage report as JSON to PATH ('-': stdout); same as --json-out")
     A.add_json(p, help="print the coverage report as JSON")
@@ -52,7 +58,8 @@ def run(args) -> int:
                          framework=args.framework, target_kwargs=args.target_kwargs,
                          allow_unused=args.allow_unused, allow_missing=args.allow_missing, dry_run=args.dry_run,
                          force=args.force, progress=A.progress_enabled(args),
-                         reader_options=A.reader_options_of(options, args.framework, args.input))
+                         reader_options=A.reader_options_of(options, args.framework, args.input),
+                         fsync=args.fsync, hash_source=args.hash_source)
     except CoverageError as e:
         rep = e.report
         print(rep.problem_table(), file=sys.stderr)
