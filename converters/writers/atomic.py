@@ -32,8 +32,8 @@ def atomic_output(path, force: bool = False, fsync: bool = True):
     remove_stale_partials(path)
     mode = _output_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".partial", dir=directory)
-    os.close(fd)
-    try:
+    try:  # from here on the temporary file is removed on any exit but success (a signal included)
+        os.close(fd)
         yield tmp
         if fsync:
             with open(tmp, "rb+") as fh:
