@@ -541,6 +541,9 @@ def sniff(path, head: bytes) -> bool:
     if head.startswith(_ZIP_MAGIC):
         if str(path).endswith(".keras"):
             return True
+        first = head[30:30 + int.from_bytes(head[26:28], "little")]  # the first member's name
+        if first.endswith(b"data.pkl"):
+            return False  # torch.save writes its pickle first: no need to read the zip's directory
         try:
             with zipfile.ZipFile(path) as zf:
                 names = set(zf.namelist())
