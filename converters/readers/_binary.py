@@ -23,12 +23,7 @@ from ..errors import FormatError, TruncatedError
 
 WALK_MAP_MAX = 8 << 20  # files up to this size walk their headers in the map itself
 MAX_PREAD = 1 << 30  # bytes per preadv call (Linux returns at most ~2 GB per call anyway)
-HUGE_PAGE = 2 << 20
-ANON_MIN = HUGE_PAGE  # arrays from this size get a huge-page mapping of their own
-
-
-HUGE_BUDGET = int(os.environ.get("CONVERTERS_HUGE_MB", "256") or 0) << 20  # see new_array
-_huge_left = HUGE_BUDGET
+ANON_MIN = 2 << 20  # arrays from this size get a mapping of their own (see new_array)
 
 
 class _Anonymous:
@@ -41,33 +36,23 @@ class _Anonymous:
 def new_array(shape, dtype) -> np.ndarray:
     """An uninitialised, writeable, C-contiguous array for a reader to fill.
 
-    From ANON_MIN bytes on it gets a private anonymous mapping of its own, 2 MB-aligned, so the
-    kernel's first-touch page faults (most of what filling fresh memory costs) are under our
-    control: the first HUGE_BUDGET bytes a process reads get huge pages (MADV_HUGEPAGE), the rest
-    4 KB pages (MADV_NOHUGEPAGE; np.empty would ask for huge pages from 4 MB on). Measured on this
-    VM (free-page reporting hands huge blocks back to the host): 128 MB of arrays in 0.053 s with
-    huge pages against 0.087 s without; at 1 GB, huge pages throughout were bimodal (0.34-2.8 s)
-    where the budget keeps 0.51-0.53 s. CONVERTERS_HUGE_MB sets the budget (0: never).
-    The tail past the last whole huge page stays in 4 KB pages so that it costs no extra memory.
+    From ANON_MIN bytes on it gets a private anonymous mapping of its own advised MADV_NOHUGEPAGE.
+    First-touch page faults are most of what filling fresh memory costs, and on this VM (free-page
+    reporting hands free huge blocks back to the host) huge pages make them erratic: np.empty asks
+    for huge pages from 4 MB on, and reading into huge pages took 0.05 s or 0.40 s for the same
+    128 MB (runs in streaks) and 0.34-2.8 s per GB, where 4 KB pages take a steady 0.085-0.09 s and
+    0.47-0.62 s. Measured and dropped: huge pages for all arrays, or for a first 256 MB.
     """
     dtype = np.dtype(dtype)
     count = 1
     for d in shape:
         count *= int(d)
     nbytes = count * dtype.itemsize
-    if nbytes < ANON_MIN or dtype.hasobject or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if nbytes < ANON_MIN or dtype.hasobject or not hasattr(mmap, "MADV_NOHUGEPAGE"):
         return np.empty(shape, dtype)
-    length = -(-nbytes // HUGE_PAGE) * HUGE_PAGE  # a multiple of 2 MB: the kernel aligns the mapping
-    body = nbytes // HUGE_PAGE * HUGE_PAGE
-    global _huge_left
-    huge = body if body <= _huge_left else 0
-    _huge_left -= huge
     try:
-        mapped = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        if huge:
-            mapped.madvise(mmap.MADV_HUGEPAGE, 0, huge)
-        if length > huge:
-            mapped.madvise(mmap.MADV_NOHUGEPAGE, huge, length - huge)
+        mapped = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mapped.madvise(mmap.MADV_NOHUGEPAGE)
     except (OSError, ValueError):  # advisory; no mapping: the ordinary allocation
         return np.empty(shape, dtype)
     owner = _Anonymous()
