@@ -217,3 +217,13 @@ class FileArray(ArrayHandle):
             raise FormatError(f"decoded {arr.dtype}{list(arr.shape)}, expected {self.dtype}{list(self.shape)}",
                               array=self.name)
         return arr
+
+
+def checked_file_array(name: str, shape: tuple, dtype: np.dtype, read, view, meta) -> FileArray:
+    """A FileArray whose caller already validated what ArrayHandle.__init__ checks (`shape` a tuple
+    of ints `element_count` accepts with the np.dtype `dtype`; `meta` a dict of its own or a
+    callable), like ArrayHandle.checked: for readers that check thousands of small arrays at once."""
+    self = FileArray.__new__(FileArray)
+    self.name, self.shape, self.dtype, self._load, self._fresh, self._meta = name, shape, dtype, read, True, meta
+    self._view = view
+    return self
