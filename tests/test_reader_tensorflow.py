@@ -399,3 +399,84 @@ def test_tf1_flat_names_get_roles_and_layers_from_suffixes(tf, tmp_path):
             assert (f[name].role, f[name].layer, f[name].layout) == (role, layer, layout), name
         assert f["conv_weight/Adam"].role == "optimizer" and f["fc_biases/Adam_1"].role == "optimizer"
         assert f["global_step"].role == "counter" and f["beta1_power"].role == "optimizer"
+
+
+# ------------------------------------------------------------------ the fast open (readers/_tf_fast.py)
+
+def _walked(monkeypatch, path, **options):
+    """The file opened by the entry-by-entry walk (the fast open turned off)."""
+    with monkeypatch.context() as m:
+        m.setattr(tfr, "open_fast", lambda *a, **k: None)
+        return tfr.open(path, **options)
+
+
+@pytest.mark.parametrize("prefix", CHECKPOINTS)
+@pytest.mark.parametrize("names", ["keys", "readable"])
+def test_fast_open_matches_the_walk(monkeypatch, prefix, names):
+    """Names, dtypes, shapes, every meta key, file meta and bytes: the same either way."""
+    from converters.readers._tf_fast import BundleArray
+
+    walked = _walked(monkeypatch, FIX / prefix, names=names)
+    with tfr.open(FIX / prefix, names=names) as f, walked:
+        assert list(f) == list(walked) and f.meta == walked.meta
+        for key, a in f.items():
+            b = walked[key]
+            assert (a.shape, a.dtype, a.meta) == (b.shape, b.dtype, b.meta), key
+            assert _same(a.numpy(), b.numpy()) and _same(a.numpy(copy=False), b.numpy()), key
+        fast = all(isinstance(a, BundleArray) for a in f.values())
+        assert fast == (prefix not in ("tf1/model.ckpt-7", "sharded/ckpt-1"))  # partitioned variables: the walk
+
+
+def test_fast_open_many_variables_in_chunks(tf, tmp_path, monkeypatch):
+    """Hundreds of small variables around a few big ones, read in small chunks: bit-exact against
+    TensorFlow; every .numpy() is an array of its own, writeable, and a second call reads afresh."""
+    from converters.readers import _tf_fast
+
+    monkeypatch.setattr(_tf_fast, "CHUNK", 3000)
+    rng = np.random.default_rng(1)
+    variables = {}
+    for i in range(300):
+        shape = [(16, 16), (64,), (3,), (), (300, 100)][i % 5 if i % 50 else 4]
+        dtype = [np.float32, np.float16, np.int64, np.float64][i % 4 if i % 50 else 0]
+        variables[f"v{i}"] = tf.Variable(rng.standard_normal(shape).astype(dtype))
+    class ThreeShards(tf.train.experimental.ShardingCallback):
+        """Whole variables round robin over three shards (MaxShardSizePolicy would split them)."""
+        description = "three shards"
+
+        def __call__(self, shardable_tensors):
+            out = [{}, {}, {}]
+            for i, t in enumerate(shardable_tensors):
+                out[i % 3].setdefault(t.checkpoint_key, {})[t.slice_spec] = t.tensor
+            return out
+    shards = tf.train.CheckpointOptions(experimental_sharding_callback=ThreeShards())
+    prefix = tf.train.Checkpoint(**variables).write(str(tmp_path / "many" / "ckpt"), options=shards)
+    reader = tf.train.load_checkpoint(prefix)
+    with tfr.open(prefix) as f:
+        assert len(f) == 300 and f.meta["num_shards"] > 2
+        assert all(isinstance(a, _tf_fast.BundleArray) for a in f.values())
+        got = {k: a.numpy() for k, a in f.items()}
+        for k, arr in got.items():
+            assert _same(arr, reader.get_tensor(k)) and arr.flags.writeable and arr.flags.c_contiguous, k
+        first = next(iter(f))
+        again = f[first].numpy()
+        got[first][...] = 0
+        assert _same(again, reader.get_tensor(first)) and not np.shares_memory(again, got[first])
+        assert f["v1/.ATTRIBUTES/VARIABLE_VALUE"].meta["readable_name"] == "v1"
+        assert f.meta["object_graph"]["nodes"] == 301
+
+
+def test_fast_open_bad_object_graph_names_file_on_meta(tmp_path, monkeypatch):
+    """The object graph is parsed on first .meta: a corrupt one is a FormatError naming the index."""
+    from converters.readers import _tf_objects
+
+    def broken(data, file):
+        raise FormatError("object graph node 1 refers to node 99 of 3", file=file, array=_tf_objects.OBJECT_GRAPH_KEY)
+    from converters.readers import _tf_fast
+
+    monkeypatch.setattr(_tf_fast, "parse_object_graph", broken)
+    with tfr.open(FIX / "tf2_keras/ckpt-1") as f:
+        a = next(iter(f.values()))
+        assert a.numpy().size
+        with pytest.raises(FormatError, match="refers to node") as e:
+            _ = a.meta
+        assert e.value.file.endswith("ckpt-1.index")

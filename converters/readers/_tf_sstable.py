@@ -95,3 +95,57 @@ def read_table(view: FileView):
     for _last_key, (vpos, vlen) in block_entries(view, index, "index"):
         handle, _ = _block_handle(view, vpos, vpos + vlen, "data block handle")
         yield from block_entries(view, handle, "data")
+
+
+def table_spans(view: FileView):
+    """The whole table as (keys, value starts, value lengths) lists, or None when a block is
+    compressed or an entry does not fit (read_table then walks it and names the error).
+
+    The same walk as read_table with the usual one-byte varints inlined: a checkpoint of thousands
+    of small variables spends ~3 us per entry in read_table's generators and read_varint calls."""
+    buf = view.buf
+    try:
+        blocks = [_block_handle(view, vpos, vpos + vlen, "data block handle")[0]
+                  for _k, (vpos, vlen) in block_entries(view, read_footer(view)[1], "index")]
+    except (FormatError, UnsupportedError):
+        return None
+    keys, starts, lens = [], [], []
+    add_key, add_start, add_len = keys.append, starts.append, lens.append
+    for offset, size in blocks:
+        if offset < 0 or size < 4 or offset + size + TRAILER_SIZE > view.size or buf[offset + size] != 0:
+            return None
+        end = offset + size
+        num_restarts = int.from_bytes(buf[end - 4:end], "little")
+        limit = end - 4 - 4 * num_restarts
+        if num_restarts == 0 or limit < offset:
+            return None
+        d = buf[offset:limit]  # bytes: indexing and slicing a bytes object is the cheapest there is
+        pos, n, key = 0, limit - offset, b""
+        try:
+            while pos < n:
+                shared = d[pos]
+                if shared < 0x80:
+                    pos += 1
+                else:
+                    shared, pos = read_varint(d, pos, n)
+                unshared = d[pos]
+                if unshared < 0x80:
+                    pos += 1
+                else:
+                    unshared, pos = read_varint(d, pos, n)
+                vlen = d[pos]
+                if vlen < 0x80:
+                    pos += 1
+                else:
+                    vlen, pos = read_varint(d, pos, n)
+                if shared > len(key) or pos + unshared + vlen > n:
+                    return None
+                key = key[:shared] + d[pos:pos + unshared]
+                pos += unshared
+                add_key(key)
+                add_start(offset + pos)
+                add_len(vlen)
+                pos += vlen
+        except (IndexError, FormatError):
+            return None
+    return keys, starts, lens

@@ -26,6 +26,7 @@ from . import _tf_sstable as sstable
 from ._binary import FileView, new_array
 from ._limits import parser_errors
 from ._protowire import FIXED32, LEN, VARINT, fields, ints, iter_fields, read_varint
+from ._tf_fast import open_fast
 from ._tf_graph import is_graphdef, open_graphdef
 from ._tf_objects import OBJECT_GRAPH_KEY, describe_keys, layout_for, parse_object_graph
 from ._tf_types import DT_STRING, DTYPES, dtype_name, tensor_shape
@@ -145,6 +146,15 @@ def _open_bundle(path: Path, prefix: str, meta: dict, names: str) -> ArrayFile:
         for v in shards.values():
             v.close()
     try:
+        fast = open_fast(prefix, index, shards, _bundle_header, _string_tensor, _shard_path)
+        if fast is not None:
+            handles, more = fast
+            meta.update(more)
+            return ArrayFile(path, NAME, _rekey(handles, index.path) if names == "readable" else handles,
+                             meta=meta, closer=close)
+        for v in shards.values():
+            v.close()
+        shards.clear()
         return _read_bundle(path, prefix, index, shards, meta, names, close)
     except BaseException:
         close()
