@@ -222,7 +222,7 @@ def test_roles_layouts_and_params_of_bn_scale():
 def test_v1_layers_with_legacy_shapes():
     with caffe.open(FIX / "v1_layers.caffemodel") as f:
         assert f.meta["version"] == "V1 (layers)" and f.meta["input"] == {"data": [1, 1, 8, 8]}
-        assert [(k, l.type) for k, l in f.layers.items()] == [
+        assert [(k, layer.type) for k, layer in f.layers.items()] == [
             ("conv1", "Convolution"), ("relu1", "ReLU"), ("pool1", "Pooling"), ("ip1", "InnerProduct"),
             ("prob", "Softmax")]
         assert f.layers["pool1"].params["pooling_param"]["pool"] == "AVE"
@@ -384,6 +384,115 @@ def test_v1_prototxt_enum_types(tmp_path):
                      '  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }\n'
                      'layers { name: "ip1" type: INNER_PRODUCT bottom: "conv1" top: "ip1" }\n')
     with caffe.open(FIX / "v1_layers.caffemodel", prototxt=proto) as f:
-        assert [(k, l.type) for k, l in f.layers.items()] == [("conv1", "Convolution"), ("ip1", "InnerProduct")]
+        assert [(k, layer.type) for k, layer in f.layers.items()] == [("conv1", "Convolution"), ("ip1", "InnerProduct")]
         assert f.layers["conv1"].arrays == ["conv1/0", "conv1/1"]
         assert {d["name"] for d in f.meta["layers_not_in_prototxt"]} == {"relu1", "pool1", "prob"}
+
+
+# ---------------------------------------------------------- the vectorised open (_caffe_fast)
+
+def _snapshot(path, **options):
+    """Everything an opened file tells: names, shapes, dtypes, bytes, array meta, layers, file meta."""
+    with caffe.open(path, **options) as f:
+        arrays = {k: (h.shape, str(h.dtype), h.numpy().tobytes(), h.meta) for k, h in f.items()}
+        return arrays, {k: vars(v) for k, v in f.layers.items()}, f.meta
+
+
+def _outcome(path, **options):
+    try:
+        return _snapshot(path, **options)
+    except ConvertersError as e:
+        return type(e).__name__, str(e)
+
+
+def _both(path, monkeypatch, **options):
+    """(fast, walked): the outcomes of opening `path` with and without the vectorised open."""
+    fast = _outcome(path, **options)
+    monkeypatch.setattr(caffe, "FAST", False)
+    walked = _outcome(path, **options)
+    monkeypatch.setattr(caffe, "FAST", True)
+    return fast, walked
+
+
+def _fast_taken(path) -> bool:
+    from converters.readers import _caffe_fast
+
+    view = FileView(path)
+    try:
+        return _caffe_fast.open_fast(view) is not None
+    finally:
+        view.close()
+
+
+@pytest.mark.parametrize("rel", ALL_FIXTURES)
+def test_fast_open_gives_what_the_walk_gives(rel, monkeypatch):
+    fast, walked = _both(FIX / rel, monkeypatch, prototxt=False)
+    assert fast == walked
+
+
+def test_fast_open_is_taken_where_it_applies():
+    taken = {rel for rel in ALL_FIXTURES if _fast_taken(FIX / rel)}
+    assert taken == set(ALL_FIXTURES) - {"fork_unknown.caffemodel"}  # (its non-packed floats: the walk)
+
+
+def _many_blobs(path, n=300):
+    """A net of n InnerProduct layers as bench_formats.py builds them (packed dims and data)."""
+    parts = [MK.len_field(1, b"many")]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        blobs = b""
+        for shape in ((16, 16), (64,)):
+            arr = rng.standard_normal(shape).astype("<f4")
+            dims = b"".join(MK.varint(d) for d in shape)
+            blobs += MK.len_field(7, MK.len_field(7, MK.len_field(1, dims)) + MK.len_field(5, arr.tobytes()))
+        layer = (MK.len_field(1, f"ip{i}".encode()) + MK.len_field(2, b"InnerProduct") + MK.len_field(3, b"data")
+                 + MK.len_field(4, f"ip{i}".encode()) + MK.len_field(117, MK.key(1, 0) + MK.varint(16)) + blobs)
+        parts.append(MK.len_field(100, layer))
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def test_fast_open_of_many_blobs_matches_protobuf_and_the_walk(pb, tmp_path, monkeypatch):
+    path = _many_blobs(tmp_path / "many.caffemodel")
+    assert _fast_taken(path)
+    fast, walked = _both(path, monkeypatch)
+    assert fast == walked
+    ref = reference_blobs(pb, path)
+    with caffe.open(path) as f:
+        assert list(f) == list(ref)
+        for name, expected in ref.items():
+            assert_bit_equal(f[name].numpy(), expected, name)
+        h = f["ip7/0"]
+        view, a, b = h.numpy(copy=False), h.numpy(), h.numpy()
+        assert not view.flags.writeable and a.flags.writeable and a.flags.owndata
+        assert not np.shares_memory(a, b) and not np.shares_memory(a, view)
+        assert f["ip3/1"].meta["role"] == "bias" and f["ip3/0"].meta["layout"] == "OI"
+        assert f.layers["ip3"].params["inner_product_param"]["num_output"] == 16
+
+
+def test_fast_open_file_cut_short_after_opening(tmp_path):
+    import os
+
+    path = _many_blobs(tmp_path / "many.caffemodel", n=50)
+    with caffe.open(path) as f:
+        first, last = f["ip0/0"], f["ip49/1"]
+        first.numpy()
+        os.truncate(path, path.stat().st_size - 100)
+        with pytest.raises(TruncatedError) as e:
+            last.numpy()
+        assert e.value.array == "ip49/1" and e.value.file == str(path) and "while open" in str(e.value)
+
+
+@pytest.mark.parametrize("rel", ALL_FIXTURES + ["many"])
+def test_fast_open_of_mutants_gives_what_the_walk_gives(rel, tmp_path, monkeypatch):
+    src = _many_blobs(tmp_path / "src.caffemodel", n=20) if rel == "many" else FIX / rel
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(12)
+    for k in range(40):
+        bad = bytearray(data)
+        for pos in rng.integers(0, len(bad), size=int(rng.integers(1, 4))).tolist():
+            bad[pos] = int(rng.integers(0, 256))
+        path = tmp_path / f"m{k}.caffemodel"
+        path.write_bytes(bytes(bad[:len(bad) - int(rng.integers(0, 3)) * int(rng.integers(0, 40))]))
+        fast, walked = _both(path, monkeypatch, prototxt=False)
+        assert fast == walked, (rel, k)

@@ -27,6 +27,9 @@ from ._protowire import FIXED32, FIXED64, LEN, VARINT, f32, f64, iter_fields, pa
 NAME = "caffe"
 OPTIONS = {"prototxt": (str, bool)}
 """Reader options (`--option KEY=VALUE`) and their types; readers/__init__ validates against it."""
+FAST = True
+"""Open files without a prototxt with the vectorised walk (`_caffe_fast`) where it applies; False:
+always the field-by-field walk here, the reference the tests compare the fast one against."""
 
 # Blob roles and layouts by layer type: index -> role, and the layout of blob 0.
 _ROLES = {
@@ -82,7 +85,8 @@ def _looks_like_netparameter(head: bytes) -> bool:
     except FormatError:
         return False
     if number != S.NET_NAME:  # a nameless net starts with its first layer / input
-        return number in (S.NET_LAYER, S.NET_LAYERS_V1, S.NET_INPUT) and length > 0 and _looks_like_text_field(head, pos)
+        return (number in (S.NET_LAYER, S.NET_LAYERS_V1, S.NET_INPUT) and length > 0
+                and _looks_like_text_field(head, pos))
     name = head[pos:pos + length]
     if length > 256 or not all(32 <= b < 127 for b in name):
         return False
@@ -123,6 +127,17 @@ def open(path, prototxt=None, **options) -> ArrayFile:
 
 
 def _open(view: FileView, prototxt) -> ArrayFile:
+    if FAST and (prototxt is False or (prototxt is None and _choose_prototxt(view.path, None)[0] is None)):
+        from . import _caffe_fast  # it builds on this module's walk: imported here, not at the top (a cycle)
+
+        opened = _caffe_fast.open_fast(view)
+        if opened is not None:
+            return opened
+    return _open_walk(view, prototxt)
+
+
+def _open_walk(view: FileView, prototxt) -> ArrayFile:
+    """The field-by-field walk: every layer, param message and blob decoded in Python."""
     net_name, net_inputs, raw_layers, version, unknown_net = _read_net(view)
     keys = _unique_keys([layer.name for layer in raw_layers])
     meta = {"format": "caffemodel", "version": version, "name": net_name, "input": net_inputs,
@@ -180,18 +195,20 @@ def _unique_keys(names: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------- NetParameter (wire)
 
-def _read_net(view: FileView):
-    """(net name, inputs, layers, version, unknown field numbers) of the whole file."""
+def _read_net(view: FileView, top_fields=None, read_layer=None):
+    """(net name, inputs, layers, version, unknown field numbers) of the whole file. top_fields:
+    NetParameter's fields if already listed; read_layer(view, span, offset, v1) makes a layer."""
     buf, file = view.headers(), view.path
+    read_layer = read_layer or _read_layer
     name, inputs, input_dims, input_shapes = "", [], [], []
     v2, v1, unknown = [], [], set()
-    for number, wire, value, offset in _top_fields(view):
+    for number, wire, value, offset in (_top_fields(view) if top_fields is None else top_fields):
         if number == S.NET_NAME and wire == LEN:
             name = text(buf, value)
         elif number == S.NET_LAYER and wire == LEN:
-            v2.append(_read_layer(view, value, offset, v1=False))
+            v2.append(read_layer(view, value, offset, v1=False))
         elif number == S.NET_LAYERS_V1 and wire == LEN:
-            v1.append(_read_layer(view, value, offset, v1=True))
+            v1.append(read_layer(view, value, offset, v1=True))
         elif number == S.NET_INPUT and wire == LEN:
             inputs.append(text(buf, value))
         elif number == S.NET_INPUT_DIM:
@@ -512,7 +529,7 @@ def _signed(v: int) -> int:
 
 def _with_defaults(message: str, values: dict) -> dict:
     out = {}
-    for _, name, kind, default, repeated in S.MESSAGES[message]:
+    for _, name, _kind, default, repeated in S.MESSAGES[message]:
         out[name] = values.get(name, [] if repeated else default)
     return out
 
