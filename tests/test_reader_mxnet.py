@@ -118,7 +118,7 @@ def test_graph_equals_mx_sym_load(params, symbol, oracle):
     expected = oracle[symbol]
     with open_file(FIX / params) as af:
         layers = list(af.layers.values())
-        assert [(l.name, l.type) for l in layers] == [(o["name"], o["op"]) for o in expected["ops"]]
+        assert [(lay.name, lay.type) for lay in layers] == [(o["name"], o["op"]) for o in expected["ops"]]
         for layer, op in zip(layers, expected["ops"]):
             assert layer.params == op["attrs"], layer.name
             assert layer.inputs == [n if k == 0 else f"{n}:{k}" for n, k in op["inputs"]], layer.name
@@ -134,7 +134,7 @@ def test_nnvm_symbol_layers_and_array_meta():
         assert af.framework == "mxnet"
         assert af.meta["symbol"].endswith("smallnet-symbol.json")
         assert af.meta["symbol_form"] == "nnvm" and af.meta["mxnet_version"] == 10901
-        assert [l.type for l in af.layers.values()] == [
+        assert [lay.type for lay in af.layers.values()] == [
             "Convolution", "BatchNorm", "LeakyReLU", "Convolution", "LeakyReLU", "Pooling", "FullyConnected"]
         bn = af.layers["smallnet_batchnorm0_fwd"]
         assert bn.params["fix_gamma"] == "False" and bn.params["eps"] == "1e-05"
@@ -381,5 +381,5 @@ def test_early_nnvm_attr_key(tmp_path):
     with open_file(FIX / "smallnet-0000.params") as new, \
             open_file(FIX / "smallnet-0000.params", symbol=tmp_path / "old-symbol.json") as old:
         assert old.meta["symbol_form"] == "nnvm"
-        assert [(l.name, l.type, l.params, l.inputs, l.arrays) for l in old.layers.values()] == \
-            [(l.name, l.type, l.params, l.inputs, l.arrays) for l in new.layers.values()]
+        assert [(lay.name, lay.type, lay.params, lay.inputs, lay.arrays) for lay in old.layers.values()] == \
+            [(lay.name, lay.type, lay.params, lay.inputs, lay.arrays) for lay in new.layers.values()]
