@@ -163,7 +163,8 @@ def test_tf1_roles():
     with tfr.open(FIX / "tf1") as f:
         assert f["global_step"].role == "counter"
         assert f["beta1_power"].role == "optimizer" and f["conv1/weights/Adam_1"].role == "optimizer"
-        assert (f["conv1/weights"].role, f["conv1/weights"].layout, f["conv1/weights"].layer) == ("weight", "HWIO", "conv1")
+        w = f["conv1/weights"]
+        assert (w.role, w.layout, w.layer) == ("weight", "HWIO", "conv1")
         assert f["conv1/biases"].role == "bias" and f["fc/weights"].layout == "IO"
 
 
@@ -189,16 +190,19 @@ def test_sniff():
         assert tfr.sniff(p, head), p
     script = FIX / "make_fixtures.py"
     assert not tfr.sniff(script, script.read_bytes()[:64])
-    assert not tfr.sniff(FIX / "saved_model" / "fingerprint.pb", (FIX / "saved_model" / "fingerprint.pb").read_bytes()[:64])
+    fingerprint = FIX / "saved_model" / "fingerprint.pb"
+    assert not tfr.sniff(fingerprint, fingerprint.read_bytes()[:64])
 
 
 def test_opening_reads_no_tensor_data(monkeypatch):
     calls = []
-    for accessor in ("array", "read_into"):  # the map view (copy=False) and pread (.numpy())
-        def counting(self, *args, _original=getattr(_binary.FileView, accessor), **kwargs):
+    def counting(original):
+        def counted(self, *args, **kwargs):
             calls.append(self.path)
-            return _original(self, *args, **kwargs)
-        monkeypatch.setattr(_binary.FileView, accessor, counting)
+            return original(self, *args, **kwargs)
+        return counted
+    for accessor in ("array", "read_into"):  # the map view (copy=False) and pread (.numpy())
+        monkeypatch.setattr(_binary.FileView, accessor, counting(getattr(_binary.FileView, accessor)))
     for p in ["tf2_keras/ckpt-1", "sharded/ckpt-1", "frozen.pb"]:
         f = tfr.open(FIX / p)
         assert calls == [], p
@@ -381,9 +385,11 @@ def test_tf1_flat_names_get_roles_and_layers_from_suffixes(tf, tmp_path):
         var = {n: v1.get_variable(n, initializer=rng.standard_normal(s).astype(np.float32)) for n, s in shapes.items()}
         step = v1.train.get_or_create_global_step()
         x = tf.nn.conv2d(tf.ones((1, 4, 4, 3)), var["conv_weight"], 1, "SAME") + var["conv_bias"]
-        x = tf.nn.batch_normalization(x, var["bn_moving_mean"], var["bn_moving_var"], var["bn_beta"], var["bn_gamma"], 1e-3)
+        x = tf.nn.batch_normalization(x, var["bn_moving_mean"], var["bn_moving_var"], var["bn_beta"], var["bn_gamma"],
+                                      1e-3)
         loss = tf.reduce_sum(tf.matmul(tf.reduce_mean(x, [1, 2]), var["fc_weights"]) + var["fc_biases"])
-        train = v1.train.AdamOptimizer(0.1).minimize(loss, global_step=step, var_list=[var["conv_weight"], var["fc_biases"]])
+        train = v1.train.AdamOptimizer(0.1).minimize(loss, global_step=step,
+                                                     var_list=[var["conv_weight"], var["fc_biases"]])
         sess.run(v1.global_variables_initializer())
         sess.run(train)
         prefix = v1.train.Saver().save(sess, str(tmp_path / "flat.ckpt"), global_step=step)

@@ -121,7 +121,7 @@ class _Tensor:
 
 def _node_def(buf, span, file, at) -> dict:
     node = {"name": "", "op": "", "inputs": [], "device": "", "attrs": {}, "at": at}
-    for f, w, v, off in iter_fields(buf, span[0], span[0] + span[1], file):
+    for f, w, v, _off in iter_fields(buf, span[0], span[0] + span[1], file):
         if w != LEN:
             continue
         if f == 1:
@@ -300,7 +300,7 @@ def _typed_values(view: FileView, name: str, t: _Tensor, dtype, count: int) -> n
 def _fixed_values(view, entries, kind) -> np.ndarray:
     size = 4 if kind == "f4" else 8
     parts = []
-    for _f, w, v, off in entries:
+    for _f, w, v, _off in entries:
         if w == LEN:
             view.require(v[0], v[1], "packed values")
             parts.append(np.frombuffer(view.buf, "<" + kind, v[1] // size, v[0]).copy())

@@ -81,7 +81,8 @@ def block_entries(view: FileView, handle: tuple[int, int], what: str):
         unshared, pos = read_varint(view.buf, pos, limit, view.path)
         vlen, pos = read_varint(view.buf, pos, limit, view.path)
         if shared > len(key) or pos + unshared + vlen > limit:
-            raise FormatError(f"{what} entry (shared {shared}, key {unshared}, value {vlen} bytes) does not fit its block",
+            raise FormatError(f"{what} entry (shared {shared}, key {unshared}, value {vlen} bytes) "
+                              "does not fit its block",
                               file=view.path, offset=entry)
         key = key[:shared] + bytes(view.buf[pos:pos + unshared])
         pos += unshared

@@ -126,7 +126,8 @@ def _dir_prefix(d: Path, strict: bool) -> str | None:
     if len(found) == 1:
         return str(found[0])[:-len(".index")]
     if strict:
-        what = "no checkpoint .index file" if not found else f"{len(found)} checkpoints ({', '.join(p.name for p in found)})"
+        listed = ", ".join(p.name for p in found)
+        what = f"{len(found)} checkpoints ({listed})" if found else "no checkpoint .index file"
         raise FormatError(f"directory holds {what}", file=d, hint="pass the checkpoint prefix or .index file itself")
     return None
 
@@ -186,7 +187,8 @@ def _read_bundle(path, prefix, index: FileView, shards, meta, names, close) -> A
             p = _shard_path(prefix, sid, num_shards)
             if not Path(p).is_file():
                 raise FormatError(f"data shard {Path(p).name} is missing", file=p, array=name,
-                                  hint=f"a checkpoint needs all {num_shards} .data-*-of-{num_shards:05d} files beside its .index")
+                                  hint=f"a checkpoint needs all {num_shards} .data-*-of-{num_shards:05d} files "
+                                       "beside its .index")
             shards[sid] = FileView(p)
         return shards[sid]
 
@@ -328,7 +330,8 @@ def _sliced_handle(index: FileView, e: dict, name: str, info: dict, parts) -> Ar
             raise FormatError(f"slice {extent} stored as {dtype_name(part['dtype'])}{list(part['shape'])} does not fit "
                               f"{dtype_name(dt)}{list(shape)}", file=index.path, array=name, offset=part["at"])
         if part["size"] != _count(sub) * dtype.itemsize:
-            raise FormatError(f"slice entry holds {part['size']} bytes, {list(sub)} needs {_count(sub) * dtype.itemsize}",
+            raise FormatError(f"slice entry holds {part['size']} bytes, {list(sub)} needs "
+                              f"{_count(sub) * dtype.itemsize}",
                               file=view.path, array=name, offset=part["offset"])
         view.require(part["offset"], part["size"], "tensor slice data", name)
         pieces.append((region, view, part["offset"], sub))
@@ -396,7 +399,8 @@ def _string_tensor(view: FileView, e: dict, name: str) -> list[bytes]:
         lengths.append(n)
     pos += 4
     if pos + sum(lengths) > end:
-        raise TruncatedError(f"string tensor of {count} elements needs {pos + sum(lengths) - offset} bytes, entry has {size}",
+        raise TruncatedError(f"string tensor of {count} elements needs {pos + sum(lengths) - offset} bytes, "
+                             f"entry has {size}",
                              file=view.path, array=name, offset=offset)
     out = []
     for n in lengths:
