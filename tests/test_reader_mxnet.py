@@ -94,7 +94,12 @@ def oracle(tmp_path_factory):
 
 @pytest.mark.mxnet
 @pytest.mark.parametrize("fixture", [f for f, _ in PARAMS])
-def test_every_array_equals_mx_nd_load(fixture, oracle):
+@pytest.mark.parametrize("walk", ["map", "pread"])
+def test_every_array_equals_mx_nd_load(fixture, walk, oracle, monkeypatch):
+    """Both the small-file path (headers and arrays from the map) and the big-file path (a pread per
+    header and per array) read what mx.nd.load does."""
+    if walk == "pread":
+        monkeypatch.setattr(mxreader, "WALK_MAP_MAX", 0)
     expected = oracle[fixture]
     with open_file(FIX / fixture) as af:
         assert af.meta["named"] == expected["named"]
@@ -274,6 +279,98 @@ def test_none_array_and_mshadow_flags_mxnet19_cannot_write(tmp_path):
         assert af["empty"].meta["none"] is True and af["empty"].shape == (0,)
         assert af["i16"].numpy().tolist() == [-2, 3]
         assert af["u64"].numpy().tolist() == [2**63 + 5]
+
+
+# --- the fast walk -----------------------------------------------------------------------------
+
+def _careful_records(path: Path) -> list:
+    """Every record as the field-by-field walk alone reads it."""
+    view = mxreader.FileView(path, pread_headers=True)
+    try:
+        (count,) = view.unpack("<Q", 16)
+        records, pos = [], 24
+        for i in range(count):
+            rec, pos = mxreader._parse_ndarray(view, pos, i)
+            records.append(rec)
+        return records
+    finally:
+        view.close()
+
+
+def _mixed_file(tmp_path) -> Path:
+    """Thousands of arrays in every encoding, with the fast walk's edge cases between them."""
+    rng = np.random.default_rng(0)
+    legacy = struct.pack("<I2I", 2, 2, 3) + struct.pack("<iii", 1, 0, 0) + rng.random((2, 3), "f4").tobytes()
+    v1 = (struct.pack("<Ii2q", mxreader.V1_MAGIC, 2, 3, 2) + struct.pack("<iii", 2, 1, 1)
+          + rng.random((3, 2)).tobytes())
+    v3_scalar = struct.pack("<Iii", mxreader.V3_MAGIC, 0, 0) + struct.pack("<iii", 1, 0, 0) + b"\0\0\x60\x40"
+    none = struct.pack("<Iii", mxreader.V2_MAGIC, 0, 0)
+    kinds = [lambda i: _v2(rng.random((16, 16), "f4")), lambda i: _v2(rng.random(64, "f4").astype("f2")),
+             lambda i: _v2(np.arange(i % 7 + 1, dtype="i8")), lambda i: _v2(np.zeros((3, 0), "f4")),
+             lambda i: _v2(rng.random((1,) * 9, "f4")), lambda i: legacy, lambda i: v1, lambda i: v3_scalar,
+             lambda i: none, lambda i: _v2(np.array([True, False]))]
+    arrays = [kinds[i % len(kinds)](i) for i in range(3000)]
+    path = tmp_path / "mixed.params"
+    path.write_bytes(_list_file(arrays, [f"{'arg' if i % 3 else 'aux'}:l{i // 2}_{'weight' if i % 2 else 'bias'}"
+                                         for i in range(len(arrays))]))
+    return path
+
+
+@pytest.mark.parametrize("walk", ["map", "pread"])
+def test_fast_walk_reads_what_the_careful_walk_reads(tmp_path, walk, monkeypatch):
+    if walk == "pread":
+        monkeypatch.setattr(mxreader, "WALK_MAP_MAX", 0)
+    files = [FIX / f for f, _ in PARAMS] + [_mixed_file(tmp_path)]
+    for path in files:
+        view = mxreader.FileView(path, pread_headers=True)
+        try:
+            fast = mxreader._parse(view)[0]
+        finally:
+            view.close()
+        careful = _careful_records(path)
+        strip = [(r.index, r.offset, r.encoding, r.storage, r.shape, r.dtype, r.context, r.data_offset, r.none)
+                 for r in careful]
+        assert strip == [(r.index, r.offset, r.encoding, r.storage, r.shape, r.dtype, r.context, r.data_offset,
+                          r.none) for r in fast], path.name
+        if path.name == "mixed.params":
+            assert sum(r.checked for r in fast) > 1000  # the fast walk took the common arrays
+
+
+def test_mixed_file_arrays_and_meta(tmp_path):
+    path = _mixed_file(tmp_path)
+    with open_file(path) as af:
+        assert len(af) == 3000 and af.framework == "mxnet"
+        assert af["l0_bias"].meta == {"stored_name": "aux:l0_bias", "encoding": "V2", "prefix": "aux",
+                                      "context": "cpu(0)", "layer": "l0", "role": "bias", "index": 0}
+        assert af["l0_weight"].meta["index"] == 1 and af["l0_weight"].dtype == np.float16
+        assert af["l1_bias"].dtype == np.int64 and af["l1_bias"].numpy().tolist() == [0, 1, 2]
+        assert af["l1_weight"].shape == (3, 0) and af["l1_weight"].numpy().size == 0
+        assert af["l2_bias"].shape == (1,) * 9 and af["l2_bias"].numpy().shape == (1,) * 9
+        assert af["l2_weight"].shape == (2, 3) and af["l2_weight"].meta["encoding"] == "legacy"
+        assert af["l3_bias"].meta["context"] == "gpu(1)" and af["l3_bias"].numpy().dtype == np.float64
+        assert af["l3_weight"].shape == () and af["l3_weight"].numpy() == np.float32(3.5)
+        assert af["l4_bias"].meta["none"] is True and af["l4_bias"].numpy().shape == (0,)
+        assert af["l4_weight"].numpy().tolist() == [True, False]
+        assert af.meta["version"] == ["V1", "V2", "V3", "legacy"]
+        every = af.numpy()
+    with open_file(path) as af:  # the arrays are their own: they outlive the file
+        for k, a in af.items():
+            assert a.numpy().tobytes() == every[k].tobytes(), k
+
+
+def test_detect_walk_is_reused_only_for_the_same_bytes(tmp_path):
+    """detect() walks the file for its names; open() takes that walk only if the file is unchanged."""
+    path = tmp_path / "w.params"
+    path.write_bytes(_list_file([_v2(np.ones(4, "f4"))], ["arg:x_weight"]))
+    assert detect(path) == "mxnet" and mxreader._LAST_WALK
+    path.write_bytes(_list_file([_v2(np.full(4, 2, "f4"))], ["arg:y_weight"]))  # same size, maybe same mtime
+    with open_file(path, "mxnet") as af:
+        assert list(af) == ["y_weight"] and af["y_weight"].numpy().tolist() == [2, 2, 2, 2]
+    assert not mxreader._LAST_WALK
+    assert detect(path) == "mxnet"
+    with open_file(path, "mxnet") as af:
+        assert list(af) == ["y_weight"]
+    assert not mxreader._LAST_WALK  # taken once
 
 
 # --- bad input ----------------------------------------------------------------------------------
