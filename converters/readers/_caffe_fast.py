@@ -5,8 +5,8 @@ caffe.py's field-by-field walk costs ~29 us of Python per blob (5.5x protobuf on
   1. NetParameter's fields are listed by one tight loop (layers are its only many fields);
   2. all layers, then all their param messages, blobs and BlobShapes are walked at once (`scan`)
      and checked as arrays: wire types, one packed data field per blob, dims against its length;
-  3. blobs become FileArray handles (`checked_file_array`) whose `.numpy()` copies out of one
-     pread window shared with the blobs after it in file order (`_Window`);
+  3. blobs become one-object handles (`_binary.SmallReads`) whose `.numpy()` copies out of one
+     pread window shared with the blobs after it in file order;
   4. per-array meta (roles, layouts) and the layers (params with caffe.proto defaults) are worked
      out on first access by the walk itself, so they are exactly what it gives.
 What this path does not cover (a prototxt, files over WALK_MAP_MAX, non-packed or split data,
@@ -17,7 +17,6 @@ by one with the walk's own decoder.
 from __future__ import annotations
 
 import os
-from functools import partial
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from . import _binary
 from . import _caffe_schema as S
 from . import _protowire as pw
 from . import caffe as C
-from ._binary import FileView, checked_file_array
+from ._binary import FileView, SmallReads
 from ._limits import parser_errors
 from ._onnx_fast import _texts
 
@@ -106,15 +105,11 @@ def _open(view: FileView, gather) -> ArrayFile | None:
         meta["unknown_layer_fields"] = layers.unknown
     keys = C._unique_keys(layers.names)
     structure = _Structure(view)
-    window = _Window(view, blobs.start.tolist(), (blobs.start + blobs.nbytes).tolist())
-    arrays, meta_of = [], structure.meta_of
-    layer_of = layers.blob_layer.tolist()
-    index = (np.arange(layer_of.__len__()) - np.searchsorted(layers.blob_layer, layers.blob_layer)).tolist()
-    for i, (layer, k, shape, dtype, start) in enumerate(zip(layer_of, index, blobs.shapes, blobs.dtypes,
-                                                            blobs.start.tolist())):
-        name = f"{keys[layer]}/{k}"
-        arrays.append(checked_file_array(name, shape, dtype, partial(window.read, i, dtype, shape, name),
-                                         partial(view.array, start, dtype, shape, name), meta_of))
+    reads = SmallReads(view, blobs.start.tolist(), (blobs.start + blobs.nbytes).tolist())
+    owner = layers.blob_layer
+    index = (np.arange(owner.size) - np.searchsorted(owner, owner)).tolist()  # blob index in its layer
+    names = [f"{keys[layer]}/{k}" for layer, k in zip(owner.tolist(), index)]
+    arrays = reads.handles(names, blobs.shapes, blobs.dtypes, structure.meta_of)
     return ArrayFile(path, C.NAME, arrays, meta=meta, layers=structure.layers, closer=view.close)
 
 
@@ -290,36 +285,6 @@ def _dims(gather, buf, owner, starts, lens, n) -> list | None:
     for m, s, k in zip(sub.tolist(), p_start.tolist(), p_len.tolist()):
         dims[m] = tuple(pw.packed_varints(buf, (s, k)))  # FormatError: the walk reports it
     return dims
-
-
-class _Window:
-    """`.numpy()` of small blobs: one pread of up to WINDOW bytes from a blob's data on, which it
-    and the blobs after it in file order are copied out of. A blob read again or out of order
-    reads afresh, so every `.numpy()` still comes from a pread made for it or for the blob just
-    before it (a file cut short after opening is a TruncatedError, as with FileView.handle)."""
-
-    WINDOW = 64 << 10
-
-    def __init__(self, view: FileView, starts: list, ends: list):
-        self.view, self.starts, self.ends = view, starts, ends
-        self.next, self.base, self.limit, self.buf = -1, 0, 0, None
-
-    def read(self, i: int, dtype, shape, name) -> np.ndarray:
-        start, end = self.starts[i], self.ends[i]
-        if i != self.next or end > self.limit:
-            if end - start > self.WINDOW:
-                self.next = -1
-                return self.view.read_array(start, dtype, shape, name)
-            limit, j, stop = end, i + 1, start + self.WINDOW
-            starts, ends = self.starts, self.ends
-            while j < len(ends) and start <= starts[j] and ends[j] <= stop:
-                limit = max(limit, ends[j])
-                j += 1
-            self.buf = self.view.read_into(np.empty(limit - start, np.uint8), start, "blob data", name)
-            self.base, self.limit = start, limit
-        self.next = i + 1
-        a = start - self.base
-        return self.buf[a:a + end - start].view(dtype).reshape(shape).copy()  # its own, aligned
 
 
 class _Structure:
