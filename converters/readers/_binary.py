@@ -219,16 +219,6 @@ class FileArray(ArrayHandle):
         return arr
 
 
-def checked_file_array(name: str, shape: tuple, dtype: np.dtype, read, view, meta) -> FileArray:
-    """A FileArray whose caller already validated what ArrayHandle.__init__ checks (`shape` a tuple
-    of ints `element_count` accepts with the np.dtype `dtype`; `meta` a dict of its own or a
-    callable), like ArrayHandle.checked: for readers that check thousands of small arrays at once."""
-    self = FileArray.__new__(FileArray)
-    self.name, self.shape, self.dtype, self._load, self._fresh, self._meta = name, shape, dtype, read, True, meta
-    self._view = view
-    return self
-
-
 class SmallReads:
     """`.numpy()` of many small arrays of one file: one pread of up to WINDOW bytes from an array's
     start serves it and the arrays after it in file order (each copied out). An array read again
