@@ -233,7 +233,7 @@ class SmallReads:
         self.next, self.base, self.limit, self.buf = -1, 0, 0, None
 
     def handles(self, names: list, shapes: list, dtypes: list, meta) -> list:
-        """One WindowArray per (start, end) span, as checked_file_array makes them (the caller
+        """One WindowArray per (start, end) span, made without per-array checks (the caller
         validated shapes, dtypes and byte counts; `meta` a callable or one dict per array)."""
         out, new, shared = [], WindowArray.__new__, callable(meta)
         for i, (name, shape, dtype) in enumerate(zip(names, shapes, dtypes)):
