@@ -29,7 +29,7 @@ from . import _tf_sstable as sstable
 from ._binary import FileView
 from ._limits import parser_errors
 from ._tf_objects import OBJECT_GRAPH_KEY, describe_keys, layout_for, parse_object_graph
-from ._tf_types import DT_STRING, DTYPES
+from ._tf_types import DT_STRING, DTYPES, tensor_shape
 
 SMALL = 64 << 10
 """Arrays under this many bytes are read in chunks; bigger ones with a pread of their own."""
@@ -71,22 +71,21 @@ def _open(prefix, index, shards, bundle_header, string_tensor, shard_path):
     shard_size = np.array([shards[s].size if s in shards else 0 for s in range(num_shards)], np.int64)
     if ((offsets < 0) | (sizes < 0) | (offsets + sizes > shard_size[shard_ids])).any():
         return None
-    objects_data, strings, numeric = None, {}, []
     codes = dtype_codes.tolist()
-    for i, code in enumerate(codes):
-        if code == DT_STRING:
-            if names[i] == OBJECT_GRAPH_KEY:
-                values = string_tensor(shards[int(shard_ids[i])], _entry_dict(i, e), names[i])
-                if len(values) != 1:
-                    return None
-                objects_data = values[0]
-            else:
-                strings[names[i]] = shapes[i]
-        elif code in DTYPES:
-            numeric.append(i)
+    kinds = set(codes) - {DT_STRING}
+    if any(c not in DTYPES for c in kinds):
+        return None
+    dtypes = {c: np.dtype(DTYPES[c]) for c in kinds}
+    objects_data, strings = None, {}
+    for i in np.flatnonzero(dtype_codes == DT_STRING).tolist():
+        if names[i] == OBJECT_GRAPH_KEY:
+            values = string_tensor(shards[int(shard_ids[i])], _entry_dict(i, e), names[i])
+            if len(values) != 1:
+                return None
+            objects_data = values[0]
         else:
-            return None
-    dtypes = {c: np.dtype(DTYPES[c]) for c in set(codes) if c in DTYPES}
+            strings[names[i]] = shapes[i]
+    numeric = np.flatnonzero(dtype_codes != DT_STRING).tolist()
     counts: dict = {}
     for shape, code in set((shapes[i], codes[i]) for i in numeric):
         n = element_count(shape, dtypes[code].itemsize)
@@ -143,43 +142,24 @@ def _entries(index: FileView, starts, lens):
             col[f] = a
         crcs = np.full(n, -1, np.int64)
         crcs[msg[cols[6]]] = value[cols[6]].astype(np.int64)
-        shapes = _shapes(gather, index.buf, n, msg[cols[2]], start[cols[2]], value[cols[2]].astype(np.int64))
     finally:
         del u8  # its array pins the memory map, which close() must be able to release
-    if shapes is None:
-        return None
+    shapes = _shapes(index, n, msg[cols[2]].tolist(), start[cols[2]].tolist(), value[cols[2]].tolist())
     return col[1], shapes, col[3], col[4], col[5], crcs
 
 
-def _shapes(gather, buf, n, owner, starts, lens):
-    """TensorShapeProto of each entry (`owner` the entry of each) as tuples; () where there is none."""
-    t, slow = pw.scan(gather, starts, starts + lens, buf)
-    if slow.size:
-        return None
-    fld, wire = t["field"], t["wire"]
-    if ((fld == 3) & (wire == pw.VARINT) & (t["value"] != 0)).any():
-        return None  # unknown rank
-    dims = np.flatnonzero((fld == 2) & (wire == pw.LEN))
-    dim_owner = owner[t["msg"][dims]]
-    d, slow = pw.scan(gather, t["start"][dims], t["start"][dims] + t["value"][dims].astype(np.int64), buf)
-    if slow.size:
-        return None
-    sizes = np.zeros(dims.size, np.int64)
-    sel = np.flatnonzero((d["field"] == 1) & (d["wire"] == pw.VARINT))
-    if sel.size > 1 and (np.diff(d["msg"][sel]) == 0).any():
-        return None
-    if sel.size and d["value"][sel].max() >= np.uint64(1 << 62):
-        return None  # negative (unknown) dims
-    sizes[d["msg"][sel]] = d["value"][sel].astype(np.int64)
-    if dims.size > 1 and (np.diff(dim_owner) < 0).any():
-        return None
-    rank = np.bincount(dim_owner, minlength=n).tolist()
-    flat = sizes.tolist()
-    out, at, seen = [], 0, {}
-    for r in rank:
-        s = tuple(flat[at:at + r])
-        out.append(seen.setdefault(s, s))
-        at += r
+def _shapes(index: FileView, n, owner, starts, lens) -> list:
+    """TensorShapeProto of each entry (`owner` the entry of each) as tuples; () where there is none.
+    Variables of one shape store the same bytes: each distinct shape is decoded once, by the walk's
+    own tensor_shape (which refuses unknown dims and ranks)."""
+    buf, decoded = index.buf, {}
+    out = [()] * n
+    for i, a, k in zip(owner, starts, lens):
+        raw = buf[a:a + k]
+        shape = decoded.get(raw)
+        if shape is None:
+            shape = decoded[raw] = tensor_shape(raw, (0, k), index.path, "", a)
+        out[i] = shape
     return out
 
 
@@ -276,8 +256,12 @@ class _Bundle:
             if data[pos] != 0x0A:
                 keys = pw.message_table(data, 0, n, self.index_path)[0]  # anything else: the general walk
                 return sum(1 for k in keys if k == 1 << 3 | pw.LEN)
-            length, pos = pw.read_varint(data, pos + 1, n, self.index_path)
-            pos += length
+            length = data[pos + 1] if pos + 1 < n else 0x80
+            if length < 0x80:
+                pos += 2 + length
+            else:
+                length, pos = pw.read_varint(data, pos + 1, n, self.index_path)
+                pos += length
             count += 1
         if pos > n:
             raise FormatError(f"object graph node {count - 1} runs past the end of the graph", file=self.index_path,
