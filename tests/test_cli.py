@@ -339,3 +339,24 @@ def test_batch_keeps_the_default_sigterm():
         if name in available():
             p = build_parser("convert", only=name).commands[name]
             assert p.get_default("_raise_on_term") is raises, name
+
+
+def test_an_internal_error_is_one_line_exit_3_unless_the_traceback_is_asked_for(monkeypatch, capsys):
+    """A bug (an exception that is not a ConvertersError) gives one line naming it and where,
+    exit 3, no traceback; CONVERTERS_TRACEBACK=1 re-raises it."""
+    from converters.cli import main
+    from converters.readers import caffe
+
+    def broken(path, **options):
+        raise AttributeError("'_Bundle' object has no attribute 'shard_ids'")
+
+    monkeypatch.setattr(caffe, "open", broken)
+    monkeypatch.delenv("CONVERTERS_TRACEBACK", raising=False)
+    pnet = str(Path(__file__).resolve().parents[1] / "fixtures/caffe/mtcnn_pnet/det1.caffemodel")
+    assert main(["inspect", pnet]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: AttributeError" in err and "shard_ids" in err
+    assert "(at converters/readers/__init__.py:" in err and "Traceback" not in err  # the deepest frame of ours
+    monkeypatch.setenv("CONVERTERS_TRACEBACK", "1")
+    with pytest.raises(AttributeError, match="shard_ids"):
+        main(["inspect", pnet])

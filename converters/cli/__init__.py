@@ -193,3 +193,23 @@ def main(argv=None) -> int:
     except OSError as e:  # unreadable paths, permissions, disk full
         print(f"{prog}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug of ours: one line (no traceback) unless asked for it
+        if os.environ.get("CONVERTERS_TRACEBACK"):
+            raise
+        where = _innermost_frame(e)
+        print(f"{prog}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+              f"{f' (at {where})' if where else ''}; this is a bug in converters: please report it, "
+              "CONVERTERS_TRACEBACK=1 prints the traceback", file=sys.stderr)
+        return 3
+
+
+def _innermost_frame(e: BaseException) -> str:
+    """`converters/module.py:line` of the deepest frame inside the package (where the bug is), or ''."""
+    import traceback
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if os.path.abspath(f.filename).startswith(package + os.sep)]
+    if not frames:
+        return ""
+    return f"converters/{os.path.relpath(frames[-1].filename, package)}:{frames[-1].lineno}"
