@@ -258,8 +258,7 @@ class SmallReads:
             self.buf = self.view.read_into(np.empty(limit - start, np.uint8), start, "array data", name)
             self.base, self.limit = start, limit
         self.next = i + 1
-        a = start - self.base
-        return self.buf[a:a + end - start].view(dtype).reshape(shape).copy()  # its own, aligned
+        return np.ndarray(shape, dtype, self.buf, start - self.base).copy()  # its own, aligned
 
 
 class WindowArray(FileArray):
@@ -268,6 +267,11 @@ class WindowArray(FileArray):
     thousands of handles, not three times as many objects for the garbage collector to walk."""
 
     __slots__ = ("_reads", "_index")
+
+    def numpy(self, copy: bool = True) -> np.ndarray:
+        if not copy:
+            return super().numpy(False)
+        return self._reads.read(self._index, self.dtype, self.shape, self.name)  # its shape and dtype
 
     def _load(self) -> np.ndarray:
         return self._reads.read(self._index, self.dtype, self.shape, self.name)
