@@ -15,7 +15,8 @@ Each NDArray is one of four encodings, told apart by its first uint32:
     otherwise   legacy (mxnet < 0.9): that uint32 is ndim, then uint32 dims
 
 then int32 dev_type, int32 dev_id (context), int32 mshadow type flag, and the raw data.
-mxnet is never imported: the arrays stay lazy memory-map views until `.numpy()`.
+mxnet is never imported. Nothing is read until `.numpy()` but the headers: the common array's by a
+fast walk (`_dense_header`), anything else and every error by the field-by-field one (`_parse_ndarray`).
 """
 from __future__ import annotations
 
