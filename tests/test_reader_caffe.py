@@ -496,3 +496,17 @@ def test_fast_open_of_mutants_gives_what_the_walk_gives(rel, tmp_path, monkeypat
         path.write_bytes(bytes(bad[:len(bad) - int(rng.integers(0, 3)) * int(rng.integers(0, 40))]))
         fast, walked = _both(path, monkeypatch, prototxt=False)
         assert fast == walked, (rel, k)
+
+
+@pytest.mark.parametrize("dims, values", [
+    ((300, 2), 600), ((), 1), ((0, 2 ** 27, 2 ** 27, 2 ** 27), 0), ((2, 3), 5), ((2 ** 30, 0), 0),
+    ((1,) * 9, 1), ((2 ** 40,), 0), (None, 7)])
+def test_fast_open_of_odd_shapes_gives_what_the_walk_gives(dims, values, tmp_path, monkeypatch):
+    """Multi-byte dims, a scalar, zero dims beside huge ones, a mismatch, ranks past 8, no shape."""
+    shape = b"" if dims is None else MK.len_field(7, MK.len_field(1, b"".join(MK.varint(d) for d in dims)))
+    blob = MK.len_field(7, shape + MK.len_field(5, np.arange(values, dtype="<f4").tobytes()))
+    layer = MK.len_field(1, b"odd") + MK.len_field(2, b"InnerProduct") + blob
+    path = tmp_path / "odd.caffemodel"
+    path.write_bytes(MK.len_field(1, b"n") + MK.len_field(100, layer))
+    fast, walked = _both(path, monkeypatch)
+    assert fast == walked

@@ -88,10 +88,9 @@ def open_fast(view: FileView) -> ArrayFile | None:
 
 def _open(view: FileView, gather) -> ArrayFile | None:
     buf, path = view.buf, view.path
-    top = _net_fields(buf, view.size)
-    if top is None:
-        top = list(pw.iter_fields(buf, 0, view.size, path))
-    net_name, inputs, spans, version, unknown_net = C._read_net(view, top, lambda _v, span, off, v1: (span, v1))
+    other, spans = _net_fields(buf, view.size) or _split(list(pw.iter_fields(buf, 0, view.size, path)))
+    net_name, inputs, _, version, unknown_net = C._read_net(view, other + _stubs(spans), lambda *_a, **_k: None)
+    spans.sort(key=lambda span: span[1])  # the walk's order: V2 layers, then V1 ones
     layers = _Layers(gather, buf, path, spans)
     if not layers.ok:
         return None
@@ -113,17 +112,20 @@ def _open(view: FileView, gather) -> ArrayFile | None:
     return ArrayFile(path, C.NAME, arrays, meta=meta, layers=structure.layers, closer=view.close)
 
 
-def _net_fields(buf, end: int) -> list | None:
-    """NetParameter's fields as iter_fields gives them, for a net of name, input, input_shape and
-    layer fields (one- or two-byte keys); None for anything else (iter_fields lists it)."""
-    out, pos = [], 0
-    add = out.append
+def _net_fields(buf, end: int) -> tuple[list, list] | None:
+    """(NetParameter's fields other than layers, as iter_fields gives them; [(layer span, V1?)])
+    for a net of name, input, input_shape and layer fields (one- or two-byte keys), or None for
+    anything else (iter_fields lists it)."""
+    other, spans, pos = [], [], 0
+    add = spans.append
     while pos < end:
         b = buf[pos]
         if b == 0xA2 and buf[pos + 1] == 0x06:  # field 100 (layer), LEN
-            number, p = S.NET_LAYER, pos + 2
-        elif b in (0x0A, 0x12, 0x1A, 0x42):  # name, layers (V1), input, input_shape
-            number, p = b >> 3, pos + 1
+            p, v1 = pos + 2, 0
+        elif b == 0x12:  # field 2 (layers, V1), LEN
+            p, v1 = pos + 1, 1
+        elif b in (0x0A, 0x1A, 0x42):  # name, input, input_shape
+            p, v1 = pos + 1, -1
         else:
             return None
         n = buf[p]
@@ -133,9 +135,31 @@ def _net_fields(buf, end: int) -> list | None:
             n, p = pw.read_varint(buf, p, end)
         if p + n > end:
             return None
-        add((number, LEN, (p, n), pos))
+        if v1 < 0:
+            other.append((b >> 3, LEN, (p, n), pos))
+        else:
+            add(((p, n), v1))
         pos = p + n
-    return out
+    return other, spans
+
+
+def _split(fields: list) -> tuple[list, list]:
+    """_net_fields' answer from iter_fields' list."""
+    other, spans = [], []
+    for field in fields:
+        number, wire, value, _ = field
+        if wire == LEN and number in (S.NET_LAYER, S.NET_LAYERS_V1):
+            spans.append((value, int(number == S.NET_LAYERS_V1)))
+        else:
+            other.append(field)
+    return other, spans
+
+
+def _stubs(spans: list) -> list:
+    """A layer field of each kind present, so that the walk's _read_net names the version (and
+    finds layers at all) from fields that are not layers plus these."""
+    kinds = {v1 for _, v1 in spans}
+    return [(S.NET_LAYERS_V1 if v1 else S.NET_LAYER, LEN, (0, 0), 0) for v1 in sorted(kinds)]
 
 
 class _Layers:
@@ -147,7 +171,7 @@ class _Layers:
         n = len(spans)
         if n == 0:
             return
-        starts = np.array([s for (s, _), _ in spans], np.int64)
+        starts = np.array([s for (s, _), _ in spans], np.int64)  # (layer order: the walk's)
         lens = np.array([m for (_, m), _ in spans], np.int64)
         v1 = np.array([v for _, v in spans], np.int64)
         tab, slow = pw.scan(gather, starts, starts + lens, buf, max_steps=256)
@@ -232,59 +256,81 @@ class _Blobs:
         width = np.where(double, 8, 4)
         if (self.nbytes % width).any():
             return
-        count = (self.nbytes // width).tolist()
-        dims = _dims(gather, buf, msg[shp], tab["start"][shp], tab["value"][shp].astype(np.int64), n)
-        if dims is None:
+        count = self.nbytes // width
+        shaped = msg[shp]
+        shapes = _shapes(gather, buf, tab["start"][shp], tab["value"][shp].astype(np.int64), count[shaped])
+        if shapes is None:
             return
-        if legacy.any():
-            for m, f, v in zip(msg[legacy].tolist(), fld[legacy].tolist(), tab["value"][legacy].tolist()):
-                if dims[m] is None or isinstance(dims[m], dict):
-                    dims[m] = dims[m] or {}
-                    dims[m][f] = v
-        shapes, same = [], {}
-        for m, d in enumerate(dims):
-            if d is None:
-                d = (count[m],)
-            elif isinstance(d, dict):
-                d = tuple(d.get(f, 0) for f in (S.BLOB_NUM, S.BLOB_CHANNELS, S.BLOB_HEIGHT, S.BLOB_WIDTH))
-            total = 1
-            for x in d:
-                if not 0 <= x < 1 << 31:
-                    return
-                total *= x
-            if total != count[m]:
-                return
-            shapes.append(same.setdefault(d, d))
-        self.shapes = shapes
+        self.shapes: list = [None] * n
+        for m, shape in zip(shaped.tolist(), shapes):
+            self.shapes[m] = shape
+        if shaped.size < n and not self._unshaped(msg[legacy], fld[legacy], tab["value"][legacy], count):
+            return
         self.dtypes = [_F8 if x else _F4 for x in double.tolist()]
         self.ok = True
 
+    def _unshaped(self, owner, fields, values, count) -> bool:
+        """Shapes of the blobs without a BlobShape: legacy num/channels/height/width, else (count,)."""
+        legacy: dict = {}
+        for m, f, v in zip(owner.tolist(), fields.tolist(), values.tolist()):
+            if self.shapes[m] is None:
+                legacy.setdefault(m, {})[f] = v
+        for m, shape in enumerate(self.shapes):
+            if shape is not None:
+                continue
+            if m not in legacy:
+                self.shapes[m] = (int(count[m]),)
+                continue
+            d = tuple(legacy[m].get(f, 0) for f in (S.BLOB_NUM, S.BLOB_CHANNELS, S.BLOB_HEIGHT, S.BLOB_WIDTH))
+            if not all(0 <= x < 1 << 31 for x in d) or d[0] * d[1] * d[2] * d[3] != count[m]:
+                return False
+            self.shapes[m] = d
+        return True
 
-def _dims(gather, buf, owner, starts, lens, n) -> list | None:
-    """Per blob, its BlobShape dims as a tuple (None: no shape field): each BlobShape must hold its
-    dims as one packed field; one-byte varints decoded at once, longer ones by packed_varints."""
-    dims: list = [None] * n
-    if not owner.size:
-        return dims
+
+def _shapes(gather, buf, starts, lens, count) -> list | None:
+    """The shape tuples of these BlobShape messages (each must hold its dims as one packed field,
+    varints of up to 4 bytes, at most 8 dims whose product is `count`), decoded at once; one tuple
+    object per distinct shape. None: the walk decides."""
+    if not starts.size:
+        return []
     tab, slow = pw.scan(gather, starts, starts + lens, buf)
-    if slow.size or ((tab["field"] != 1) | (tab["wire"] != LEN)).any() or (np.bincount(tab["msg"]) > 1).any():
+    k = starts.size
+    if slow.size or ((tab["field"] != 1) | (tab["wire"] != LEN)).any():
         return None
-    for m in owner.tolist():
-        dims[m] = ()
-    sub = owner[tab["msg"]]
-    p_start, p_len = tab["start"], tab["value"].astype(np.int64)
-    total = int(p_len.sum())
-    if total:
-        ends = np.cumsum(p_len)
-        raw = gather(np.repeat(p_start - (ends - p_len), p_len) + np.arange(total))
-        if (raw < 0x80).all():
-            values = raw.tolist()
-            for m, a, b in zip(sub.tolist(), (ends - p_len).tolist(), ends.tolist()):
-                dims[m] = tuple(values[a:b])
-            return dims
-    for m, s, k in zip(sub.tolist(), p_start.tolist(), p_len.tolist()):
-        dims[m] = tuple(pw.packed_varints(buf, (s, k)))  # FormatError: the walk reports it
-    return dims
+    if (np.bincount(tab["msg"], minlength=k) > 1).any():
+        return None
+    p_start, p_len = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    p_start[tab["msg"]], p_len[tab["msg"]] = tab["start"], tab["value"].astype(np.int64)
+    ends = np.cumsum(p_len)
+    total = int(ends[-1])
+    raw = gather(np.repeat(p_start - (ends - p_len), p_len) + np.arange(total)) if total else np.zeros(0, np.uint8)
+    term = raw < 0x80
+    if not term[ends[p_len > 0] - 1].all():
+        return None  # a varint cut at the end of its field: the walk reports it
+    first = np.flatnonzero(np.concatenate(([True], term[:-1]))) if total else np.zeros(0, np.int64)
+    at = np.arange(total) - np.repeat(first, np.diff(np.append(first, total)))
+    if total and at.max() > 3:
+        return None
+    values = np.add.reduceat((raw & 0x7F).astype(np.int64) << (7 * at), first) if total else np.zeros(0, np.int64)
+    seen = np.concatenate(([0], np.cumsum(term)))
+    ndim = seen[ends] - seen[ends - p_len]
+    if ndim.max() > 8:
+        return None
+    grid = np.ones((k, 8), np.int64)
+    row = np.repeat(np.arange(k), ndim)
+    grid[row, np.arange(values.size) - np.repeat(np.cumsum(ndim) - ndim, ndim)] = values
+    nonzero = np.maximum(grid, 1).astype(np.float64).prod(axis=1) * 8  # element_count's bound, with a zero dim too
+    if (nonzero > 2.0 ** 62).any() or (grid.prod(axis=1) != count).any():
+        return None
+    grid[np.arange(8) >= ndim[:, None]] = -1  # (padding: rows of different ranks stay apart)
+    order = np.lexsort(grid.T[::-1])
+    ranked = grid[order]
+    new = np.concatenate(([True], (ranked[1:] != ranked[:-1]).any(axis=1)))
+    distinct = [tuple(x for x in r if x >= 0) for r in ranked[new].tolist()]
+    group = np.empty(k, np.int64)
+    group[order] = np.cumsum(new) - 1
+    return [distinct[g] for g in group.tolist()]
 
 
 class _Structure:
