@@ -54,8 +54,8 @@ def arrays_of(layout: str, size_mb: int, n: int) -> list[tuple[str, tuple, int]]
 def build_keras_h5(path: Path, layout: str, size_mb: int, n: int) -> None:
     """Dense layers of square kernels: `large` has 64 of width sqrt(size/64/4), `many` n/2 of 16;
     side by side on one input (a chain of thousands of layers exceeds Keras' recursion limit)."""
-    import numpy as np
     import keras
+    import numpy as np
 
     if layout == "large":
         layers, width = 64, int(math.sqrt(size_mb * B.MB / 64 / 4))
@@ -183,15 +183,13 @@ def evaluate(m: dict) -> dict:
         return {}
     x = rl["median_s"] / fl["median_s"]
     return {"speed": {"ours_over_framework_median": x, "required_at_most": 1.0, "met": x <= 1.0},
-            "same_data": {"met": (rl["count"], rl["bytes"], rl["checksum"]) == (fl["count"], fl["bytes"], fl["checksum"]),
-                          "reader": [rl["count"], rl["bytes"], rl["checksum"]],
-                          "framework": [fl["count"], fl["bytes"], fl["checksum"]]}}
+            "same_data": B.same_data(rl, fl)}
 
 
 def table(results: dict) -> str:
     rows = [("format", "layout", "tensors", "file MB", "ours median s", "baseline median s", "ours/baseline",
              "runs", "same data")]
-    for label, r in results["cases"].items():
+    for r in results["cases"].values():
         m, t = r["measurements"], r["targets"]
         rl, fl = m["reader_load"], m["framework_load"]
         x = t["speed"]["ours_over_framework_median"] if t else None

@@ -11,7 +11,8 @@ swap cannot absorb it). The cgroup charges page cache too; the kernel reclaims i
 
 The source is bench_convert.py's TF2 checkpoint (64 dense layers, built by TensorFlow); the
 command is the real CLI, `convert --from tensorflow --map TABLE SRC OUT`, run once per output
-(.safetensors, .pth; both are streamed, one tensor at a time) inside the cgroup. Reported: exit status (killed by the OOM killer or not),
+(.safetensors, .pth; both are streamed, one tensor at a time) inside the cgroup. Reported: exit status
+(killed by the OOM killer or not),
 wall time, the cgroup's peak usage, the process's ru_maxrss, and whether the output's first and
 last layers equal the source. Writes results_memlimit.json.
 """
@@ -120,7 +121,8 @@ def table(results: dict) -> str:
              "|" + "---|" * 8]
     for kind, r in results["runs"].items():
         exit_text = "killed (OOM)" if r["killed"] else str(r["exit"])
-        lines.append(f"| .{kind} | {results['source_bytes'] / B.MB:,.0f} | {results['limit'] / B.MB:,.0f} | {exit_text} | "
+        sizes = f"{results['source_bytes'] / B.MB:,.0f} | {results['limit'] / B.MB:,.0f}"
+        lines.append(f"| .{kind} | {sizes} | {exit_text} | "
                      f"{B.fmt_s(r['time_s'])} | {B.fmt_mb(r['cgroup_peak'])} | {B.fmt_mb(r['ru_maxrss'])} | "
                      f"{'yes' if r.get('verified') else 'no'} |")
     return "\n".join(lines)
@@ -150,7 +152,8 @@ def main(argv=None) -> int:
             out = files["out"] / f"limited.{kind}"
             out.unlink(missing_ok=True)
             os.sync()
-            cmd = [convert, "--from", "tensorflow", "--map", str(files["table"]), str(files["ckpt"]), str(out), "--force"]
+            cmd = [convert, "--from", "tensorflow", "--map", str(files["table"]), str(files["ckpt"]), str(out),
+                   "--force"]
             r = run_limited(cg, cmd, env)
             r.update(check_output(kind, out, str(files["ckpt"])) if r["exit"] == 0 else {"verified": False})
             out.unlink(missing_ok=True)

@@ -47,7 +47,7 @@ CAFFE_PROTO = B.ROOT / "fixtures" / "caffe" / "proto" / "caffe.proto"
 ONNX_PROTO_LIMIT = 2_000_000_000 - (64 << 20)  # protobuf's 2 GB message limit, with headroom
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _caffe_fixtures():
     """fixtures/caffe/make_fixtures.py: its protobuf wire encoders and its out-of-process protoc."""
     import importlib.util
@@ -278,10 +278,8 @@ def child_reader(spec: dict, load: bool) -> dict:
     import numpy as np  # noqa: F401
 
     import converters
-    from converters import readers
 
-    for name in readers.FRAMEWORKS:  # sniffing imports every reader: a one-time cost, not the file's
-        readers.reader_module(name)
+    B.import_converters_readers()  # imports are not the file's cost (nor are the framework's)
     meter = start_meter(spec)
     with meter:
         f = converters.read(spec["path"])
@@ -397,9 +395,7 @@ def evaluate(fmt: str, m: dict, file_bytes: int) -> dict:
                         "judged_on": "median", "ratio_best_framework_over_best_reader": fl["time_s"] / rl["time_s"]}
         if fmt == "caffe" and "error" not in fo:
             out["speed"]["ratio_parse_only_over_reader"] = fo["median_s"] / rl["median_s"]
-        out["same_data"] = {"met": (rl["count"], rl["bytes"], rl["checksum"]) == (fl["count"], fl["bytes"], fl["checksum"]),
-                            "reader": [rl["count"], rl["bytes"], rl["checksum"]],
-                            "framework": [fl["count"], fl["bytes"], fl["checksum"]]}
+        out["same_data"] = B.same_data(rl, fl)
     if "error" not in ro:
         limit = 8 * B.MB + 0.01 * file_bytes
         out["open_memory"] = {"delta_rss": ro["delta_rss"], "limit": int(limit), "met": ro["delta_rss"] <= limit}
@@ -485,7 +481,8 @@ def main(argv=None) -> int:
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "environment": environment(), "load_average": {"start": os.getloadavg()},
                "page_cache": {"warm": "files read once by each child just before its timed step",
-                              "cold": "files dropped with posix_fadvise(DONTNEED) by each child just before its timed step"},
+                              "cold": "files dropped with posix_fadvise(DONTNEED) by each child just before its "
+                                      "timed step"},
                "formats": {}}
     for fmt in formats:
         by_state = measure_format(fmt, files[fmt], workdir, args.repeat, states)

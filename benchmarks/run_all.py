@@ -88,7 +88,8 @@ def convert_rows(data: dict) -> list[tuple]:
         if "error" in m[mode]:
             continue
         ours = m[mode].get("median_s")
-        rows.append((f"convert {mode[3:]}", f"{data['model_bytes'] / B.MB:,.0f} MB", ours, copy, ratio(ours, copy), need,
+        size = f"{data['model_bytes'] / B.MB:,.0f} MB"
+        rows.append((f"convert {mode[3:]}", size, ours, copy, ratio(ours, copy), need,
                      m[mode].get("runs"), m[mode].get("verified")))
     return rows
 
@@ -105,7 +106,8 @@ def ratio_table(rows: list[tuple]) -> str:
 
 
 def scaling_table(points: list[dict]) -> str:
-    lines = ["| model MB | copy s | .safetensors s | x copy | peak ΔRSS MB | .pth s | x copy | peak ΔRSS MB | largest tensor MB |",
+    lines = ["| model MB | copy s | .safetensors s | x copy | peak ΔRSS MB | .pth s | x copy | peak ΔRSS MB "
+             "| largest tensor MB |",
              "|" + "---|" * 9]
     for d in points:
         if not d.get("model_bytes"):
@@ -113,7 +115,8 @@ def scaling_table(points: list[dict]) -> str:
         m = d["measurements"]
         c, s, p = m["copy"], m["to_safetensors"], m["to_pth"]
         largest = next((r.get("largest_tensor") for r in (s, p) if "largest_tensor" in r), None)
-        lines.append(f"| {d['model_bytes'] / B.MB:,.0f} | {B.fmt_s(c.get('median_s'))} | {B.fmt_s(s.get('median_s'))} | "
+        lines.append(f"| {d['model_bytes'] / B.MB:,.0f} | {B.fmt_s(c.get('median_s'))} | "
+                     f"{B.fmt_s(s.get('median_s'))} | "
                      f"{_x(s, c)} | {B.fmt_mb(s.get('delta_rss'))} | {B.fmt_s(p.get('median_s'))} | {_x(p, c)} | "
                      f"{B.fmt_mb(p.get('delta_rss'))} | {B.fmt_mb(largest)} |")
     return "\n".join(lines)
@@ -133,13 +136,15 @@ def main(argv=None) -> int:
     p.add_argument("--tensors", type=int, default=5000, help="tensors per many-small-tensor ONNX file")
     p.add_argument("--scaling", default="", help="comma-separated model sizes in MB for the scaling table")
     p.add_argument("--scaling-repeat", type=int, default=3)
-    p.add_argument("--memlimit", action="store_true", help="also run bench_memlimit.py (needs a writable memory cgroup)")
+    p.add_argument("--memlimit", action="store_true",
+                   help="also run bench_memlimit.py (needs a writable memory cgroup)")
     p.add_argument("--workdir", type=Path, default=HERE / "work")
     p.add_argument("--outdir", type=Path, default=HERE, help="where the per-script JSON files go")
     p.add_argument("--out", type=Path, default=HERE / "results_all.json")
     args = p.parse_args(argv)
     common = ["--repeat", str(args.repeat), "--workdir", str(args.workdir)]
-    outs = {k: args.outdir / f"results_{k}.json" for k in ("readers", "formats", "convert", "small_tensors", "cli", "memlimit")}
+    outs = {k: args.outdir / f"results_{k}.json"
+            for k in ("readers", "formats", "convert", "small_tensors", "cli", "memlimit")}
     wanted = [b for b in args.benchmarks.split(",") if b]
     if set(wanted) - set(BENCHMARKS):
         p.error(f"--benchmarks: a subset of {','.join(BENCHMARKS)}")
@@ -185,15 +190,14 @@ def main(argv=None) -> int:
     if "memlimit" in loaded:
         text += "\n\nMemory limit:\n\n" + loaded["memlimit"].get("table", "")
     print("\n" + text)
+    row_keys = ("step", "size", "ours_median_s", "baseline_median_s", "ours_over_baseline", "target_at_most", "runs",
+                "same_data")
+    scaling_points = [{"model_bytes": d["model_bytes"],
+                       **{k: {"median_s": v.get("median_s"), "delta_rss": v.get("delta_rss")}
+                          for k, v in d["measurements"].items() if "error" not in v}} for d in scaling]
     summary = {"benchmark": "all", "size_mb": args.size_mb, "repeat": args.repeat, "tensors": args.tensors,
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "exit_codes": codes, "rows": [dict(zip(("step", "size", "ours_median_s", "baseline_median_s",
-                                                        "ours_over_baseline", "target_at_most", "runs", "same_data"), r))
-                                             for r in rows],
-               "scaling": [{"model_bytes": d["model_bytes"], **{k: {"median_s": v.get("median_s"),
-                                                                    "delta_rss": v.get("delta_rss")}
-                                                                for k, v in d["measurements"].items() if "error" not in v}}
-                           for d in scaling],
+               "exit_codes": codes, "rows": [dict(zip(row_keys, r)) for r in rows], "scaling": scaling_points,
                "table": text}
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\nwrote {args.out}")
