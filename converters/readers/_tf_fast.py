@@ -210,6 +210,7 @@ class _Bundle:
         # plain lists: indexing numpy arrays one element at a time costs more than the rest of a load
         self.shard_of, self.offset_of, self.size_of = shard_ids.tolist(), offsets.tolist(), sizes.tolist()
         self.chunk_of = chunk_of.tolist()
+        self.shard_names = {s: Path(v.path).name for s, v in shards.items()}
 
     def load(self, h: BundleArray, copy: bool) -> np.ndarray:
         i = h._i
@@ -239,7 +240,7 @@ class _Bundle:
         i = h._i
         meta = dict(self._described[self.names[i]])
         meta["layout"] = layout_for(meta, len(self.shapes[i]))
-        meta.update({"shard": Path(self.shards[self.shard_of[i]].path).name, "offset": self.offset_of[i]})
+        meta.update({"shard": self.shard_names[self.shard_of[i]], "offset": self.offset_of[i]})
         if self.crcs[i] >= 0:
             meta["crc32c"] = int(self.crcs[i])
         return meta

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..arrays import role_from_name, split_role_suffix
 from ..errors import FormatError
@@ -107,9 +108,9 @@ def _paths(graph: ObjectGraph, blocked: set[int]) -> dict[int, list[str]]:
 
 def describe_keys(keys: list[str], graph: ObjectGraph | None) -> dict[str, dict]:
     """Per-array meta (readable_name, variable_name, layer, role, layout) for each checkpoint key."""
-    out = {k: _describe_by_name(k) for k in keys}
     if graph is None:
-        return out
+        return {k: _describe_by_name(k) for k in keys}
+    out = dict.fromkeys(keys)
     optimizers = _optimizer_nodes(graph)
     model_paths = _paths(graph, optimizers)
     all_paths = _paths(graph, set())
@@ -123,6 +124,9 @@ def describe_keys(keys: list[str], graph: ObjectGraph | None) -> dict[str, dict]
                 continue
             info = _describe_object(graph, i, attr_name, full_name, model_paths, all_paths, slot_of)
             out[key] = info
+    for k, info in out.items():  # keys no object lists: by name (only these: thousands of keys cost ~15 us each)
+        if info is None:
+            out[k] = _describe_by_name(k)
     return out
 
 
@@ -153,13 +157,20 @@ def _last(path: list[str]) -> str:
     return path[-1].lstrip("_").lower() if path else ""
 
 
-def _by_path(path: list[str], full_name: str, graph) -> dict:
-    last = path[-1].lstrip("_") if path else ""
+@lru_cache(maxsize=4096)
+def _role_of(last: str) -> tuple:
+    """(role or None, flat layer or None, variable name) of a path's last name (`last` stripped of `_`)."""
     role = "counter" if last.lower() in _COUNTERS else role_from_name(last)
-    layer = path[:-1]
     split = split_role_suffix(last) if role is None else None
     if split:  # a flat TF1 name: `conv1_weight` is variable `weight` of layer `conv1`
-        role, flat_layer, last = split
+        return split
+    return role, None, last
+
+
+def _by_path(path: list[str], full_name: str, graph) -> dict:
+    role, flat_layer, last = _role_of(path[-1].lstrip("_") if path else "")
+    layer = path[:-1]
+    if flat_layer is not None:
         layer = layer + [flat_layer]
     info = {"layer": "/".join(layer), "role": role or "other"}
     owner = full_name.split("/")[-2] if full_name.count("/") else ""  # the variable's own layer name
