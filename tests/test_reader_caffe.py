@@ -510,3 +510,19 @@ def test_fast_open_of_odd_shapes_gives_what_the_walk_gives(dims, values, tmp_pat
     path.write_bytes(MK.len_field(1, b"n") + MK.len_field(100, layer))
     fast, walked = _both(path, monkeypatch)
     assert fast == walked
+
+
+def test_fast_open_meta_and_layers_after_close(tmp_path, monkeypatch):
+    """Meta and layers are the walk's, built on first access: after close it reopens the file,
+    and refuses one that changed on disk meanwhile."""
+    path = _many_blobs(tmp_path / "many.caffemodel", n=5)
+    walked = _both(path, monkeypatch)[1]
+    with caffe.open(path) as f:
+        pass
+    assert {k: h.meta for k, h in f.items()} == {k: v[3] for k, v in walked[0].items()}
+    assert {k: vars(v) for k, v in f.layers.items()} == walked[1]
+    with caffe.open(path) as g:
+        pass
+    path.write_bytes(path.read_bytes() + b"\x0a\x01x")
+    with pytest.raises(FormatError, match="changed on disk"):
+        _ = g["ip0/0"].meta
