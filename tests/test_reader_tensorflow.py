@@ -486,3 +486,19 @@ def test_fast_open_bad_object_graph_names_file_on_meta(tmp_path, monkeypatch):
         with pytest.raises(FormatError, match="refers to node") as e:
             _ = a.meta
         assert e.value.file.endswith("ckpt-1.index")
+
+
+def test_fast_open_unaligned_arrays_read_on_their_own(tf, tmp_path):
+    """TF packs tensors back to back: an int64 after 3 float16 sits at byte 6. Such arrays are not
+    sliced out of a chunk (a misaligned view) but read into an aligned buffer of their own."""
+    variables = {"a": tf.Variable(np.ones(3, np.float16)), "b": tf.Variable(np.arange(5, dtype=np.int64)),
+                 "c": tf.Variable(np.ones(1, np.int8)), "d": tf.Variable(np.arange(3, dtype=np.float64))}
+    prefix = tf.train.Checkpoint(**variables).write(str(tmp_path / "ckpt"))
+    reader = tf.train.load_checkpoint(prefix)
+    with tfr.open(prefix) as f:
+        src = next(iter(f.values()))._src
+        chunked = {k.split("/")[0]: src.chunk_of[a._i] >= 0 for k, a in f.items()}
+        assert chunked == {"a": True, "b": False, "c": True, "d": False}
+        for k, a in f.items():
+            arr = a.numpy()
+            assert _same(arr, reader.get_tensor(k)) and arr.flags.aligned, k
