@@ -92,14 +92,18 @@ def oracle(tmp_path_factory):
 
 # --- bit-exact against mx.nd.load -------------------------------------------------------------
 
+@pytest.fixture(params=["map", "pread"])
+def both_walks(request, monkeypatch):
+    """The test runs on the small-file path (headers and arrays in the memory map) and again on the
+    big-file path (a pread per header and per array)."""
+    if request.param == "pread":
+        monkeypatch.setattr(mxreader, "WALK_MAP_MAX", 0)
+    return request.param
+
+
 @pytest.mark.mxnet
 @pytest.mark.parametrize("fixture", [f for f, _ in PARAMS])
-@pytest.mark.parametrize("walk", ["map", "pread"])
-def test_every_array_equals_mx_nd_load(fixture, walk, oracle, monkeypatch):
-    """Both the small-file path (headers and arrays from the map) and the big-file path (a pread per
-    header and per array) read what mx.nd.load does."""
-    if walk == "pread":
-        monkeypatch.setattr(mxreader, "WALK_MAP_MAX", 0)
+def test_every_array_equals_mx_nd_load(fixture, oracle, both_walks):
     expected = oracle[fixture]
     with open_file(FIX / fixture) as af:
         assert af.meta["named"] == expected["named"]
@@ -316,10 +320,7 @@ def _mixed_file(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("walk", ["map", "pread"])
-def test_fast_walk_reads_what_the_careful_walk_reads(tmp_path, walk, monkeypatch):
-    if walk == "pread":
-        monkeypatch.setattr(mxreader, "WALK_MAP_MAX", 0)
+def test_fast_walk_reads_what_the_careful_walk_reads(tmp_path, both_walks):
     files = [FIX / f for f, _ in PARAMS] + [_mixed_file(tmp_path)]
     for path in files:
         view = mxreader.FileView(path, pread_headers=True)
@@ -336,7 +337,7 @@ def test_fast_walk_reads_what_the_careful_walk_reads(tmp_path, walk, monkeypatch
             assert sum(r.checked for r in fast) > 1000  # the fast walk took the common arrays
 
 
-def test_mixed_file_arrays_and_meta(tmp_path):
+def test_mixed_file_arrays_and_meta(tmp_path, both_walks):
     path = _mixed_file(tmp_path)
     with open_file(path) as af:
         assert len(af) == 3000 and af.framework == "mxnet"
@@ -410,21 +411,21 @@ def _patched(tmp_path, fixture: str, offset: int, fmt: str, value) -> Path:
     (52, "<i", 77, FormatError, "#0"),                   # not an MXNet device type
     (60, "<i", 99, UnsupportedError, "#0"),              # unknown type flag
 ])
-def test_corrupt_headers_raise_before_allocating(tmp_path, offset, fmt, value, error, array):
+def test_corrupt_headers_raise_before_allocating(tmp_path, offset, fmt, value, error, array, both_walks):
     path = _patched(tmp_path, "dtypes.params", offset, fmt, value)
     with pytest.raises(error) as e:
         open_file(path, framework="mxnet")
     assert e.value.file == str(path) and e.value.offset is not None and e.value.array == array
 
 
-def test_legacy_ndim_larger_than_file(tmp_path):
+def test_legacy_ndim_larger_than_file(tmp_path, both_walks):
     path = _patched(tmp_path, "mtcnn_pnet/det1-0001.params", 24, "<I", 0x10000000)
     with pytest.raises(TruncatedError) as e:
         open_file(path)
     assert e.value.array == "#0" and e.value.offset == 28
 
 
-def test_name_count_and_length_larger_than_file(tmp_path):
+def test_name_count_and_length_larger_than_file(tmp_path, both_walks):
     raw = (FIX / "unnamed_list.params").read_bytes()
     tail = len(raw) - 8  # the name count of a saved list (0)
     for fmt, value, extra in (("<Q", 2**61, b""), ("<Q", 1, struct.pack("<Q", 2**63))):
@@ -444,7 +445,7 @@ def test_names_and_arrays_count_mismatch(tmp_path):
 
 
 @pytest.mark.parametrize("cut", [0, 10, 24, 40, 300, -5])
-def test_truncated_file(tmp_path, cut):
+def test_truncated_file(tmp_path, cut, both_walks):
     raw = (FIX / "smallnet-0000.params").read_bytes()
     path = tmp_path / "cut.params"
     path.write_bytes(raw[:cut] if cut >= 0 else raw[:cut])
