@@ -526,3 +526,21 @@ def test_fast_open_meta_and_layers_after_close(tmp_path, monkeypatch):
     path.write_bytes(path.read_bytes() + b"\x0a\x01x")
     with pytest.raises(FormatError, match="changed on disk"):
         _ = g["ip0/0"].meta
+
+
+def test_fast_open_of_layers_named_twice_and_odd_fields(tmp_path, monkeypatch):
+    """A second name field (the last wins), a name of the wrong wire type (an unknown field), a
+    param message with nested, packed and unknown fields, a V2 and a V1 layer in one file."""
+    payload = MK.len_field(7, MK.len_field(1, MK.varint(2))) + MK.len_field(5, bytes(8))
+    blob = MK.len_field(7, payload)
+    conv = (MK.len_field(4, MK.varint(3) + MK.varint(1)) + MK.len_field(7, MK.len_field(1, b"xavier"))
+            + MK.key(99, 0) + MK.varint(5) + MK.key(1, 0) + MK.varint(8))
+    v2 = (MK.len_field(1, b"first") + MK.len_field(1, b"conv") + MK.key(1, 0) + MK.varint(3)
+          + MK.len_field(2, b"Convolution") + MK.len_field(106, conv) + MK.key(10, 0) + MK.varint(1) + blob)
+    v1 = MK.len_field(4, b"old") + MK.key(5, 0) + MK.varint(14) + MK.len_field(6, payload)
+    path = tmp_path / "odd.caffemodel"
+    path.write_bytes(MK.len_field(1, b"n") + MK.len_field(100, v2) + MK.len_field(2, v1))
+    assert _fast_taken(path)
+    fast, walked = _both(path, monkeypatch)
+    assert fast == walked
+    assert list(fast[0]) == ["conv/0", "old/0"] and "convolution_param.99" in fast[2]["unknown_layer_fields"]

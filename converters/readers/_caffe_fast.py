@@ -184,9 +184,10 @@ class _Layers:
         role = np.where((need >= 0) & (need != wire) & (role != TYPE), UNKNOWN, role)
         if (role == V0).any():
             return
-        is_name = role == NAME
+        named = np.flatnonzero(role == NAME)
+        last = np.concatenate((msg[named][1:] != msg[named][:-1], [True])) if named.size else named.astype(bool)
         row = np.full(n, -1, np.int64)
-        row[msg[is_name]] = np.flatnonzero(is_name)  # the last name field of each layer wins
+        row[msg[named[last]]] = named[last]  # the last name field of each layer wins, as in the walk
         has = row >= 0
         name_start = np.where(has, tab["start"][row], 0)
         name_len = np.where(has, tab["value"][row].astype(np.int64), 0)
@@ -199,15 +200,13 @@ class _Layers:
         param = role == PARAM
         found = _param_unknowns(gather, buf, path, lv1[param], fld[param], tab["start"][param],
                                 tab["value"][param].astype(np.int64))
-        if found is None:
-            return
         self.unknown = sorted(unknown | found)
         self.ok = True
 
 
-def _param_unknowns(gather, buf, path, v1, fields, starts, lens) -> set | None:
-    """`<param>.<field>` of every field the walk would skip in these param messages; None: one is
-    malformed (the walk reports it)."""
+def _param_unknowns(gather, buf, path, v1, fields, starts, lens) -> set:
+    """`<param>.<field>` of every field the walk would skip in these param messages (a malformed
+    one raises the walk's own error: open_fast then leaves the file to the walk)."""
     tab, slow = pw.scan(gather, starts, starts + lens, buf, max_steps=256)
     out: set = set()
     decode = set(slow.tolist())
