@@ -24,6 +24,7 @@ import numpy as np
 
 from ..arrays import ArrayHandle, element_count
 from ..errors import ConvertersError, FormatError
+from . import _gc
 from . import _protowire as pw
 from . import _tf_sstable as sstable
 from ._binary import FileView
@@ -42,7 +43,8 @@ def open_fast(prefix, index: FileView, shards: dict, bundle_header, string_tenso
     """(handles, file meta) of a tensor bundle, or None when tensorflow._read_bundle must walk it
     (shards it opened stay in `shards` for the caller to close)."""
     try:
-        return _open(prefix, index, shards, bundle_header, string_tensor, shard_path)
+        with _gc.paused():  # thousands of handles and lists, none of them garbage
+            return _open(prefix, index, shards, bundle_header, string_tensor, shard_path)
     except (ConvertersError, ValueError, TypeError, IndexError, OverflowError):
         return None
 
