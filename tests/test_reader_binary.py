@@ -1,5 +1,6 @@
-"""readers/_binary: `.numpy()` reads with pread into a new buffer of its own, `.numpy(copy=False)` stays a view into the map, and a file cut short after opening is a
-TruncatedError naming file, array and offset (a memory map would have died of SIGBUS)."""
+"""readers/_binary: `.numpy()` reads with pread into a new buffer of its own, `.numpy(copy=False)`
+stays a view into the map, and a file cut short after opening is a TruncatedError naming file,
+array and offset (a memory map would have died of SIGBUS)."""
 from __future__ import annotations
 
 import os
