@@ -230,7 +230,7 @@ class SmallReads:
 
     def __init__(self, view: FileView, starts: list, ends: list):
         self.view, self.starts, self.ends = view, starts, ends
-        self.next, self.base, self.limit, self.buf = -1, 0, 0, None
+        self.window = (-1, 0, 0, None)  # (next array, start, end, bytes): one tuple, threads never mix two
 
     def handles(self, names: list, shapes: list, dtypes: list, meta) -> list:
         """One WindowArray per (start, end) span, made without per-array checks (the caller
@@ -245,9 +245,10 @@ class SmallReads:
 
     def read(self, i: int, dtype, shape, name) -> np.ndarray:
         start, end = self.starts[i], self.ends[i]
-        if i != self.next or end > self.limit:
+        following, base, limit, buf = self.window
+        if i != following or start < base or end > limit:
             if end - start > self.WINDOW:
-                self.next = -1
+                self.window = (-1, 0, 0, None)
                 return self.view.read_array(start, dtype, shape, name)
             limit, j, stop = end, i + 1, start + self.WINDOW
             starts, ends = self.starts, self.ends
@@ -255,10 +256,10 @@ class SmallReads:
                 if ends[j] > limit:
                     limit = ends[j]
                 j += 1
-            self.buf = self.view.read_into(np.empty(limit - start, np.uint8), start, "array data", name)
-            self.base, self.limit = start, limit
-        self.next = i + 1
-        return np.ndarray(shape, dtype, self.buf, start - self.base).copy()  # its own, aligned
+            buf = self.view.read_into(np.empty(limit - start, np.uint8), start, "array data", name)
+            base = start
+        self.window = (i + 1, base, limit, buf)
+        return np.ndarray(shape, dtype, buf, start - base).copy()  # its own, aligned
 
 
 class WindowArray(FileArray):
