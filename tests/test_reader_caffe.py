@@ -544,3 +544,25 @@ def test_fast_open_of_layers_named_twice_and_odd_fields(tmp_path, monkeypatch):
     fast, walked = _both(path, monkeypatch)
     assert fast == walked
     assert list(fast[0]) == ["conv/0", "old/0"] and "convolution_param.99" in fast[2]["unknown_layer_fields"]
+
+
+def test_small_reads_in_any_order_and_from_threads(tmp_path):
+    """SmallReads' shared window: reverse order, repeats, V1 layers (listed after V2 ones but
+    earlier in the file) and several threads all give the protobuf-exact bytes."""
+    import concurrent.futures
+
+    path = _many_blobs(tmp_path / "many.caffemodel", n=200)
+    data = path.read_bytes()
+    v1 = MK.len_field(4, b"old") + MK.key(5, 0) + MK.varint(14) + MK.len_field(
+        6, MK.len_field(7, MK.len_field(1, MK.varint(3))) + MK.len_field(5, np.arange(3, dtype="<f4").tobytes()))
+    mixed = tmp_path / "mixed.caffemodel"
+    mixed.write_bytes(MK.len_field(2, v1) + data)
+    for p in (path, mixed):
+        with caffe.open(p, prototxt=False) as f:
+            assert _fast_taken(p)
+            expected = {k: h.numpy(copy=False).copy() for k, h in f.items()}
+            for k in list(f)[::-1] + list(f) + list(f)[::7]:
+                assert_bit_equal(f[k].numpy(), expected[k], k)
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                for k, got in zip(list(f) * 3, pool.map(lambda h: h.numpy(), list(f.values()) * 3)):
+                    assert_bit_equal(got, expected[k], k)
