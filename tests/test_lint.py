@@ -17,8 +17,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 NOT_YET_CLEAN = {
-    "benchmarks/bench_convert.py", "benchmarks/bench_formats.py", "benchmarks/bench_memlimit.py",
-    "benchmarks/bench_readers.py", "benchmarks/bench_small_tensors.py", "benchmarks/run_all.py",
     "converters/arrays.py",
     "converters/mapping/transforms.py",
     "converters/readers/_binary.py", "converters/readers/_onnx_fast.py",

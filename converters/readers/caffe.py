@@ -128,6 +128,8 @@ def open(path, prototxt=None, **options) -> ArrayFile:
 
 def _open(view: FileView, prototxt) -> ArrayFile:
     if FAST and (prototxt is False or (prototxt is None and _choose_prototxt(view.path, None)[0] is None)):
+        from . import _caffe_fast  # it builds on this module's walk: imported here, not at the top (a cycle)
+
         opened = _caffe_fast.open_fast(view)
         if opened is not None:
             return opened
@@ -725,6 +727,3 @@ def _attach_to_prototxt(arch, raw_layers, keys, meta):
         for k in keys if k not in owner]
     meta["prototxt_layers_without_blobs"] = missing
     return layers, owner
-
-
-from . import _caffe_fast  # noqa: E402  (it builds on this module's walk: imported last, a cycle)
