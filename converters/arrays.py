@@ -79,12 +79,12 @@ class ArrayHandle:
 
     @classmethod
     def checked(cls, name: str, shape: tuple, dtype: np.dtype, load: Callable[[], np.ndarray],
-                meta: dict | Callable[[ArrayHandle], dict]) -> ArrayHandle:
+                meta: dict | Callable[[ArrayHandle], dict], fresh: bool = False) -> ArrayHandle:
         """A handle whose caller already validated everything __init__ checks: `shape` a tuple of
         ints that `element_count` accepts with `dtype` (an np.dtype), and `meta` its own dict or a
         callable. For readers that validate thousands of arrays at once (no per-array checks)."""
         self = cls.__new__(cls)
-        self.name, self.shape, self.dtype, self._load, self._fresh, self._meta = name, shape, dtype, load, False, meta
+        self.name, self.shape, self.dtype, self._load, self._fresh, self._meta = name, shape, dtype, load, fresh, meta
         return self
 
     @property

@@ -32,14 +32,24 @@ def _copy(fmt, tmp_path) -> tuple[Path, Path]:
     return tmp_path / src.name, tmp_path / src.name
 
 
+def _pread_backed(f) -> list:
+    """Handles whose `.numpy()` reads into a new buffer (FileArray, or a reader's own `fresh` kind:
+    TF's BundleArray reads small arrays from one pread chunk)."""
+    return [h for h in f.values() if isinstance(h, FileArray) or getattr(h, "_fresh", False)]
+
+
+# MXNet files under 8 MB are copied out of the map (readers/mxnet.py, fast path): not pread-backed
+PREAD_FORMATS = ("caffe", "tensorflow")
+
+
 @pytest.mark.parametrize("fmt", sorted(FILES))
 def test_numpy_is_a_new_writeable_array_equal_to_the_mapped_view(fmt):
     with converters.read(FILES[fmt]) as f:
-        handles = [h for h in f.values() if isinstance(h, FileArray)]
+        handles = _pread_backed(f) if fmt in PREAD_FORMATS else list(f.values())
         assert handles, f"no pread-backed handles in {fmt}"
         for h in handles:
             view, a, b = h.numpy(copy=False), h.numpy(), h.numpy()
-            assert not view.flags.writeable and a.flags.writeable and a.flags.c_contiguous
+            assert a.flags.writeable and a.flags.c_contiguous
             assert a is not b and not np.shares_memory(a, b) and not np.shares_memory(a, view)
             np.testing.assert_array_equal(a, view)
             if a.size:
@@ -48,11 +58,11 @@ def test_numpy_is_a_new_writeable_array_equal_to_the_mapped_view(fmt):
             del view
 
 
-@pytest.mark.parametrize("fmt", sorted(FILES))
+@pytest.mark.parametrize("fmt", PREAD_FORMATS)
 def test_file_cut_short_after_opening_is_a_truncated_error(fmt, tmp_path):
     path, data_file = _copy(fmt, tmp_path)
     with converters.read(path) as f:
-        last = max((h for h in f.values() if isinstance(h, FileArray)), key=lambda h: h.nbytes)
+        last = max(_pread_backed(f), key=lambda h: h.nbytes)
         start = data_file.read_bytes().find(last.numpy().tobytes())
         assert start > 0
         os.truncate(data_file, start + last.nbytes // 2)  # the file shrinks under the open reader
