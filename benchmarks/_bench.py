@@ -193,6 +193,17 @@ def same_data(ours: dict, theirs: dict) -> dict:
     return {"met": a == b, "reader": a, "framework": b}
 
 
+def reader_targets(m: dict) -> dict:
+    """Speed (median ours / median framework, at most 1.0) and same data, from the `reader_load`
+    and `framework_load` measurements; {} when either side failed."""
+    rl, fl = m["reader_load"], m["framework_load"]
+    if "error" in rl or "error" in fl:
+        return {}
+    x = rl["median_s"] / fl["median_s"]
+    return {"speed": {"ours_over_framework_median": x, "required_at_most": 1.0, "met": x <= 1.0},
+            "same_data": same_data(rl, fl)}
+
+
 def publish(results: dict, text: str, out) -> None:
     """Print a benchmark's table, keep it in its results and write them to `out` as JSON."""
     results["table"] = text
