@@ -16,18 +16,16 @@ by one with the walk's own decoder.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..arrays import ArrayFile
-from ..errors import ConvertersError, FormatError
+from ..errors import ConvertersError
 from . import _binary
 from . import _caffe_schema as S
 from . import _protowire as pw
 from . import caffe as C
 from ._binary import FileView, SmallReads
-from ._limits import parser_errors
+from ._lazy_structure import LazyStructure
 from ._onnx_fast import _texts
 
 LEN, VARINT, FIXED32, FIXED64 = pw.LEN, pw.VARINT, pw.FIXED32, pw.FIXED64
@@ -332,40 +330,23 @@ def _shapes(gather, buf, starts, lens, count) -> list | None:
     return [distinct[g] for g in group.tolist()]
 
 
-class _Structure:
-    """Layers and per-array meta, built on first access by the field-by-field walk (caffe._open_walk).
-    After the file was closed the walk reopens it, and refuses a file that changed on disk meanwhile."""
+class _Structure(LazyStructure):
+    """Layers and per-array meta, built on first access by the field-by-field walk (caffe._open_walk)."""
+
+    what = "Caffe model"
 
     def __init__(self, view: FileView):
+        super().__init__(view.path)
         self.view = view
-        st = os.stat(view.path)
-        self.stamp = (st.st_size, st.st_mtime_ns)
-        self._meta: dict | None = None
-        self._layers: dict = {}
 
-    def meta_of(self, handle) -> dict:
-        self._build()
-        return self._meta[handle.name]
-
-    def layers(self) -> dict:
-        self._build()
-        return self._layers
-
-    def _build(self) -> None:
-        if self._meta is not None:
-            return
-        view, path, temp = self.view, self.view.path, None
-        with parser_errors(path, "Caffe model"):
-            if getattr(view.buf, "closed", True):  # the file was closed
-                st = os.stat(path)
-                if (st.st_size, st.st_mtime_ns) != self.stamp:
-                    raise FormatError("the file changed on disk after it was opened", file=path,
-                                      hint="open it again to read its layers and array metadata")
-                view = temp = FileView(path)
-            try:
-                walked = C._open_walk(view, False)
-            finally:
-                if temp is not None:
-                    temp.close()
-        self._meta = {name: h.meta for name, h in walked.items()}
-        self._layers = walked.layers
+    def walk(self, check_unchanged) -> tuple[dict, dict]:
+        view, temp = self.view, None
+        if getattr(view.buf, "closed", True):  # the file was closed
+            check_unchanged()
+            view = temp = FileView(self.path)
+        try:
+            walked = C._open_walk(view, False)
+        finally:
+            if temp is not None:
+                temp.close()
+        return {name: h.meta for name, h in walked.items()}, walked.layers

@@ -18,7 +18,6 @@ edge case is that walk's.
 """
 from __future__ import annotations
 
-import os
 import weakref
 from functools import partial
 
@@ -28,7 +27,7 @@ from ..arrays import ArrayFile, ArrayHandle
 from ..errors import ConvertersError, FormatError, UnsupportedError
 from . import _protowire as pw
 from . import onnx_files as ox
-from ._limits import parser_errors
+from ._lazy_structure import LazyStructure
 
 LEN, VARINT, FIXED32 = pw.LEN, pw.VARINT, pw.FIXED32
 K_NAME, K_INIT, K_INPUT, K_OUTPUT, K_SPARSE = (f << 3 | LEN for f in (2, 5, 11, 12, 15))
@@ -288,51 +287,34 @@ def _texts(gather, starts, lens) -> list[str]:
     return [blob[a:b].decode("utf-8", errors="replace") for a, b in pairs]
 
 
-class _Structure:
+class _Structure(LazyStructure):
     """Layers and per-array meta (roles, layouts, consumers), built on first access by the
-    field-by-field walk. After the file was closed the walk reopens it, and refuses a file that
-    changed on disk meanwhile."""
+    field-by-field walk (onnx_files._walk)."""
+
+    what = "ONNX model"
 
     def __init__(self, reader):
+        super().__init__(reader.path)
         self.reader = reader
-        st = os.stat(reader.path)
-        self.stamp = (st.st_size, st.st_mtime_ns)
-        self._meta: dict | None = None
-        self._layers: dict = {}
         self.base: dict[str, dict] = {}  # meta a handle was made with (external storage)
         self.file = None  # weakref to the ArrayFile: its handles stand for themselves in the walk
 
-    def meta_of(self, handle) -> dict:
-        self._build()
-        return self._meta[handle.name]
-
-    def layers(self) -> dict:
-        self._build()
-        return self._layers
-
-    def _build(self) -> None:
-        if self._meta is not None:
-            return
-        reader, path, temp = self.reader, self.reader.path, None
-        with parser_errors(path, "ONNX model"):
-            if reader.closed:
-                st = os.stat(path)
-                if (st.st_size, st.st_mtime_ns) != self.stamp:
-                    raise FormatError("the file changed on disk after it was opened", file=path,
-                                      hint="open it again to read its layers and array metadata")
-                reader = temp = ox._Reader(path, reader.allow_outside)
-            try:
-                _meta, graph_span = ox._model_fields(reader)
-                opened = self.file() if self.file is not None else None
-                make = None if opened is None else partial(_Stand, opened._arrays, self.base)
-                arrays, layers, _graph = ox._walk(reader, graph_span, want_subgraphs=True, make=make)
-            finally:
-                if temp is not None:
-                    temp.close()
-                elif isinstance(reader.src, pw.PreadBuffer):
-                    reader.src.forget()
-        self._meta = {a.name: a.meta for a in arrays}
-        self._layers = layers
+    def walk(self, check_unchanged) -> tuple[dict, dict]:
+        reader, temp = self.reader, None
+        if reader.closed:
+            check_unchanged()
+            reader = temp = ox._Reader(self.path, reader.allow_outside)
+        try:
+            _meta, graph_span = ox._model_fields(reader)
+            opened = self.file() if self.file is not None else None
+            make = None if opened is None else partial(_Stand, opened._arrays, self.base)
+            arrays, layers, _graph = ox._walk(reader, graph_span, want_subgraphs=True, make=make)
+        finally:
+            if temp is not None:
+                temp.close()
+            elif isinstance(reader.src, pw.PreadBuffer):
+                reader.src.forget()
+        return {a.name: a.meta for a in arrays}, layers
 
 
 class _Stand:
