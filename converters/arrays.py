@@ -55,6 +55,22 @@ def element_count(shape, itemsize: int = 1) -> int | None:
     return math.prod(dims)
 
 
+@dataclass(frozen=True)
+class StoredSpan:
+    """Where an array's bytes lie verbatim in a file: `nbytes` from `offset`, C order, `dtype` as
+    stored. A writer that needs them unchanged copies them file to file (copy_file_range) instead
+    of reading them into memory first. `identity` is (st_dev, st_ino) of the file the reader opened,
+    so a file replaced since is noticed; `view()` is the array as a view into the reader's map."""
+
+    path: str
+    offset: int
+    nbytes: int
+    identity: tuple
+    shape: tuple
+    dtype: np.dtype
+    view: Callable[[], np.ndarray] = field(compare=False, repr=False)
+
+
 class ArrayHandle:
     """One named array of an opened file. Nothing is read until `.numpy()`."""
 
@@ -149,6 +165,11 @@ class ArrayHandle:
         if not arr.dtype.isnative:  # ('<f4' is native here: no second copy for little-endian tables)
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr
+
+    def stored_span(self) -> StoredSpan | None:
+        """Where the bytes lie verbatim in the file, for readers that know (None: they do not, or
+        the stored bytes are not the array as is: compressed, split, or decoded from text)."""
+        return None
 
     def __array__(self, dtype=None, copy=None):
         arr = self.numpy()

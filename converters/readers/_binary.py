@@ -18,7 +18,7 @@ import struct
 
 import numpy as np
 
-from ..arrays import ArrayHandle
+from ..arrays import ArrayHandle, StoredSpan
 from ..errors import FormatError, TruncatedError
 
 WALK_MAP_MAX = 8 << 20  # files up to this size walk their headers in the map itself
@@ -77,7 +77,8 @@ class FileView:
         except OSError as e:  # missing, a directory, no permission
             raise FormatError(f"cannot open: {e.strerror or e}", file=self.path) from None
         try:
-            self.size = os.fstat(self._fh.fileno()).st_size
+            st = os.fstat(self._fh.fileno())
+            self.size, self.identity = st.st_size, (st.st_dev, st.st_ino)
             self.buf = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
         except (OSError, ValueError) as e:
             self._fh.close()
@@ -178,7 +179,7 @@ class FileView:
         """The handle of an array stored as `shape` elements of `dtype` from `offset`."""
         dtype = np.dtype(dtype)
         return FileArray(name, shape, dtype, lambda: self.read_array(offset, dtype, shape, name),
-                         lambda: self.array(offset, dtype, shape, name), meta)
+                         lambda: self.array(offset, dtype, shape, name), meta, span=(self, offset))
 
     def _shrunk(self, offset: int, length: int, what: str, array):
         size = os.fstat(self._fh.fileno()).st_size
@@ -203,11 +204,21 @@ class FileArray(ArrayHandle):
     """A handle whose `.numpy()` reads a new array of its own (`read`, e.g. pread: handed out
     without a second copy) and whose `.numpy(copy=False)` is a view into the memory map (`view`)."""
 
-    __slots__ = ("_view",)
+    __slots__ = ("_view", "_span")
 
-    def __init__(self, name: str, shape, dtype, read, view, meta: dict | None = None):
+    def __init__(self, name: str, shape, dtype, read, view, meta: dict | None = None, span=None):
+        """span: (FileView, offset) where the bytes lie as they are (see `stored_span`)."""
         super().__init__(name, shape, dtype, read, meta, fresh=True)
         self._view = view
+        self._span = span
+
+    def stored_span(self) -> StoredSpan | None:
+        span = getattr(self, "_span", None)  # handles made without __init__ (WindowArray) have none
+        if span is None:
+            return None
+        view, offset = span
+        return StoredSpan(view.path, offset, self.nbytes, view.identity, self.shape, self.dtype,
+                          lambda: self.numpy(copy=False))
 
     def numpy(self, copy: bool = True) -> np.ndarray:
         if copy:
