@@ -302,7 +302,8 @@ def release_pages(view: np.ndarray) -> None:
     mapped pages would count a second time in RSS (they stay in the OS page cache either way,
     and a later touch of the view maps them back in). Views under RELEASE_MIN_BYTES are left alone:
     their few clean pages cost less RSS than the madvise call costs time on files of thousands of
-    small tensors (about 40 us each).
+    small tensors (about 40 us each). Only a read-only map of a file is touched: MADV_DONTNEED
+    would zero an anonymous mapping and drop the writes to a private (copy-on-write) one.
     """
     if view.nbytes < RELEASE_MIN_BYTES:
         return
@@ -310,7 +311,8 @@ def release_pages(view: np.ndarray) -> None:
     while isinstance(base, np.ndarray) and base.base is not None:
         base = base.base
     mm = base if isinstance(base, mmap.mmap) else getattr(base, "obj", None)  # np.ndarray(buffer=map) / frombuffer
-    if not isinstance(mm, mmap.mmap) or mm.closed or not hasattr(mmap, "MADV_DONTNEED") or view.size == 0:
+    if not isinstance(mm, mmap.mmap) or mm.closed or not hasattr(mmap, "MADV_DONTNEED") or view.size == 0 \
+            or not _read_only_file_map(mm):
         return
     try:
         start = np.frombuffer(mm, np.uint8, count=1).ctypes.data
@@ -322,6 +324,20 @@ def release_pages(view: np.ndarray) -> None:
             mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
     except (ValueError, OSError):  # advisory only
         pass
+
+
+def _read_only_file_map(mm: mmap.mmap) -> bool:
+    """Is `mm` a read-only (ACCESS_READ) map of a file? mmap keeps neither fact where Python can
+    see it, but size() fstats the mapped file (an anonymous map has none: OSError) and a read-only
+    map exports a read-only buffer."""
+    try:
+        with memoryview(mm) as buf:
+            if not buf.readonly:
+                return False
+        mm.size()
+    except (OSError, ValueError, BufferError):
+        return False
+    return True
 
 
 # Flat names `<layer>_<variable>` (MXNet symbols, TF1 graphs built by hand, Caffe-to-TF ports):

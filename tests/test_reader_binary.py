@@ -98,3 +98,31 @@ def test_big_arrays_get_a_mapping_of_their_own_that_release_pages_leaves_alone()
     small = new_array((10,), np.float32)
     assert small.flags.owndata and small.base is None  # below ANON_MIN: an ordinary np.empty
     assert new_array((), np.float64).shape == ()
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED"), reason="no MADV_DONTNEED here")
+def test_release_pages_touches_only_read_only_file_maps(tmp_path):
+    """MADV_DONTNEED zeroes anonymous memory and drops a private map's writes: release_pages must
+    leave both alone, and still release (harmlessly) the pages of a read-only map of a file."""
+    import mmap
+
+    n = 1 << 20
+    anonymous = mmap.mmap(-1, n)
+    anonymous[:] = b"\x07" * n
+    release_pages(np.frombuffer(anonymous, np.uint8))
+    assert anonymous[:4] == b"\x07" * 4 and anonymous[n - 1] == 7
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"\x05" * n)
+    with open(p, "rb") as fh:
+        private = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        private[:] = b"\x09" * n  # copy-on-write pages of this process only
+        release_pages(np.frombuffer(private, np.uint8))
+        assert private[0] == 9 and private[n - 1] == 9
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        view = np.frombuffer(mapped, np.uint8)
+        assert int(view.sum()) == 5 * n
+        release_pages(view)
+        assert int(view.sum()) == 5 * n  # paged back in from the file
+        del view
+        for m in (anonymous, private, mapped):
+            m.close()

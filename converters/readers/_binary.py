@@ -140,13 +140,25 @@ class FileView:
                 hint="the file is truncated or corrupt")
 
     def bytes(self, offset: int, length: int, what: str = "data", array=None) -> bytes:
-        self.require(offset, length, what, array)
         if self.pread_headers:
-            out = os.pread(self._fh.fileno(), length, offset)
-            if len(out) != length:
-                self._shrunk(offset, length, what, array)
-            return out
+            return self.pread(offset, length, what, array)
+        self.require(offset, length, what, array)
         return bytes(self.buf[offset:offset + length])
+
+    def pread(self, offset: int, length: int, what: str = "data", array=None) -> bytes:
+        """`length` bytes from `offset`, read with pread whatever `pread_headers` says (never the
+        map: a file cut short since it was opened is a TruncatedError, not a SIGBUS)."""
+        self.require(offset, length, what, array)
+        out = os.pread(self._fh.fileno(), length, offset)
+        if len(out) != length:
+            self._shrunk(offset, length, what, array)
+        return out
+
+    def check_size(self, what: str, array=None) -> None:
+        """TruncatedError if the file is shorter now than when it was opened (for data read by a
+        parser of its own, zipfile say, whose errors would not say why)."""
+        if os.fstat(self._fh.fileno()).st_size < self.size:
+            self._shrunk(0, self.size, what, array)
 
     def unpack(self, fmt: str, offset: int, what: str = "header", array=None) -> tuple:
         n = struct.calcsize(fmt)
@@ -175,7 +187,7 @@ class FileView:
         out = new_array(shape, dtype)
         return self.read_into(out, offset, None, array) if out.size else out
 
-    def handle(self, name: str, offset: int, dtype, shape, meta: dict | None = None) -> "FileArray":
+    def handle(self, name: str, offset: int, dtype, shape, meta: dict | None = None) -> FileArray:
         """The handle of an array stored as `shape` elements of `dtype` from `offset`."""
         dtype = np.dtype(dtype)
         return FileArray(name, shape, dtype, lambda: self.read_array(offset, dtype, shape, name),
@@ -202,7 +214,8 @@ class FileView:
 
 class FileArray(ArrayHandle):
     """A handle whose `.numpy()` reads a new array of its own (`read`, e.g. pread: handed out
-    without a second copy) and whose `.numpy(copy=False)` is a view into the memory map (`view`)."""
+    without a second copy) and whose `.numpy(copy=False)` is a view into the memory map (`view`).
+    A subclass that finds its bytes another way overrides `view` and `where` (and `numpy`)."""
 
     __slots__ = ("_view", "_span")
 
@@ -212,8 +225,16 @@ class FileArray(ArrayHandle):
         self._view = view
         self._span = span
 
+    def view(self) -> np.ndarray:
+        """The read-only view into the memory map that `.numpy(copy=False)` checks and returns."""
+        return self._view()
+
+    def where(self) -> tuple[FileView, int] | None:
+        """(FileView, offset) where the bytes lie as they are, or None (see `stored_span`)."""
+        return self._span
+
     def stored_span(self) -> StoredSpan | None:
-        span = getattr(self, "_span", None)  # handles made without __init__ (WindowArray) have none
+        span = self.where()
         if span is None:
             return None
         view, offset = span
@@ -221,9 +242,11 @@ class FileArray(ArrayHandle):
                           lambda: self.numpy(copy=False))
 
     def numpy(self, copy: bool = True) -> np.ndarray:
+        """copy=False: a read-only view into the map, valid while the file is open. Unlike the
+        default copy (pread), touching it after the file was cut short kills the process with SIGBUS."""
         if copy:
             return super().numpy()
-        arr = self._view()
+        arr = self.view()
         if arr.shape != self.shape or arr.dtype != self.dtype:
             raise FormatError(f"decoded {arr.dtype}{list(arr.shape)}, expected {self.dtype}{list(self.shape)}",
                               array=self.name)
@@ -239,20 +262,25 @@ class SmallReads:
 
     WINDOW = 64 << 10
 
-    def __init__(self, view: FileView, starts: list, ends: list):
-        self.view, self.starts, self.ends = view, starts, ends
+    def __init__(self, view: FileView, starts: list | None = None, ends: list | None = None):
+        """starts/ends: the byte spans of the arrays `handles` makes; none: arrays come by `add`."""
+        self.view, self.starts, self.ends = view, [] if starts is None else starts, [] if ends is None else ends
         self.window = (-1, 0, 0, None)  # (next array, start, end, bytes): one tuple, threads never mix two
 
     def handles(self, names: list, shapes: list, dtypes: list, meta) -> list:
         """One WindowArray per (start, end) span, made without per-array checks (the caller
         validated shapes, dtypes and byte counts; `meta` a callable or one dict per array)."""
-        out, new, shared = [], WindowArray.__new__, callable(meta)
-        for i, (name, shape, dtype) in enumerate(zip(names, shapes, dtypes)):
-            h = new(WindowArray)
-            h.name, h.shape, h.dtype, h._fresh, h._meta, h._reads, h._index = (
-                name, shape, dtype, True, meta if shared else meta[i], self, i)
-            out.append(h)
-        return out
+        if callable(meta):
+            return [_window_array(self, i, *a, meta) for i, a in enumerate(zip(names, shapes, dtypes))]
+        return [_window_array(self, i, *a) for i, a in enumerate(zip(names, shapes, dtypes, meta))]
+
+    def add(self, name: str, shape: tuple, dtype: np.dtype, start: int, end: int, meta) -> WindowArray:
+        """The WindowArray of the array at bytes start..end, unchecked as with `handles`. Arrays
+        added in file order share preads."""
+        h = _window_array(self, len(self.starts), name, shape, dtype, meta)
+        self.starts.append(start)
+        self.ends.append(end)
+        return h
 
     def read(self, i: int, dtype, shape, name) -> np.ndarray:
         start, end = self.starts[i], self.ends[i]
@@ -274,9 +302,9 @@ class SmallReads:
 
 
 class WindowArray(FileArray):
-    """A FileArray read through SmallReads. Its `_load` and `_view` are methods (they shadow the
-    slots of the same names), so a handle is one object: files of thousands of arrays make
-    thousands of handles, not three times as many objects for the garbage collector to walk."""
+    """A FileArray read through SmallReads: its SmallReads and index stand for FileArray's loader,
+    view and span closures, so a handle is one object (files of thousands of arrays make thousands
+    of handles, not four times as many objects for the garbage collector to walk)."""
 
     __slots__ = ("_reads", "_index")
 
@@ -285,8 +313,14 @@ class WindowArray(FileArray):
             return super().numpy(False)
         return self._reads.read(self._index, self.dtype, self.shape, self.name)  # its shape and dtype
 
-    def _load(self) -> np.ndarray:
-        return self._reads.read(self._index, self.dtype, self.shape, self.name)
-
-    def _view(self) -> np.ndarray:
+    def view(self) -> np.ndarray:
         return self._reads.view.array(self._reads.starts[self._index], self.dtype, self.shape, self.name)
+
+    def where(self) -> tuple[FileView, int]:
+        return self._reads.view, self._reads.starts[self._index]
+
+
+def _window_array(reads: SmallReads, i: int, name: str, shape: tuple, dtype: np.dtype, meta) -> WindowArray:
+    h = WindowArray.__new__(WindowArray)  # (no __init__: nothing to check, no closures to make)
+    h.name, h.shape, h.dtype, h._fresh, h._meta, h._reads, h._index = name, shape, dtype, True, meta, reads, i
+    return h
