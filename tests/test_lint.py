@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_YET_CLEAN = {
     "converters/arrays.py",
     "converters/mapping/transforms.py",
-    "converters/readers/_binary.py", "converters/readers/_onnx_fast.py",
+    "converters/readers/_onnx_fast.py",
     "converters/readers/_protowire.py",
     "converters/readers/keras.py", "converters/readers/onnx_files.py",
     "converters/readers/safetensors.py",
