@@ -26,7 +26,7 @@ from . import _protowire as pw
 from . import caffe as C
 from ._binary import FileView, SmallReads
 from ._lazy_structure import LazyStructure
-from ._onnx_fast import _texts
+from ._protowire import texts as _texts
 
 LEN, VARINT, FIXED32, FIXED64 = pw.LEN, pw.VARINT, pw.FIXED32, pw.FIXED64
 _F4, _F8 = np.dtype("<f4"), np.dtype("<f8")

@@ -87,7 +87,7 @@ def _open(reader, gather, meta, graph_span):
                        np.concatenate((init_len, nodes.const_len, nodes.check_len)))
     if tensors.complex[n_init + n_const:].any():  # a ConstantOfShape-style value the walk may reject
         return None
-    names = _texts(gather, tensors.name_start[:n_init], tensors.name_len[:n_init]) + nodes.const_names
+    names = pw.texts(gather, tensors.name_start[:n_init], tensors.name_len[:n_init]) + nodes.const_names
     walked = {i: ox._parse_tensor(src, int(tensors.start[i]), int(tensors.length[i]), path)
               for i in np.flatnonzero(tensors.complex).tolist()}
     for i, t in walked.items():
@@ -143,7 +143,7 @@ class _Nodes:
         out_start, out_len = _last(tab, is_len & (fld == 2), n, first=True)
         const = _equals(gather, op_start, op_len, b"Constant") & (out_len >= 0)
         for i in np.flatnonzero(const & (dom_len > 0)).tolist():  # a domain other than the default
-            const[i] = _texts(gather, dom_start[i:i + 1], dom_len[i:i + 1])[0] in ("", "ai.onnx")
+            const[i] = pw.texts(gather, dom_start[i:i + 1], dom_len[i:i + 1])[0] in ("", "ai.onnx")
         a = is_len & (fld == 5)
         a_node, a_start, a_len = msg[a], tab["start"][a], tab["value"][a].astype(np.int64)
         atab, slow = pw.scan(gather, a_start, a_start + a_len, buf)
@@ -161,7 +161,7 @@ class _Nodes:
             if (per_node[c] != 1).any() or not is_value[first_attr].all():
                 return
             self.const_start, self.const_len = t_start[first_attr], t_len[first_attr]
-            self.const_names = _texts(gather, out_start[c], out_len[c])
+            self.const_names = pw.texts(gather, out_start[c], out_len[c])
         check = is_value & ~const[a_node]
         self.check_start, self.check_len = t_start[check], t_len[check]
         self.ok = True
@@ -269,22 +269,6 @@ def _equals(gather, starts, lens, literal: bytes) -> np.ndarray:
         pos = starts[idx][:, None] + np.arange(len(literal))
         out[idx] = (gather(pos.reshape(-1)).reshape(pos.shape) == np.frombuffer(literal, np.uint8)).all(axis=1)
     return out
-
-
-def _texts(gather, starts, lens) -> list[str]:
-    """The UTF-8 strings at (start, length) spans, bad bytes replaced (as pw.text does)."""
-    lens = np.asarray(lens, np.int64)
-    total = int(lens.sum())
-    if total == 0:
-        return [""] * lens.size
-    ends = np.cumsum(lens)
-    offs = ends - lens
-    blob = gather(np.repeat(np.asarray(starts, np.int64) - offs, lens) + np.arange(total)).tobytes()
-    pairs = zip(offs.tolist(), ends.tolist())
-    if blob.isascii():
-        text = blob.decode("ascii")
-        return [text[a:b] for a, b in pairs]
-    return [blob[a:b].decode("utf-8", errors="replace") for a, b in pairs]
 
 
 class _Structure(LazyStructure):

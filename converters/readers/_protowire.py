@@ -113,6 +113,23 @@ def text(buf, span) -> str:
     return bytes(buf[s:s + n]).decode("utf-8", errors="replace")
 
 
+def texts(gather, starts, lens) -> list[str]:
+    """The UTF-8 strings at (start, length) spans, bad bytes replaced (as `text` does), their
+    bytes fetched in one `gather` (positions -> uint8 array; for the ONNX and Caffe fast paths)."""
+    lens = np.asarray(lens, np.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return [""] * lens.size
+    ends = np.cumsum(lens)
+    offs = ends - lens
+    blob = gather(np.repeat(np.asarray(starts, np.int64) - offs, lens) + np.arange(total)).tobytes()
+    pairs = zip(offs.tolist(), ends.tolist())
+    if blob.isascii():
+        text = blob.decode("ascii")
+        return [text[a:b] for a, b in pairs]
+    return [blob[a:b].decode("utf-8", errors="replace") for a, b in pairs]
+
+
 def packed_varints(buf, span, file=None) -> list[int]:
     s, n = span
     out, pos, end = [], s, s + n
