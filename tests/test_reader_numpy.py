@@ -145,3 +145,24 @@ def test_inspect_passes_reader_options(tmp_path):
     assert refused.returncode == 2 and "allow_pickle" in refused.stderr
     ok = run("--option", "allow_pickle=true", "--option", "encoding=latin1")
     assert ok.returncode == 0 and "conv4-1/weights" in ok.stdout and "PReLU1/alpha" in ok.stdout
+
+
+def test_savez_compressed_of_zeros_reads_back_and_a_forged_size_is_refused(tmp_path):
+    """8 MiB of zeros deflates ~1030:1: under deflate's own 1032:1 ceiling, so it reads back as
+    numpy.load gives it; the same member whose zip headers claim ~4 GiB is a bomb, refused before
+    anything is inflated, naming file and member."""
+    from hostile_files import patch_zip_sizes
+
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, zeros=np.zeros(1 << 21, np.float32), w=MEMBERS["conv1/weights"])
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("zeros.npy")
+    assert info.file_size > 128 * info.compress_size + (4 << 20)  # what a 128:1 bound refused
+    with np.load(path) as ref, converters.read(path) as f:
+        assert sorted(f) == sorted(ref.files)
+        for name in ref.files:
+            np.testing.assert_array_equal(f[name].numpy(), ref[name])
+    patch_zip_sizes(path, "zeros.npy", file_size=0xFFFF0000)
+    with pytest.raises(FormatError, match=r"member zeros.npy claims 4294901760 bytes .*1032:1") as e:
+        converters.read(path)
+    assert e.value.file == str(path) and e.value.array == "zeros"

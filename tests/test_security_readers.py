@@ -92,8 +92,11 @@ def test_keras_zip_with_parent_members_extracts_nothing(tmp_path):
 
 
 def test_keras_zip_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
-    """model.weights.h5 deflated from 256 MiB of zeros (~250 KB stored): refused by the ratio bound,
-    and nothing is written to TMPDIR."""
+    """model.weights.h5 deflated from 1 MiB of zeros (~1 KB stored) whose zip headers claim ~4 GiB:
+    past deflate's 1032:1, so refused by the ratio bound, naming file and member, and nothing is
+    written to TMPDIR."""
+    from hostile_files import patch_zip_sizes
+
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmpdir))
@@ -103,13 +106,13 @@ def test_keras_zip_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
         for info in src.infolist():
             if info.filename != "model.weights.h5":
                 dst.writestr(info.filename, src.read(info))
-        with dst.open("model.weights.h5", "w", force_zip64=True) as out:
-            block = bytes(1 << 20)
-            for _ in range(256):
-                out.write(block)
-    assert path.stat().st_size < 2 << 20
-    with pytest.raises(FormatError, match="claims 268435456 bytes"):
+        dst.writestr("model.weights.h5", bytes(1 << 20))
+    patch_zip_sizes(path, "model.weights.h5", file_size=0xFFFF0000)
+    assert path.stat().st_size < 64 << 10
+    with pytest.raises(FormatError, match="claims 4294901760 bytes from .* stored bytes .deflate expands at most 1032:1"
+                       ) as e:
         converters.read(path)
+    assert e.value.file == str(path) and e.value.array == "model.weights.h5"
     assert list(tmpdir.iterdir()) == []
 
 
@@ -191,20 +194,31 @@ def test_hdf5_virtual_dataset_is_refused(tmp_path):
         materialise(path)
 
 
-@pytest.mark.parametrize("kind", ["unwritten_chunks", "gzip_zeros"])
-def test_hdf5_size_claims_are_bounded_by_what_is_stored(tmp_path, kind):
-    """A chunked dataset claiming 4 TiB with no chunk written (its fill value would be
-    allocated), and 64 MiB of gzip'd zeros in ~70 KB: refused before h5py reads them."""
+def test_hdf5_size_claims_are_bounded_by_what_is_stored(tmp_path):
+    """A chunked dataset claiming 4 TiB with no chunk written (its fill value would be allocated):
+    refused before h5py reads it."""
     path, target = keras_weights_copy(tmp_path)
     with h5py.File(path, "a") as f:
         del f[target]
-        if kind == "unwritten_chunks":
-            f.create_dataset(target, shape=(1 << 40,), dtype="f4", chunks=(1 << 16,))
-        else:
-            f.create_dataset(target, data=np.zeros(1 << 24, np.float32), chunks=(1 << 20,), compression="gzip")
+        f.create_dataset(target, shape=(1 << 40,), dtype="f4", chunks=(1 << 16,))
     assert path.stat().st_size < 1 << 20
-    with pytest.raises(FormatError, match="claims .* bytes from .* stored bytes"):
+    with pytest.raises(FormatError, match="claims .* bytes from .* stored bytes") as e:
         converters.read(path)
+    assert e.value.file == str(path)
+
+
+def test_hdf5_gzip_of_zeros_is_not_taken_for_a_bomb(tmp_path):
+    """64 MiB of gzip'd zeros in ~70 KB (~1000:1, under deflate's 1032:1 ceiling): a real dataset,
+    read back as h5py reads it."""
+    path, target = keras_weights_copy(tmp_path)
+    with h5py.File(path, "a") as f:
+        del f[target]
+        f.create_dataset(target, data=np.zeros(1 << 24, np.float32), chunks=(1 << 20,), compression="gzip")
+        stored = f[target].id.get_storage_size()
+    assert (1 << 26) > stored * 128  # what the old 128:1 bound refused
+    arrays = materialise(path)
+    zeros = [a for a in arrays.values() if a.shape == (1 << 24,)]
+    assert len(zeros) == 1 and not zeros[0].any()
 
 
 # ------------------------------------------------------------------------------------ parsers
@@ -321,7 +335,7 @@ def _torch_load_never_runs(monkeypatch):
 
 
 @pytest.mark.parametrize("claim, message", [
-    (0xFFFFFFF0, "claims 4294967280 bytes from .* deflated bytes .deflate expands at most 1032:1"),  # a bomb
+    (0xFFFFFFF0, "claims 4294967280 bytes from .* stored bytes .deflate expands at most 1032:1"),  # a bomb
     (2 * 40_000 * 4, "holds 320000 bytes, the pickle declares 160000"),  # plausible for deflate, not for w
 ])
 def test_pth_record_claiming_more_than_it_can_hold_is_refused_before_torch_reads_it(tmp_path, monkeypatch,

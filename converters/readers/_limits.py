@@ -21,9 +21,11 @@ PARSER_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexEr
                  struct.error, zlib.error, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, SystemError)
 """What third-party parsers raise on damaged input (h5py's errors subclass these)."""
 
-MAX_INFLATE_RATIO = 128
-"""Decompressed bytes allowed per stored byte (plus INFLATE_SLACK). Deflate can reach ~1032:1 on
-zeros, but weights compress ~1.1:1; a zip or gzip bomb claiming more is refused before it runs."""
+DEFLATE_MAX_RATIO = 1032
+"""Decompressed bytes allowed per stored byte (plus INFLATE_SLACK): deflate's own ceiling (one
+258-byte match per 2 bits), which zeros nearly reach (np.savez_compressed of 8 MiB of zeros is
+~1030:1), so no real zip member or gzip'd HDF5 chunk is refused; a size claim past it is a forged
+header (a zip bomb's), refused before anything is inflated or allocated."""
 INFLATE_SLACK = 4 << 20
 
 
@@ -46,9 +48,10 @@ def parser_errors(path, what: str, array=None, hint: str = "the file is truncate
 
 
 def check_inflation(declared: int, stored: int, what: str, path, array=None) -> None:
-    """Refuse `declared` decompressed bytes from `stored` compressed ones past the ratio bound."""
-    limit = stored * MAX_INFLATE_RATIO + INFLATE_SLACK
+    """Refuse `declared` decompressed bytes from `stored` compressed ones past deflate's ratio
+    bound: the one check every zip-based reader (torch, npz, .keras) and HDF5 dataset goes through."""
+    limit = stored * DEFLATE_MAX_RATIO + INFLATE_SLACK
     if declared < 0 or declared > limit:
-        raise FormatError(f"{what} claims {declared} bytes from {stored} stored bytes (more than "
-                          f"{MAX_INFLATE_RATIO}:1 + {INFLATE_SLACK >> 20} MiB)", file=path, array=array,
+        raise FormatError(f"{what} claims {declared} bytes from {stored} stored bytes (deflate expands at most "
+                          f"{DEFLATE_MAX_RATIO}:1; + {INFLATE_SLACK >> 20} MiB)", file=path, array=array,
                           hint="a decompression bomb or a corrupt size field")

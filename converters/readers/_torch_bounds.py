@@ -5,7 +5,7 @@ and a storage's element count from the pickle is allocated before its bytes are 
 bounded here by what the file can hold, without unpickling anything (pickletools only parses):
 
 * zip: every member lies inside the real file; a stored member holds exactly its size; a deflated
-  one claims at most DEFLATE_MAX_RATIO:1 (deflate's own ceiling, so legitimately compressible data,
+  one claims at most 1032:1 (`_limits.check_inflation`: deflate's own ceiling, so compressible data,
   zeros included, passes); every storage record is exactly the size the pickle declares for it;
   data.pkl and the small records torch reads are capped.
 * legacy (pre-1.6): the storages the pickle declares fit in the bytes after it.
@@ -18,10 +18,8 @@ import warnings
 import zipfile
 
 from ..errors import FormatError, TruncatedError, UnsupportedError
+from ._limits import check_inflation
 
-DEFLATE_MAX_RATIO = 1032
-"""Deflate cannot expand one byte into more than ~1032 (a 258-byte match per 2 bits)."""
-_SLACK = 1 << 10         # headers and end-of-block codes of tiny streams
 MAX_PICKLE = 1 << 30     # data.pkl: names, shapes, plain values; weights live in the records
 MAX_SMALL_RECORD = 1 << 20  # the metadata records below hold a few bytes each
 _METADATA_RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment",
@@ -170,10 +168,7 @@ def _check_member(info: zipfile.ZipInfo, size: int, path) -> None:
             raise FormatError(f"zip member {name} is stored ({info.compress_size} bytes) but claims "
                               f"{info.file_size}", file=path, hint="a corrupt size field")
     elif info.compress_type == zipfile.ZIP_DEFLATED:
-        if info.file_size > info.compress_size * DEFLATE_MAX_RATIO + _SLACK:
-            raise FormatError(f"zip member {name} claims {info.file_size} bytes from {info.compress_size} deflated "
-                              f"bytes (deflate expands at most {DEFLATE_MAX_RATIO}:1)", file=path,
-                              hint="a decompression bomb or a corrupt size field")
+        check_inflation(info.file_size, info.compress_size, f"zip member {name}", path)
     else:
         raise UnsupportedError(f"zip member {name} uses compression method {info.compress_type}; torch.load reads "
                                "stored or deflated members only", file=path,
