@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import ArrayNotFoundError, FormatError
+from .errors import ArrayNotFoundError, ConvertersError, FormatError, TruncatedError
 
 ROLES = ("weight", "bias", "running_mean", "running_var", "running_stat", "optimizer", "counter",
          "constant", "other")
@@ -57,18 +57,35 @@ def element_count(shape, itemsize: int = 1) -> int | None:
 
 @dataclass(frozen=True)
 class StoredSpan:
-    """Where an array's bytes lie verbatim in a file: `nbytes` from `offset`, C order, `dtype` as
-    stored. A writer that needs them unchanged copies them file to file (copy_file_range) instead
-    of reading them into memory first. `identity` is (st_dev, st_ino) of the file the reader opened,
-    so a file replaced since is noticed; `view()` is the array as a view into the reader's map."""
+    """Where an array's bytes lie verbatim in the file the reader holds open: `nbytes` from
+    `offset`, C order, `dtype` as stored. A writer that needs them unchanged copies them file to
+    file (copy_file_range from `fileno()`) instead of reading them into memory first. `fileno()` is
+    the reader's own descriptor (None once the file is closed), so the bytes are those of the file
+    that was read even if its path has been replaced since; `view()` is the array as a view into
+    the reader's map."""
 
     path: str
     offset: int
     nbytes: int
-    identity: tuple
     shape: tuple
     dtype: np.dtype
+    fileno: Callable[[], int | None] = field(compare=False, repr=False)
     view: Callable[[], np.ndarray] = field(compare=False, repr=False)
+
+    def check(self, array: str | None = None) -> int:
+        """The open descriptor, after checking the file still holds the span: touching a memory
+        map past a file's end is a SIGBUS, not an error (a file cut short between this check and
+        the read can still do that)."""
+        fd = self.fileno()
+        if fd is None:
+            raise ConvertersError("the source file was closed before its arrays were read", file=self.path,
+                                  array=array)
+        size = os.fstat(fd).st_size
+        if size < self.offset + self.nbytes:
+            raise TruncatedError(f"the array needs bytes {self.offset}..{self.offset + self.nbytes} but the file now "
+                                 f"has {size}", file=self.path, array=array, offset=self.offset,
+                                 hint="the file was truncated while converting")
+        return fd
 
 
 class ArrayHandle:

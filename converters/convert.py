@@ -142,6 +142,13 @@ def _entries(plan, arrays, targets):
 
 @contextlib.contextmanager
 def _single_output(assignment, arrays):
+    """The rule's output as the chain leaves it; for a rule that copies one array unchanged, where
+    its bytes lie in the source file (the writer copies them file to file)."""
+    if not assignment.rule.transforms and len(assignment.sources) == 1:
+        span = arrays[assignment.sources[0]].stored_span()
+        if span is not None:
+            yield span
+            return
     with outputs(assignment, arrays) as outs:
         yield outs[0]
 

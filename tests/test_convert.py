@@ -94,14 +94,16 @@ def test_interrupted_write_leaves_no_output(tmp_path, monkeypatch):
 
     out = tmp_path / "pnet.safetensors"
     calls = {"n": 0}
-    real = stream._checked
 
-    def fail_midway(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-    monkeypatch.setattr(stream, "_checked", fail_midway)
+    def fail_midway(real):  # the 5th tensor, whether copied from memory or file to file
+        def check(*args, **kw):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+            return real(*args, **kw)
+        return check
+    monkeypatch.setattr(stream, "_checked", fail_midway(stream._checked))
+    monkeypatch.setattr(stream, "_span_fits", fail_midway(stream._span_fits))
     with pytest.raises(KeyboardInterrupt):
         convert(CAFFE, TABLE, out=out)
     assert os.listdir(tmp_path) == []

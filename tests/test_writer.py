@@ -288,3 +288,88 @@ def test_converted_pth_loads_strictly_and_records_module_versions(tmp_path):
     provenance = meta[""].pop("converters")
     assert provenance["source_file"] == FER.name and len(provenance["source_sha256"]) == 64
     assert meta == {k: dict(v) for k, v in expected._metadata.items()}
+
+
+# ------------------------------------------------------------- tensors copied file to file (spans)
+
+PNET_TABLE = "caffe/mtcnn_pnet"
+
+
+@pytest.fixture(scope="module")
+def pnet_state():
+    module, _ = convert(CAFFE, PNET_TABLE)
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _load(path):
+    return torch.load(path, weights_only=True) if path.suffix == ".pth" else load_file(path)
+
+
+def _counting_copy_range(monkeypatch, fail=None):
+    calls = []
+    real = os.copy_file_range
+
+    def copy_range(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append(count)
+        if fail is not None:
+            raise OSError(fail, os.strerror(fail))
+        return real(src, dst, count, offset_src, offset_dst)
+    monkeypatch.setattr(os, "copy_file_range", copy_range)
+    return calls
+
+
+@pytest.mark.parametrize("ext", [".pth", ".safetensors"])
+def test_unchanged_tensors_are_copied_file_to_file(tmp_path, monkeypatch, pnet_state, ext):
+    """The P-Net table copies most Caffe blobs as they are: those go by copy_file_range, and the
+    output is bit-equal to the module conversion (and, for .pth, torch.load checks every CRC)."""
+    calls = _counting_copy_range(monkeypatch)
+    out = tmp_path / f"pnet{ext}"
+    convert(CAFFE, PNET_TABLE, out=out)
+    spans = [h for h in __import__("converters").read(CAFFE).values() if h.stored_span() is not None]
+    assert len(calls) >= 8 and len(spans) == 13  # conv and PReLU blobs; the BGR-flipped conv1 is transformed
+    sd = _load(out)
+    assert set(sd) == set(pnet_state)
+    for k, v in pnet_state.items():
+        torch.testing.assert_close(sd[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("err", [18, 22])  # EXDEV (another file system), EINVAL
+def test_copy_range_refused_falls_back_to_pwrite(tmp_path, monkeypatch, pnet_state, err):
+    calls = _counting_copy_range(monkeypatch, fail=err)
+    out = tmp_path / "pnet.safetensors"
+    convert(CAFFE, PNET_TABLE, out=out)
+    assert len(calls) == 1  # tried once, then pwrite for the rest
+    sd = load_file(out)
+    for k, v in pnet_state.items():
+        torch.testing.assert_close(sd[k], v, rtol=0, atol=0)
+
+
+def test_source_replaced_or_truncated_while_converting(tmp_path, pnet_state):
+    """Replaced under its path: the bytes still come from the file that was read (its descriptor
+    and map). Cut short: an error naming the file, no output."""
+    import shutil
+
+    import converters
+    from converters.errors import ConvertersError
+
+    src = tmp_path / "det1.caffemodel"
+    shutil.copyfile(CAFFE, src)
+    arrays = converters.read(src)
+    other = tmp_path / "other"  # zeros under the path; the file that was read stays open
+    other.write_bytes(b"\0" * os.path.getsize(CAFFE))
+    os.replace(other, src)
+    convert(arrays, PNET_TABLE, out=tmp_path / "a.safetensors")
+    sd = load_file(tmp_path / "a.safetensors")
+    for k, v in pnet_state.items():
+        torch.testing.assert_close(sd[k], v, rtol=0, atol=0)
+
+    shutil.copyfile(CAFFE, src)
+    arrays = converters.read(src)
+    for h in arrays.values():
+        h.meta  # noqa: B018  the reader's deferred walk done before the cut (it reads through the map)
+    with open(src, "r+b") as fh:
+        fh.truncate(os.path.getsize(src) // 2)
+    with pytest.raises(ConvertersError, match="truncated|ends before") as e:
+        convert(arrays, PNET_TABLE, out=tmp_path / "b.safetensors")
+    assert str(src) in str(e.value)
+    assert not (tmp_path / "b.safetensors").exists()

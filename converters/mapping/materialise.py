@@ -64,7 +64,13 @@ def copy_into(dest: np.ndarray, arr: np.ndarray) -> None:
 def outputs(assignment, arrays):
     """The assignment's outputs as the chain leaves them (views of the source file where free);
     the file pages the sources touched are released on exit, once the caller copied them."""
-    views = [arrays[s].numpy(copy=False) for s in assignment.sources]
+    views = []
+    for s in assignment.sources:
+        handle = arrays[s]
+        span = handle.stored_span()
+        if span is not None:
+            span.check(s)  # a view past the file's end would be a SIGBUS: an error instead
+        views.append(handle.numpy(copy=False))
     try:
         out = chain_apply(assignment.rule.transforms, views if len(views) > 1 else views[0])
         yield [np.asarray(o) for o in (out if isinstance(out, list) else [out])]

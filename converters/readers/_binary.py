@@ -77,8 +77,7 @@ class FileView:
         except OSError as e:  # missing, a directory, no permission
             raise FormatError(f"cannot open: {e.strerror or e}", file=self.path) from None
         try:
-            st = os.fstat(self._fh.fileno())
-            self.size, self.identity = st.st_size, (st.st_dev, st.st_ino)
+            self.size = os.fstat(self._fh.fileno()).st_size
             self.buf = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
         except (OSError, ValueError) as e:
             self._fh.close()
@@ -94,6 +93,10 @@ class FileView:
         if self._headers is not None:
             self._headers.close()
         self._fh.close()
+
+    def fileno(self) -> int | None:
+        """The open file's descriptor; None once closed (a closed number may be another file's)."""
+        return None if self._fh.closed else self._fh.fileno()
 
     def headers(self):
         """The buffer to walk a file's headers in: the map for small files; pread blocks
@@ -238,7 +241,7 @@ class FileArray(ArrayHandle):
         if span is None:
             return None
         view, offset = span
-        return StoredSpan(view.path, offset, self.nbytes, view.identity, self.shape, self.dtype,
+        return StoredSpan(view.path, offset, self.nbytes, self.shape, self.dtype, view.fileno,
                           lambda: self.numpy(copy=False))
 
     def numpy(self, copy: bool = True) -> np.ndarray:
@@ -257,7 +260,8 @@ class SmallReads:
     """`.numpy()` of many small arrays of one file: one pread of up to WINDOW bytes from an array's
     start serves it and the arrays after it in file order (each copied out). An array read again
     or out of order reads afresh, so every copy comes from a pread made for it or for the array
-    read just before it: a file cut short after opening is a TruncatedError, as with `handle`.
+    read just before it: a file cut short after opening is a TruncatedError, as with `handle`
+    (for the arrays it cut: one whose window runs past the new end is read on its own).
     Per array ~1.5 us where a pread of its own costs ~3-5 us; arrays over WINDOW read on their own."""
 
     WINDOW = 64 << 10
@@ -295,7 +299,11 @@ class SmallReads:
                 if ends[j] > limit:
                     limit = ends[j]
                 j += 1
-            buf = self.view.read_into(np.empty(limit - start, np.uint8), start, "array data", name)
+            try:
+                buf = self.view.read_into(np.empty(limit - start, np.uint8), start, "array data", name)
+            except TruncatedError:  # the file was cut short: this array alone, which may still be whole
+                self.window = (-1, 0, 0, None)
+                return self.view.read_array(start, dtype, shape, name)
             base = start
         self.window = (i + 1, base, limit, buf)
         return np.ndarray(shape, dtype, buf, start - base).copy()  # its own, aligned

@@ -13,10 +13,14 @@ a quarter of the largest tensor (and at most CHUNK_BYTES).
 
 An entry is (name, shape, dtype, produce) or (name, shape, dtype, produce, source): produce() ->
 array; source() -> a context manager yielding the value as it is (a view of the input file, say),
-valid until the context exits. The writer prefers `source` when there is one.
+valid until the context exits. The writer prefers `source` when there is one. A source may also
+yield a `StoredSpan` (the value's bytes lie verbatim in the input file): those are copied file to
+file by the kernel (copy_file_range: no page faults on the input map, no copy through user space),
+falling back to a pwrite from the input's map where the kernel cannot (another file system).
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -24,11 +28,13 @@ import zlib
 
 import numpy as np
 
-from ..errors import ConvertersError
+from ..arrays import StoredSpan
+from ..errors import ConvertersError, TruncatedError
 from ..mapping.materialise import copy_into
 
 CHUNK_BYTES = 4 << 20
 MIN_CHUNK_BYTES = 256 << 10
+COPY_BYTES = 64 << 20  # per copy_file_range request: no buffer is involved, only the call count
 _BUFFERS = 2
 
 
@@ -53,7 +59,11 @@ def write_tensors(fd: int, entries, offsets, *, checksum: bool = False, progress
             name, shape, dtype, produce, *rest = entry
             if rest and rest[0] is not None:
                 with rest[0]() as value:
-                    crcs[i] = _write_value(pipe, _checked(value, name, shape, dtype), offset, checksum)
+                    if isinstance(value, StoredSpan) and _span_fits(value, shape, dtype):
+                        crcs[i] = _write_span(pipe, value, name, offset, checksum)
+                    else:
+                        value = value.view() if isinstance(value, StoredSpan) else value
+                        crcs[i] = _write_value(pipe, _checked(value, name, shape, dtype), offset, checksum)
             else:
                 crcs[i] = _write_value(pipe, _checked(produce(), name, shape, dtype), offset, checksum)
             if progress is not None:
@@ -71,6 +81,25 @@ def _checked(value, name, shape, dtype) -> np.ndarray:
         raise ConvertersError(f"produced {arr.dtype}{list(arr.shape)}, planned {np.dtype(dtype)}{list(shape)}",
                               array=name)
     return arr
+
+
+def _span_fits(span: StoredSpan, shape, dtype) -> bool:
+    """The stored bytes are exactly the planned tensor's little-endian bytes."""
+    return span.shape == tuple(shape) and span.dtype == np.dtype(dtype) and little(span.dtype) == span.dtype
+
+
+def _write_span(pipe, span: StoredSpan, name: str, offset: int, checksum: bool) -> int:
+    """Queue a file-to-file copy of the span, chunk by chunk; the CRC32 (torch's zip records)
+    is taken from the input's map, which reads the pages without copying them."""
+    crc = 0
+    view = span.view().reshape(-1).view(np.uint8) if checksum else None
+    step = pipe.chunk if checksum else COPY_BYTES  # a CRC chunk is computed while the last is copied
+    for start in range(0, span.nbytes, step):
+        n = min(step, span.nbytes - start)
+        if checksum:
+            crc = zlib.crc32(view[start:start + n], crc)
+        pipe.submit_copy(span, name, start, n, offset + start)
+    return crc
 
 
 def _write_value(pipe, value: np.ndarray, offset: int, checksum: bool) -> int:
@@ -110,12 +139,42 @@ def _pwrite_all(fd, data, offset: int) -> None:
         data, offset = data[done:], offset + done
 
 
+_NO_COPY_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
+
+
+class _SpanCopier:
+    """File-to-file copies of stored spans; after the kernel refuses one (another file system, an
+    old kernel), pwrites from the input's map instead."""
+
+    def __init__(self):
+        self.copy_range = hasattr(os, "copy_file_range")
+
+    def copy(self, span: StoredSpan, name: str, start: int, n: int, out_fd: int, out_offset: int) -> None:
+        """Bytes start..start+n of the span into out_fd at out_offset."""
+        src, at = span.check(name), span.offset + start
+        while n and self.copy_range:
+            try:
+                done = os.copy_file_range(src, out_fd, n, at, out_offset)
+            except OSError as e:
+                if e.errno not in _NO_COPY_RANGE:
+                    raise
+                self.copy_range = False
+                break
+            if done == 0:
+                raise TruncatedError(f"the source ends before byte {at + n} of {name}", file=span.path, array=name,
+                                     offset=at, hint="the file was truncated while converting")
+            n, at, out_offset, start = n - done, at + done, out_offset + done, start + done
+        if n:
+            _pwrite_all(out_fd, span.view().reshape(-1).view(np.uint8)[start:start + n], out_offset)
+
+
 class _Pipeline:
     """A writer thread that pwrites chunks in submission order while the caller makes the next
     one; chunk buffers go back to the caller once written."""
 
     def __init__(self, fd, chunk):
         self.fd, self.chunk, self.error = fd, chunk, None
+        self.spans = _SpanCopier()
         self.free = queue.SimpleQueue()
         self.spare = _BUFFERS  # buffers not allocated yet: a file of small tensors never needs them
         self.work = queue.Queue(maxsize=2 * _BUFFERS)
@@ -137,11 +196,18 @@ class _Pipeline:
         self._raise()
         self.work.put((data, offset, buf))
 
+    def submit_copy(self, span: StoredSpan, name: str, start: int, n: int, offset: int) -> None:
+        """Copy bytes start..start+n of a stored span to `offset`, in order with the chunks."""
+        self._raise()
+        self.work.put(((span, name, start, n), offset, None))
+
     def _run(self):
         while (item := self.work.get()) is not None:
             data, offset, buf = item
             try:
-                if self.error is None:
+                if self.error is None and isinstance(data, tuple):
+                    self.spans.copy(*data, self.fd, offset)
+                elif self.error is None:
                     _pwrite_all(self.fd, data, offset)
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 self.error = e
