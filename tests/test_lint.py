@@ -22,7 +22,6 @@ NOT_YET_CLEAN = {
     "converters/readers/_onnx_fast.py",
     "converters/readers/_protowire.py",
     "converters/readers/keras.py", "converters/readers/onnx_files.py",
-    "converters/readers/safetensors.py",
     "converters/writers/pth.py",
     "tests/test_benchmarks_smoke.py", "tests/test_convert.py",
     "tests/test_reader_keras.py", "tests/test_reader_numpy.py",

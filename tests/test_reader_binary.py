@@ -38,14 +38,10 @@ def _pread_backed(f) -> list:
     return [h for h in f.values() if isinstance(h, FileArray) or getattr(h, "_fresh", False)]
 
 
-# MXNet files under 8 MB are copied out of the map (readers/mxnet.py, fast path): not pread-backed
-PREAD_FORMATS = ("caffe", "tensorflow")
-
-
 @pytest.mark.parametrize("fmt", sorted(FILES))
 def test_numpy_is_a_new_writeable_array_equal_to_the_mapped_view(fmt):
     with converters.read(FILES[fmt]) as f:
-        handles = _pread_backed(f) if fmt in PREAD_FORMATS else list(f.values())
+        handles = _pread_backed(f)
         assert handles, f"no pread-backed handles in {fmt}"
         for h in handles:
             view, a, b = h.numpy(copy=False), h.numpy(), h.numpy()
@@ -58,7 +54,7 @@ def test_numpy_is_a_new_writeable_array_equal_to_the_mapped_view(fmt):
             del view
 
 
-@pytest.mark.parametrize("fmt", PREAD_FORMATS)
+@pytest.mark.parametrize("fmt", sorted(FILES))
 def test_file_cut_short_after_opening_is_a_truncated_error(fmt, tmp_path):
     path, data_file = _copy(fmt, tmp_path)
     with converters.read(path) as f:

@@ -36,7 +36,7 @@ from ..arrays import SUFFIX_ROLES, ArrayFile, ArrayHandle, role_from_name, split
 from ..dtypes import MXNET as TYPE_FLAGS
 from ..errors import FormatError, UnsupportedError
 from . import _gc
-from ._binary import WALK_MAP_MAX, FileView
+from ._binary import WALK_MAP_MAX, FileView, SmallReads
 from ._limits import parser_errors
 from ._mxnet_symbol import build_layers, load_symbol, weight_layout
 
@@ -413,20 +413,19 @@ def _graph_keys(keyed) -> dict[str, str]:
 def _handles(view: FileView, keyed, owner: dict) -> list[ArrayHandle]:
     """The arrays' handles; their meta is worked out for all of them when any is first asked for.
 
-    A small file's arrays are copied out of the memory map (a few hundred ns; a pread costs a
-    syscall and more Python per array), a big file's are read with pread into their own buffers
-    (FileView.handle). The fast walk's records need no per-array checks (ArrayHandle.checked)."""
+    `.numpy()` reads with pread, never through the map (a file cut short while open is a
+    TruncatedError, not a SIGBUS): small arrays in file order share one pread of up to 64 KiB
+    (`SmallReads`: ~1 us each, where a pread of their own costs a syscall and more Python), big ones
+    read alone into their own buffers. The fast walk's records need no per-array checks."""
     meta_of = _Metas(keyed, owner)
-    small = view.size <= WALK_MAP_MAX
-    buf, checked, ndarray = view.buf, ArrayHandle.checked, np.ndarray
-    out = []
+    add, out = SmallReads(view).add, []
     for rec, _, key in keyed:
-        if rec.checked and small:
-            shape, dtype = rec.shape, rec.dtype
-            out.append(checked(key, shape, dtype, partial(ndarray, shape, dtype, buf, rec.data_offset), meta_of))
+        if rec.checked:
+            shape, dtype, start = rec.shape, rec.dtype, rec.data_offset
+            out.append(add(key, shape, dtype, start, start + _count(shape) * dtype.itemsize, meta_of))
         elif rec.none:
             out.append(ArrayHandle(key, (0,), np.float32, partial(np.zeros, (0,), np.float32), meta_of, fresh=True))
-        else:
+        else:  # checked as any handle is (shape, byte count)
             out.append(view.handle(key, rec.data_offset, rec.dtype, rec.shape, meta_of))
     return out
 

@@ -1,23 +1,23 @@
 """[safetensors] reader: 8-byte header length, JSON header, raw little-endian data.
 
 The format is small and fully specified, so it is read directly: every tensor is a lazy handle
-whose `.numpy()` preads its bytes into a new array (`.numpy(copy=False)`: a memory-map view), and
-bfloat16 / float8 come through ml_dtypes (the safetensors package's numpy backend has neither).
+whose `.numpy()` preads its bytes into a new array (small tensors share one pread of up to 64 KiB,
+`_binary.SmallReads`), so a file cut short while open is a TruncatedError; `.numpy(copy=False)` is
+a memory-map view. bfloat16 / float8 come through ml_dtypes (the safetensors package's numpy
+backend has neither).
 The per-tensor work at open is a few dictionary lookups and one multiplication per dimension:
 on 5,000 small tensors that, not the JSON parse, is what the open costs.
 """
 from __future__ import annotations
 
 import json
-from functools import partial
+from operator import itemgetter
 
-from numpy import frombuffer
-
-from ..arrays import RELEASE_MIN_BYTES as SMALL_BYTES, ArrayFile, ArrayHandle, element_count, role_from_name
+from ..arrays import ArrayFile, element_count, role_from_name
 from ..dtypes import SAFETENSORS as _DTYPES
 from ..errors import FormatError, UnsupportedError
 from . import _gc
-from ._binary import FileView
+from ._binary import FileView, SmallReads
 from ._limits import parser_errors
 
 NAME = "safetensors"
@@ -72,30 +72,17 @@ def _open(view: FileView) -> ArrayFile:
                 _entry(info, view.path, name)
             count *= d
         nbytes = count * dtype.itemsize
-        if stop - start != nbytes or nbytes > _MAX_BYTES or (not count and element_count(shape, dtype.itemsize) is None):
+        if stop - start != nbytes or nbytes > _MAX_BYTES or (
+                not count and element_count(shape, dtype.itemsize) is None):
             raise FormatError(f"data_offsets {start}..{stop} do not hold {code}{shape}",
                               file=view.path, array=name, offset=base + start)
         if base + stop > view.size:
             view.require(base + start, nbytes, "tensor data", name)
-        entries.append((start, _handle(view, base + start, name, dtype, tuple(shape), nbytes)))
-    entries.sort(key=_first)  # file order is data order; JSON key order is not meaningful
-    return ArrayFile(view.path, NAME, [h for _, h in entries], meta=meta, closer=view.close)
-
-
-def _first(entry):
-    return entry[0]
-
-
-def _handle(view: FileView, offset: int, name: str, dtype, shape: tuple, nbytes: int):
-    """A large tensor is pread into a new array on `.numpy()`; a small one (the many-tiny-tensor
-    case, where making the handle costs more than reading) is a checked handle (its bounds were
-    checked above) whose `.numpy()` copies it out of the map: 0.5 us to make instead of 4.5 us and
-    1 us to load instead of 2.5, the same bytes."""
-    if nbytes >= SMALL_BYTES:
-        return view.handle(name, offset, dtype, shape, {"role": role_from_name(name)})
-    # frombuffer's 1-D result is reshaped by ArrayHandle.numpy; partial calls it without a Python frame
-    return ArrayHandle.checked(name, shape, dtype, partial(frombuffer, view.buf, dtype, nbytes // dtype.itemsize,
-                                                           offset), _meta)
+        entries.append((base + start, base + stop, name, tuple(shape), dtype))
+    entries.sort(key=itemgetter(0))  # file order is data order (JSON key order is not meaningful)
+    starts, ends, names, shapes, dtypes = (list(c) for c in zip(*entries)) if entries else ([], [], [], [], [])
+    handles = SmallReads(view, starts, ends).handles(names, shapes, dtypes, _meta)
+    return ArrayFile(view.path, NAME, handles, meta=meta, closer=view.close)
 
 
 def _meta(h) -> dict:
