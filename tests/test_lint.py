@@ -19,9 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_YET_CLEAN = {
     "converters/arrays.py",
     "converters/mapping/transforms.py",
-    "converters/readers/_onnx_fast.py",
     "converters/readers/_protowire.py",
-    "converters/readers/keras.py", "converters/readers/onnx_files.py",
+    "converters/readers/keras.py",
     "converters/writers/pth.py",
     "tests/test_benchmarks_smoke.py", "tests/test_convert.py",
     "tests/test_reader_keras.py", "tests/test_reader_numpy.py",

@@ -6,8 +6,9 @@ onnx_files' field-by-field walk (`_parse_graph` + `_collect`) costs ~30 us of Py
   1. the graph's own fields are listed by one tight loop (`pw.message_table`);
   2. all nodes, then all their attributes, then all tensors are walked at once (`pw.scan`: one
      numpy step per field position, however many messages);
-  3. tensors are checked as arrays (dtype, dims, byte counts) and become `ArrayHandle.checked`
-     handles whose loader is `np.frombuffer` on the map;
+  3. tensors are checked as arrays (dtype, dims, byte counts) and become `SmallReads` handles
+     (`.numpy()` reads with pread, small tensors in file order sharing one pread of up to 64 KiB;
+     `.numpy(copy=False)` is a view into the map);
   4. roles, layouts and layers, which need every node's strings, are worked out on first access
      (by the field-by-field walk, so they are exactly what it gives).
 What this path does not cover (subgraphs, sparse initializers, Constant nodes other than
@@ -27,20 +28,17 @@ from ..arrays import ArrayFile, ArrayHandle
 from ..errors import ConvertersError, FormatError, UnsupportedError
 from . import _protowire as pw
 from . import onnx_files as ox
+from ._binary import SmallReads
 from ._lazy_structure import LazyStructure
 
 LEN, VARINT, FIXED32 = pw.LEN, pw.VARINT, pw.FIXED32
 K_NAME, K_INIT, K_INPUT, K_OUTPUT, K_SPARSE = (f << 3 | LEN for f in (2, 5, 11, 12, 15))
 K_NODE = 1 << 3 | LEN
-PREAD_MIN = 1 << 20
-"""Tensors from this size are read with preadv into a buffer of their own (FileView.read_array), not
-copied out of the memory map: one kernel copy, no page faults on the map (at 1 GB on this VM the map
-copy took 6.6 s against onnx.load's 4.4 s)."""
 _ATTR_WIRES = {1: (LEN,), 2: (FIXED32,), 3: (VARINT,), 4: (LEN,), 5: (LEN,), 7: (LEN, FIXED32), 8: (LEN, VARINT),
                9: (LEN,)}
 """AttributeProto field -> the wire types `onnx_files._parse_attribute` decodes (others: that walk)."""
 _VIEWS = (ox.T_RAW, ox.T_FLOAT, ox.T_DOUBLE)  # data fields mapped as one view
-_VARINTS = (ox.T_INT32, ox.T_INT64, ox.T_UINT64)  # packed varints, decoded by onnx_files._decode_typed
+_VARINTS = (ox.T_INT32, ox.T_INT64, ox.T_UINT64)  # packed varints, decoded by onnx_files.decode_typed
 _TENSOR_WIRES = {1: VARINT, 2: VARINT, 8: LEN, **{f: LEN for f in _VIEWS + _VARINTS}}
 _TENSOR_ELSEWHERE = (ox.T_STRING, ox.T_EXTERNAL, ox.T_LOCATION)
 
@@ -94,7 +92,8 @@ def _open(reader, gather, meta, graph_span):
         if i < n_init:
             names[i] = t.name
     structure = _Structure(reader)
-    arrays, meta_of, buf, file = [], structure.meta_of, reader.view.buf, reader.view  # (ArrayFile refuses a name twice)
+    arrays, meta_of, file = [], structure.meta_of, reader.view  # (ArrayFile refuses a name twice)
+    add = SmallReads(file).add
     rows = zip(names, tensors.complex.tolist(), tensors.dtypes, tensors.shapes(), tensors.count.tolist(),
                tensors.view.tolist(), tensors.data_start.tolist())
     for i, (name, walk, dtype, shape, count, view, start) in enumerate(rows):
@@ -103,21 +102,20 @@ def _open(reader, gather, meta, graph_span):
             structure.base[name], handle.meta = handle.meta, meta_of  # ({"storage": "external"})
             arrays.append(handle)
             continue
-        if view and count * dtype.itemsize >= PREAD_MIN:  # one kernel copy into its own buffer, no map faults
-            arrays.append(ArrayHandle.checked(name, shape, dtype, partial(file.read_array, start, dtype, shape, name),
-                                              meta_of, fresh=True))
+        if view and count:  # pread (never the map: a file cut short is a TruncatedError, not a SIGBUS)
+            arrays.append(add(name, shape, dtype, start, start + count * dtype.itemsize, meta_of))
             continue
         if view:
-            load = partial(np.ndarray, shape, dtype, buf, start) if count else partial(np.zeros, shape, dtype)
+            load = partial(np.zeros, shape, dtype)
         else:  # packed varints, decoded (and counted) on load as the walk's _typed_loader does
             f = int(tensors.data_field[i])
             entries = [(LEN, (start, int(tensors.data_len[i])), int(tensors.data_offset[i]))]
-            load = partial(ox._decode_typed, buf, f, entries, dtype, shape, count, path, name)
+            load = partial(ox.decode_typed, file, f, entries, dtype, shape, count, name)
         arrays.append(ArrayHandle.checked(name, shape, dtype, load, meta_of))
     graph_names = np.flatnonzero(keys == K_NAME)
     graph_name = pw.text(src, (int(starts[graph_names[-1]]), int(lens[graph_names[-1]]))) if graph_names.size else ""
-    inputs = [ox._value_info(src, (int(s), int(n)), path) for s, n in zip(starts[keys == K_INPUT], lens[keys == K_INPUT])]
-    outputs = [ox._value_info(src, (int(s), int(n)), path) for s, n in zip(starts[keys == K_OUTPUT], lens[keys == K_OUTPUT])]
+    inputs, outputs = ([ox._value_info(src, (int(s), int(n)), path) for s, n in zip(starts[keys == k], lens[keys == k])]
+                       for k in (K_INPUT, K_OUTPUT))
     ox._graph_meta(meta, graph_name, inputs, outputs, set(names[:n_init]))
     opened = ArrayFile(path, ox.NAME, arrays, meta=meta, layers=structure.layers, closer=reader.close)
     structure.file = weakref.ref(opened)

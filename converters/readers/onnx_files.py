@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -33,8 +34,8 @@ from ..arrays import ArrayFile, ArrayHandle, Layer, role_from_name
 from ..dtypes import ONNX
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from . import _protowire as pw
-from ._limits import element_count, parser_errors
 from ._binary import FileView
+from ._limits import element_count, parser_errors
 
 NAME = "onnx"
 OPTIONS = {"allow_outside": bool, "subgraphs": bool}
@@ -179,16 +180,15 @@ class _Reader:
         count = element_count(shape, dtype.itemsize)
         if count is None:
             raise FormatError(f"dims {list(shape)} cannot be an array", file=self.path, array=name, offset=t.offset)
+        # .numpy() reads with pread, never through the map: a file cut short while open is a TruncatedError
         if t.location == 1 or t.external:
-            load = self._external_loader(t, name, dtype, shape, count)
-            meta = {**meta, "storage": "external"}
-        elif T_RAW in t.data:
-            load = self._raw_loader(t, name, dtype, shape, count)
-        else:
-            load = self._typed_loader(t, name, dtype, shape, count)
-        return ArrayHandle(name, shape, dtype, load, meta)
+            ext, start = self._external_start(t, name, dtype, shape, count)
+            return ext.handle(name, start, dtype, shape, {**meta, "storage": "external"})
+        if T_RAW in t.data:
+            return self.view.handle(name, self._raw_start(t, name, dtype, shape, count), dtype, shape, meta)
+        return ArrayHandle(name, shape, dtype, self._typed_loader(t, name, dtype, shape, count), meta)
 
-    def _raw_loader(self, t, name, dtype, shape, count):
+    def _raw_start(self, t, name, dtype, shape, count) -> int:
         if dtype.hasobject:
             raise FormatError("STRING tensor stored in raw_data", file=self.path, array=name, offset=t.offset)
         _w, (start, length), off = t.data[T_RAW][-1]
@@ -196,10 +196,9 @@ class _Reader:
         if length != need:
             raise FormatError(f"raw_data holds {length} bytes but {dtype}{list(shape)} needs {need}",
                               file=self.path, array=name, offset=off)
-        view = self.view
-        return lambda: view.array(start, dtype, shape, name)
+        return start
 
-    def _external_loader(self, t, name, dtype, shape, count):
+    def _external_start(self, t, name, dtype, shape, count) -> tuple[FileView, int]:
         location = t.external.get("location")
         if not location:
             raise FormatError("external data without a 'location' key", file=self.path, array=name,
@@ -216,7 +215,7 @@ class _Reader:
             raise FormatError(f"external data length {length} but {dtype}{list(shape)} needs {need}",
                               file=self.path, array=name, offset=t.offset)
         ext.require(start, need, f"external data in {location}", name)
-        return lambda: ext.array(start, dtype, shape, name)
+        return ext, start
 
     def _external_view(self, location, name, offset) -> FileView:
         if location in self.external:
@@ -228,7 +227,8 @@ class _Reader:
             raise FormatError(f"external data location {location!r} is an absolute path", file=self.path,
                               array=name, offset=offset, hint="ONNX external data paths are relative to the model")
         target = os.path.realpath(os.path.join(self.base, location))
-        if not self.allow_outside and os.path.commonpath([target, os.path.realpath(self.base)]) != os.path.realpath(self.base):
+        base = os.path.realpath(self.base)
+        if not self.allow_outside and os.path.commonpath([target, base]) != base:
             raise FormatError(f"external data location {location!r} points outside the model's directory",
                               file=self.path, array=name, offset=offset,
                               hint="refused for safety; pass allow_outside=True for files you trust")
@@ -259,11 +259,7 @@ class _Reader:
             if packed != need:
                 raise FormatError(f"{_FIELD_NAMES[f]} holds {packed // width} values but {dtype}{list(shape)} "
                                   f"needs {need // width}", file=self.path, array=name, offset=entries[0][2])
-        buf, path = self.view.buf, self.path
-
-        def load():
-            return _decode_typed(buf, f, entries, dtype, shape, count, path, name)
-        return load
+        return partial(decode_typed, self.view, f, entries, dtype, shape, count, name)
 
 
 _FIELD_NAMES = {T_FLOAT: "float_data", T_INT32: "int32_data", T_STRING: "string_data", T_INT64: "int64_data",
@@ -284,6 +280,18 @@ def _check_field_fits(f, dtype, path, name, offset):
     if not ok:
         raise FormatError(f"{_FIELD_NAMES[f]} cannot hold data_type {dtype} ({kind})", file=path, array=name,
                           offset=offset)
+
+
+def decode_typed(view: FileView, f, entries, dtype, shape, count, name) -> np.ndarray:
+    """The array in typed field `f` (float_data, int64_data, ...: `entries` from the walk), its bytes
+    read with pread (a file cut short since it was opened is a TruncatedError, not a SIGBUS)."""
+    spans = [v for w, v, _ in entries if w == pw.LEN]
+    if not spans:
+        return _decode_typed(b"", f, entries, dtype, shape, count, view.path, name)
+    low, high = min(s for s, _ in spans), max(s + n for s, n in spans)
+    data = view.pread(low, high - low, f"{_FIELD_NAMES[f]} data", name)
+    moved = [(w, (v[0] - low, v[1]) if w == pw.LEN else v, off) for w, v, off in entries]
+    return _decode_typed(data, f, moved, dtype, shape, count, view.path, name)
 
 
 def _decode_typed(buf, f, entries, dtype, shape, count, path, name) -> np.ndarray:
@@ -599,7 +607,7 @@ def _model_fields(reader: _Reader) -> tuple[dict, tuple]:
     meta = {"format": "onnx", "opset_import": {}, "metadata_props": {}}
     graph_span = None
     try:
-        for f, w, v, off in pw.iter_fields(buf, 0, reader.view.size, path):
+        for f, w, v, _off in pw.iter_fields(buf, 0, reader.view.size, path):
             if f == 1 and w == pw.VARINT:
                 meta["ir_version"] = meta["version"] = v
             elif f in (2, 3, 4, 6) and w == pw.LEN:
