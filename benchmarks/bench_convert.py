@@ -4,10 +4,14 @@
     .venv/bin/python benchmarks/bench_convert.py                 # 1024 MB model
     .venv/bin/python benchmarks/bench_convert.py --size-mb 32    # quick run
 
-The source is a wide MLP (64 square dense layers, kernel + bias) saved by TensorFlow itself with
-tf.train.Checkpoint(model=...).write(): a TF2 tensor bundle whose kernels are (in, out). A mapping
-table written into the work dir sends every kernel through `tf_dense` (a transpose to PyTorch's
-(out, in)) into an nn.Sequential of nn.Linear. Each run is a fresh process:
+The source is a wide MLP (64 square dense layers, kernel + bias), `--source`:
+  tensorflow  saved by TensorFlow itself with tf.train.Checkpoint(model=...).write(): a TF2 tensor
+              bundle whose kernels are (in, out); the table sends every kernel through `tf_dense`
+              (a transpose to PyTorch's (out, in)): the worst case, every byte is rearranged.
+  mxnet       saved by mxnet itself (mx.nd.save, as Module.save_checkpoint writes): FullyConnected
+              weights are (out, in) like nn.Linear's, so every tensor is copied unchanged (file to
+              file): the common case for Caffe, MXNet, ONNX and PyTorch sources.
+into an nn.Sequential of nn.Linear. Each run is a fresh process:
 
   copy            shutil.copyfile of the checkpoint's data shard (the same bytes), the yardstick
   copy_fsync      the same followed by fsync (convert fsyncs its output before renaming it)
@@ -37,7 +41,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
-import torch  # noqa: E402  named by wide_mlp's return annotation, which the target policy resolves
+
+try:
+    import torch  # named by wide_mlp's return annotation, which the target policy resolves
+except ImportError:  # the mxnet environment, which only builds the mxnet source
+    torch = None
 
 HERE = Path(__file__).resolve().parent
 N_LAYERS = 64
@@ -54,27 +62,40 @@ def wide_mlp(layers: int, width: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
 
 
-def paths(workdir: Path, size_mb: int) -> dict[str, Path]:
-    d = workdir / f"convert_{size_mb}mb"
-    return {"dir": d, "ckpt": d / "tf" / "mlp", "table": d / "mlp.yaml", "table_sd": d / "mlp_state_dict.yaml",
-            "out": d / "out"}
+SOURCES = ("tensorflow", "mxnet")
+# source: (rule pattern of a weight, of a bias, the weight's transforms, a weight's key, a bias's key)
+NAMES = {
+    "tensorflow": ("model/layers/(?P<n>\\d+)/kernel/\\.ATTRIBUTES/VARIABLE_VALUE",
+                   "model/layers/(?P<n>\\d+)/bias/\\.ATTRIBUTES/VARIABLE_VALUE", "[tf_dense]",
+                   "model/layers/{i}/kernel/.ATTRIBUTES/VARIABLE_VALUE", "model/layers/{i}/bias/.ATTRIBUTES/VARIABLE_VALUE"),
+    "mxnet": ("fc(?P<n>\\d+)_weight", "fc(?P<n>\\d+)_bias", "[]", "fc{i}_weight", "fc{i}_bias"),  # the reader drops arg:
+}
 
 
-def table_text(size_mb: int, with_target: bool) -> str:
+def paths(workdir: Path, size_mb: int, source: str = "tensorflow") -> dict[str, Path]:
+    d = workdir / (f"convert_{size_mb}mb" if source == "tensorflow" else f"convert_{size_mb}mb_{source}")
+    src = d / "tf" / "mlp" if source == "tensorflow" else d / "mlp-0000.params"
+    return {"dir": d, "ckpt": src, "table": d / "mlp.yaml", "table_sd": d / "mlp_state_dict.yaml",
+            "out": d / "out", "source": source}
+
+
+def table_text(size_mb: int, with_target: bool, source: str = "tensorflow") -> str:
     kwargs = f"{{layers: {N_LAYERS}, width: {width_for(size_mb)}}}"
     target = (f"target: {{model: 'bench_convert:wide_mlp', kwargs: {kwargs}}}\n"
               if with_target else "")
+    weight, bias, transforms, *_ = NAMES[source]
+    why = ("TF dense kernels are (in, out); nn.Linear weights are (out, in), hence tf_dense on every kernel"
+           if source == "tensorflow" else "MXNet FullyConnected weights are (out, in) like nn.Linear's: no transform")
     return f"""\
-description: benchmark - wide MLP from a TF2 checkpoint ({N_LAYERS} dense layers) -> nn.Sequential of nn.Linear
+description: benchmark - wide MLP from {source} ({N_LAYERS} dense layers) -> nn.Sequential of nn.Linear
 notes: >
-  Written by benchmarks/bench_convert.py. TF dense kernels are (in, out); nn.Linear weights are
-  (out, in), hence tf_dense on every kernel. Biases need no change.
-source: tensorflow
+  Written by benchmarks/bench_convert.py. {why}. Biases need no change.
+source: {source}
 {target}rules:
-  - from: 'model/layers/(?P<n>\\d+)/kernel/\\.ATTRIBUTES/VARIABLE_VALUE'
+  - from: '{weight}'
     to: '{{n}}.weight'
-    transforms: [tf_dense]
-  - from: 'model/layers/(?P<n>\\d+)/bias/\\.ATTRIBUTES/VARIABLE_VALUE'
+    transforms: {transforms}
+  - from: '{bias}'
     to: '{{n}}.bias'
 """
 
@@ -107,50 +128,71 @@ def build_source(prefix: Path, size_mb: int) -> None:
     tf.train.Checkpoint(model=MLP()).write(str(prefix))
 
 
+def build_mxnet_source(path: Path, size_mb: int) -> None:
+    """The same MLP's arrays as mxnet saves them: (out, in) weights, `arg:` names (same seeds)."""
+    import mxnet as mx
+    import numpy as np
+
+    width = width_for(size_mb)
+    arrays = {}
+    for i in range(N_LAYERS):
+        rng = np.random.default_rng(i)
+        arrays[f"arg:fc{i}_weight"] = mx.nd.array(rng.standard_normal((width, width), dtype=np.float32))
+        arrays[f"arg:fc{i}_bias"] = mx.nd.array(rng.standard_normal((width,), dtype=np.float32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mx.nd.save(str(path), arrays)
+
+
 def ensure_built(p: dict, size_mb: int, rebuild: bool) -> None:
     p["dir"].mkdir(parents=True, exist_ok=True)
     p["out"].mkdir(exist_ok=True)
-    p["table"].write_text(table_text(size_mb, True))
-    p["table_sd"].write_text(table_text(size_mb, False))
+    p["table"].write_text(table_text(size_mb, True, p["source"]))
+    p["table_sd"].write_text(table_text(size_mb, False, p["source"]))
     stamp = p["dir"] / "source.built"
     stamp_text = json.dumps({"layers": N_LAYERS, "width": width_for(size_mb)})
     if not rebuild and stamp.exists() and stamp.read_text() == stamp_text:
         return
-    for old in p["ckpt"].parent.glob("*"):
+    for old in source_files(p):
         old.unlink()
     t0 = time.perf_counter()
-    out = B.run_child(sys.executable, __file__, "build", {"prefix": str(p["ckpt"]), "size_mb": size_mb})
+    python = B.MXNET_PY if p["source"] == "mxnet" else sys.executable
+    out = B.run_child(python, __file__, "build", {"prefix": str(p["ckpt"]), "size_mb": size_mb, "source": p["source"]})
     if "error" in out:
-        raise SystemExit(f"building the TF checkpoint failed: {out['error']}")
+        raise SystemExit(f"building the {p['source']} source failed: {out['error']}")
     stamp.write_text(stamp_text)
     print(f"built the source: {sum(f.stat().st_size for f in source_files(p)) / B.MB:,.0f} MB "
           f"in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def source_files(p: dict) -> list[Path]:
+    if p["source"] == "mxnet":
+        return [p["ckpt"]] if p["ckpt"].exists() else []
     return sorted(p["ckpt"].parent.glob(p["ckpt"].name + ".*"))
 
 
 def data_shard(p: dict) -> Path:
-    return next(f for f in source_files(p) if ".data-" in f.name)
+    """The file holding the arrays' bytes: what the page-cache copy copies."""
+    return next(f for f in source_files(p) if p["source"] == "mxnet" or ".data-" in f.name)
 
 
 # ------------------------------------------------------------------------------ child: measuring
 
-def verify(result, src_path: str, layers: int) -> dict:
-    """Compare the first and last layer of a conversion result with the source (transposed)."""
+def verify(result, src_path: str, layers: int, source: str = "tensorflow") -> dict:
+    """Compare the first and last layer of a conversion result with the source (TF kernels transposed)."""
     import numpy as np
     import torch
 
     import converters
 
     src = converters.read(src_path)
+    *_, weight_key, bias_key = NAMES[source]
     checked = 0
     for i in sorted({0, layers - 1}):
-        kernel = src[f"model/layers/{i}/kernel/.ATTRIBUTES/VARIABLE_VALUE"].numpy()
-        bias = src[f"model/layers/{i}/bias/.ATTRIBUTES/VARIABLE_VALUE"].numpy()
+        kernel = src[weight_key.format(i=i)].numpy()
+        bias = src[bias_key.format(i=i)].numpy()
+        expected = kernel.T if source == "tensorflow" else kernel
         w, b = result(f"{i}.weight"), result(f"{i}.bias")
-        if not (np.array_equal(np.asarray(w), kernel.T) and np.array_equal(np.asarray(b), bias)):
+        if not (np.array_equal(np.asarray(w), expected) and np.array_equal(np.asarray(b), bias)):
             return {"verified": False, "verify_error": f"layer {i} differs from the source"}
         checked += 1
     del torch
@@ -159,7 +201,8 @@ def verify(result, src_path: str, layers: int) -> dict:
 
 def child_main(mode: str, spec: dict) -> None:
     if mode == "build":
-        build_source(Path(spec["prefix"]), spec["size_mb"])
+        build = build_mxnet_source if spec.get("source") == "mxnet" else build_source
+        build(Path(spec["prefix"]), spec["size_mb"])
         B.emit({"built": spec["prefix"]})
         return
     if mode in ("copy", "copy_fsync"):
@@ -220,7 +263,7 @@ def child_main(mode: str, spec: dict) -> None:
     if kind == "to_pth":
         res["output_bytes"] = os.path.getsize(out_path)
         sd = torch.load(out_path, mmap=True, weights_only=True)
-        res.update(verify(lambda k: sd[k].numpy(), spec["src"], spec["layers"]))
+        res.update(verify(lambda k: sd[k].numpy(), spec["src"], spec["layers"], spec["source"]))
         del sd
         os.unlink(out_path)
     elif kind == "to_safetensors":
@@ -228,13 +271,13 @@ def child_main(mode: str, spec: dict) -> None:
 
         res["output_bytes"] = os.path.getsize(out_path)
         with safe_open(out_path, "np") as fh:
-            res.update(verify(fh.get_tensor, spec["src"], spec["layers"]))
+            res.update(verify(fh.get_tensor, spec["src"], spec["layers"], spec["source"]))
         os.unlink(out_path)
     elif mode == "state_dict":
-        res.update(verify(lambda k: result[k].numpy(), spec["src"], spec["layers"]))
+        res.update(verify(lambda k: result[k].numpy(), spec["src"], spec["layers"], spec["source"]))
     else:
         params = result.state_dict()
-        res.update(verify(lambda k: params[k].numpy(), spec["src"], spec["layers"]))
+        res.update(verify(lambda k: params[k].numpy(), spec["src"], spec["layers"], spec["source"]))
     B.emit(res)
 
 
@@ -251,7 +294,8 @@ SLOW_RUN_S = 60.0
 def run_all(p: dict, size_mb: int, repeat: int, modes=MODES) -> dict:
     shard = data_shard(p)
     spec = {"src": str(p["ckpt"]), "table": str(p["table"]), "table_sd": str(p["table_sd"]),
-            "outdir": str(p["out"]), "shard": str(shard), "out": str(p["out"] / "copy.bin"), "layers": N_LAYERS}
+            "outdir": str(p["out"]), "shard": str(shard), "out": str(p["out"] / "copy.bin"), "layers": N_LAYERS,
+            "source": p["source"]}
     B.warm_page_cache(source_files(p))
     shutil.copyfile(shard, p["out"] / "copy.bin")  # once, untimed: warm the cache for both sides
     os.unlink(p["out"] / "copy.bin")
@@ -337,6 +381,8 @@ def table(results: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size-mb", type=int, default=1024, help="model size in MB (default 1024)")
+    p.add_argument("--source", choices=SOURCES, default="tensorflow",
+                   help="tensorflow: every kernel transposed (default); mxnet: every tensor copied unchanged")
     p.add_argument("--workdir", type=Path, default=HERE / "work")
     p.add_argument("--out", type=Path, default=HERE / "results_convert.json")
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best time is kept")
@@ -349,7 +395,7 @@ def main(argv=None) -> int:
     if args.child:
         child_main(args.child, json.loads(args.spec))
         return 0
-    files = paths(args.workdir.resolve(), args.size_mb)
+    files = paths(args.workdir.resolve(), args.size_mb, args.source)
     ensure_built(files, args.size_mb, args.rebuild)
     modes = [x for x in args.modes.split(",") if x]
     if set(modes) - set(MODES) or "copy" not in modes:
@@ -358,7 +404,9 @@ def main(argv=None) -> int:
     model = next((r["model_bytes"] for r in m.values() if "model_bytes" in r), None)
     results = {"benchmark": "convert", "size_mb": args.size_mb, "repeat": args.repeat,
                "model": {"layers": N_LAYERS, "width": width_for(args.size_mb), "dtype": "float32",
-                         "source": "TF2 checkpoint (tf.train.Checkpoint.write)", "transform": "tf_dense on kernels"},
+                         "source": "TF2 checkpoint (tf.train.Checkpoint.write)" if args.source == "tensorflow"
+                         else "mxnet .params (mx.nd.save)",
+                         "transform": "tf_dense on kernels" if args.source == "tensorflow" else "none"},
                "model_bytes": model, "source_shard_bytes": data_shard(files).stat().st_size,
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "page_cache": "source warm (read just before every run); os.sync() before every run",
