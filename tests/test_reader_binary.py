@@ -3,8 +3,11 @@ stays a view into the map, and a file cut short after opening is a TruncatedErro
 array and offset (a memory map would have died of SIGBUS)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -122,3 +125,139 @@ def test_release_pages_touches_only_read_only_file_maps(tmp_path):
         del view
         for m in (anonymous, private, mapped):
             m.close()
+
+
+# ----------------------------------------------------- framework-made files cut short while open
+
+_CUT_WHILE_OPEN = r"""
+import hashlib, json, os, sys
+sys.path.insert(0, os.getcwd())
+import converters
+from converters.errors import TruncatedError
+
+path, data_file, cut = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out = {}
+with converters.read(path) as f:
+    handles = list(f.values())
+    os.truncate(data_file, cut)
+    for h in handles:
+        try:
+            out[h.name] = hashlib.sha1(h.numpy().tobytes()).hexdigest()
+        except TruncatedError as e:
+            out[h.name] = {"file": e.file, "array": e.array}
+print(json.dumps(out))
+"""
+
+
+def _cut_while_open(path, data_file, cut) -> dict:
+    """{name: sha1 of .numpy() or the TruncatedError's file and array} after `data_file` was cut to
+    `cut` bytes under the open reader. In a child: a SIGBUS (a read through the map) fails the test
+    with the child's exit status instead of killing pytest."""
+    r = subprocess.run([sys.executable, "-c", _CUT_WHILE_OPEN, str(path), str(data_file), str(cut)],
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, f"the child died with status {r.returncode} (-7: SIGBUS): {r.stderr[-3000:]}"
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def _check_cut(path, data_file=None, cut=None, whole_pages=True):
+    """Cut `data_file` (default: the file opened) under the open reader, in the middle of an array
+    when the reader knows where arrays lie (else at half its size): every array whose bytes are
+    still there reads as before, every other `.numpy()` is a TruncatedError naming file and array."""
+    data_file = Path(data_file or path)
+    with converters.read(path) as f:
+        before = {k: hashlib.sha1(h.numpy().tobytes()).hexdigest() for k, h in f.items()}
+        spans = {k: (s.offset, s.offset + s.nbytes) for k, h in f.items()
+                 if (s := h.stored_span()) is not None and s.nbytes}
+    if cut is None:
+        middle = sorted(spans.values())[len(spans) // 2] if spans else None
+        cut = (middle[0] + middle[1]) // 2 if middle else data_file.stat().st_size // 2
+    assert not whole_pages or data_file.stat().st_size - cut > 2 * 4096, "too small to leave whole pages past the cut"
+    got = _cut_while_open(path, data_file, cut)
+    assert sorted(got) == sorted(before)
+    refused = {k for k, v in got.items() if isinstance(v, dict)}
+    assert refused, "nothing was refused"
+    for k in refused:
+        assert got[k] == {"file": str(data_file), "array": k}
+    for k in set(got) - refused:
+        assert got[k] == before[k], k
+    for k, (start, end) in spans.items():
+        assert (k in refused) == (end > cut), (k, start, end, cut)
+    return got
+
+
+def test_safetensors_cut_short_while_open(tmp_path):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    tensors = {f"layer{i}.weight": rng.standard_normal((16, 16) if i % 2 else (64,)).astype(np.float32)
+               for i in range(300)}
+    tensors["big"] = np.arange(1 << 16, dtype=np.int64)  # read on its own (past SmallReads' window)
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    _check_cut(tmp_path / "m.safetensors")
+
+
+def _onnx_model(path, n=300, subgraph=False, external=False):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 16) if i % 2 else (64,)).astype(np.float32), f"p{i}")
+             for i in range(n)]
+    inits.append(helper.make_tensor("ints", TensorProto.INT64, [4], [1, -2, 3, 1 << 40]))  # int64_data varints
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Identity", ["p0"], ["y"])]
+    if subgraph:  # an If node: the field-by-field walk opens the file, not the fast path
+        branch = helper.make_graph([helper.make_node("Identity", ["p1"], ["z"])], "b", [],
+                                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+        nodes.append(helper.make_node("If", ["cond"], ["w"], then_branch=branch, else_branch=branch))
+    model = helper.make_model(helper.make_graph(nodes, "g", [], [out], inits))
+    if external:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data", size_threshold=0)
+    else:
+        onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fast_path", "walk", "external_data"])
+def test_onnx_cut_short_while_open(tmp_path, kind):
+    path = _onnx_model(tmp_path / "m.onnx", subgraph=kind == "walk", external=kind == "external_data")
+    data_file = tmp_path / "m.onnx.data" if kind == "external_data" else path
+    with converters.read(path) as f:
+        assert type(f["p5"]).__name__ == ("WindowArray" if kind == "fast_path" else "FileArray")
+    got = _check_cut(path, data_file)
+    if kind != "external_data":
+        assert isinstance(got["ints"], dict)  # decoded from the varints' pread, past the cut
+
+
+def test_onnx_typed_fields_cut_short_while_open(tmp_path):
+    """float_data / int32_data / int64_data tensors (fixtures/onnx/typed_fields.onnx, onnx.helper),
+    decoded from a pread of their bytes: cut inside the file's one page, the map would have given
+    zeros past the cut instead of an error."""
+    shutil.copy(FIX / "onnx/typed_fields.onnx", tmp_path / "t.onnx")
+    _check_cut(tmp_path / "t.onnx", cut=200, whole_pages=False)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_cut_short_while_open(tmp_path, compressed):
+    rng = np.random.default_rng(3)
+    arrays = {f"a{i}": rng.standard_normal((16, 16) if i % 2 else (64,)).astype(np.float32) for i in range(300)}
+    arrays["fortran"] = np.asfortranarray(rng.standard_normal((40, 30)))  # read transposed
+    (np.savez_compressed if compressed else np.savez)(tmp_path / "m.npz", **arrays)
+    got = _check_cut(tmp_path / "m.npz")
+    assert isinstance(got["fortran"], dict)  # the last member: past the cut
+
+
+@pytest.mark.parametrize("fixture", ["smallnet-0000.params", "mtcnn_pnet/det1-0001.params"])
+def test_mxnet_cut_short_while_open(tmp_path, fixture):
+    """fixtures/mxnet (mx.nd.save): smallnet's V2 arrays come from the fast walk (one page: the map
+    would have read zeros past the cut), det1's legacy ones from the field-by-field walk."""
+    path = tmp_path / Path(fixture).name
+    shutil.copy(FIX / "mxnet" / fixture, path)
+    with converters.read(path) as f:
+        kinds = {type(h).__name__ for h in f.values()}
+    assert kinds == ({"WindowArray"} if fixture.startswith("smallnet") else {"FileArray"})
+    if fixture.startswith("smallnet"):
+        _check_cut(path, whole_pages=False)
+    else:
+        _check_cut(path, cut=8192)

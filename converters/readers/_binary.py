@@ -160,8 +160,9 @@ class FileView:
     def check_size(self, what: str, array=None) -> None:
         """TruncatedError if the file is shorter now than when it was opened (for data read by a
         parser of its own, zipfile say, whose errors would not say why)."""
-        if os.fstat(self._fh.fileno()).st_size < self.size:
-            self._shrunk(0, self.size, what, array)
+        size = os.fstat(self._fh.fileno()).st_size
+        if size < self.size:
+            raise self._cut(f"{what} cannot be read: the file now has {size} bytes", array, None)
 
     def unpack(self, fmt: str, offset: int, what: str = "header", array=None) -> tuple:
         n = struct.calcsize(fmt)
@@ -198,9 +199,11 @@ class FileView:
 
     def _shrunk(self, offset: int, length: int, what: str, array):
         size = os.fstat(self._fh.fileno()).st_size
-        raise TruncatedError(f"{what} needs bytes {offset}..{offset + length} but the file now has {size} "
-                             f"(it was {self.size} when opened)", file=self.path, array=array, offset=offset,
-                             hint="the file was truncated or replaced while open")
+        raise self._cut(f"{what} needs bytes {offset}..{offset + length} but the file now has {size}", array, offset)
+
+    def _cut(self, message: str, array, offset) -> TruncatedError:
+        return TruncatedError(f"{message} (it was {self.size} when opened)", file=self.path, array=array,
+                              offset=offset, hint="the file was truncated or replaced while open")
 
     def array(self, offset: int, dtype, shape, array=None) -> np.ndarray:
         """A read-only numpy view of `shape` elements of `dtype` at `offset` (no copy)."""

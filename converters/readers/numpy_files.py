@@ -3,7 +3,8 @@
 `.npy` arrays and uncompressed `.npz` members are read at their offset (`.numpy()` preads into a
 new array, `copy=False` is a memory-map view); compressed members are inflated on demand into a
 new array (handed out without a second copy), after their declared size was checked against what
-is stored. Object (pickled) arrays
+is stored. Neither reads through the map, so a file cut short while open is a TruncatedError (not a
+SIGBUS). Object (pickled) arrays
 are refused unless allow_pickle=True is passed explicitly: unpickling runs code from the file.
 With it, a pickled container (the dict of dicts TF ports such as facenet's MTCNN `det1.npy`
 write) is unpickled at open and its numeric leaves become arrays named by their keys joined with
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..arrays import ArrayFile, ArrayHandle, role_from_name
 from ..errors import ConvertersError, FormatError, UnsupportedError
-from ._binary import FileView
+from ._binary import FileArray, FileView
 from ._limits import check_inflation, element_count, parser_errors
 
 NAME = "numpy"
@@ -115,10 +116,8 @@ def _mapped_handle(view, data, dtype, shape, fortran, name, room) -> ArrayHandle
     view.require(data, nbytes, "array data", name)
     if not fortran:  # .numpy() preads into a new array, copy=False is a map view
         return view.handle(name, data, dtype, shape, {"role": role_from_name(name)})
-
-    def load():
-        return view.array(data, dtype, shape[::-1], name).T
-    return ArrayHandle(name, shape, dtype, load, {"role": role_from_name(name)})
+    return FileArray(name, shape, dtype, lambda: view.read_array(data, dtype, shape[::-1], name).T,
+                     lambda: view.array(data, dtype, shape[::-1], name).T, {"role": role_from_name(name)})
 
 
 # ------------------------------------------------------------------------------------- npz
@@ -133,7 +132,7 @@ def _open_npz(path: str, allow_pickle: bool, encoding: str) -> ArrayFile:
             if info.compress_type == zipfile.ZIP_STORED:
                 handles += _stored_member(view, zf, info, name, allow_pickle, encoding)
             else:
-                handles += _compressed_member(zf, info, name, path, allow_pickle, encoding)
+                handles += _compressed_member(view, zf, info, name, allow_pickle, encoding)
     except BaseException:
         zf.close()
         view.close()
@@ -176,7 +175,8 @@ def _member_header(fh, info, name, path):
     return dtype, shape, fortran, len(prefix) - len(rest) + hlen
 
 
-def _compressed_member(zf, info, name, path, allow_pickle, encoding) -> list[ArrayHandle]:
+def _compressed_member(view, zf, info, name, allow_pickle, encoding) -> list[ArrayHandle]:
+    path = view.path
     check_inflation(info.file_size, info.compress_size, f"member {info.filename}", path, name)
     with zf.open(info) as fh:
         dtype, shape, fortran, header = _member_header(fh, info, name, path)
@@ -190,14 +190,18 @@ def _compressed_member(zf, info, name, path, allow_pickle, encoding) -> list[Arr
 
     def load():
         out = np.empty(shape[::-1] if fortran else shape, dtype)
-        with parser_errors(path, f"member {info.filename}", name), zf.open(info) as fh:
-            fh.read(header)
-            raw = out.reshape(-1).view(np.uint8)
-            got = 0
-            while got < nbytes and (n := fh.readinto(raw[got:got + (1 << 24)])):
-                got += n
-        if got != nbytes:
-            raise FormatError(f"member ends after {got} of {nbytes} data bytes", file=path, array=name)
+        try:  # zipfile reads with its own file handle (no map)
+            with parser_errors(path, f"member {info.filename}", name), zf.open(info) as fh:
+                fh.read(header)
+                raw = out.reshape(-1).view(np.uint8)
+                got = 0
+                while got < nbytes and (n := fh.readinto(raw[got:got + (1 << 24)])):
+                    got += n
+            if got != nbytes:
+                raise FormatError(f"member ends after {got} of {nbytes} data bytes", file=path, array=name)
+        except FormatError:
+            view.check_size(f"member {info.filename}", name)  # cut short since it was opened: say so
+            raise
         return out.T if fortran else out
     return [ArrayHandle(name, shape, dtype, load, {"role": role_from_name(name)}, fresh=True)]
 
