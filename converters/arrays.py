@@ -161,8 +161,9 @@ class ArrayHandle:
     def numpy(self, copy: bool = True) -> np.ndarray:
         """The data as a numpy array of `.shape` and `.dtype`.
 
-        copy=True (default) returns an array that owns its memory and outlives the file; the
-        readers read it with pread, so a file cut short since it was opened is a TruncatedError.
+        copy=True (default) returns an array that owns its memory and outlives the file; where a
+        reader reads it with pread (safetensors, ONNX, numpy, MXNet, Caffe, TF checkpoints), a file
+        cut short since it was opened is a TruncatedError.
         copy=False may return a read-only view into the memory-mapped file: no copy, but touching
         it after the file was truncated (by another process, say) kills the process with SIGBUS.
         """
