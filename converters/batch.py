@@ -4,8 +4,10 @@ Each job is one ordinary `converters.convert.convert(...)` call, so coverage, at
 provenance are what a single conversion gives. What batching adds is only what a zoo needs: a
 failing file never stops the others, every job ends as a row of the summary (ok, skipped or
 failed with the one-line error), and a rerun skips outputs whose recorded provenance (source and
-table sha256) still matches, so an interrupted batch resumes where it stopped. Scheduling is
-left to the standard library's process pool or to Ray; nothing here schedules by hand.
+table sha256, or for outputs written without the source hash the source files' size and mtime)
+still matches, so an interrupted batch resumes where it stopped. A stopped batch (SIGTERM,
+Ctrl-C) cancels what has not finished and leaves no partial output. Scheduling is left to the
+standard library's process pool or to Ray; nothing here schedules by hand.
 
 Jobs file (YAML; relative paths are relative to the jobs file):
 
@@ -19,9 +21,11 @@ or just the list of jobs.
 from __future__ import annotations
 
 import concurrent.futures
-import glob as globlib
+import glob
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -47,11 +51,12 @@ class Job:
 class JobResult:
     source: str
     out: str
-    status: str                   # ok | skipped | failed
+    status: str                   # ok | skipped | failed | cancelled (the batch was stopped first)
     seconds: float = 0.0
-    message: str = ""
+    message: str = ""             # the error; why an existing output was reconverted; why it was skipped
     assignments: int = 0
     bytes_written: int = 0
+    checked_by: str = ""          # skipped: "sha256", or "fingerprint" (size + mtime only: weaker)
 
 
 def load_jobs(path) -> list[Job]:
@@ -96,7 +101,7 @@ def _expand(path, base, index, entry) -> list[Job]:
     if not isinstance(options, dict):
         raise MappingError(f"job {index + 1}: `option` must be a mapping of reader options", file=path)
     if "glob" in entry:
-        sources = sorted(globlib.glob(os.path.join(base, entry["glob"])))
+        sources = sorted(glob.glob(os.path.join(base, entry["glob"])))
         if not sources:
             raise MappingError(f"job {index + 1}: glob {entry['glob']!r} matches no file", file=path)
     else:
@@ -119,40 +124,63 @@ def _expand(path, base, index, entry) -> list[Job]:
     return jobs
 
 
-def up_to_date(job: Job) -> bool:
-    """The output exists and records this very source and table (sha256 of both)."""
+def check_output(job: Job) -> tuple[str, str]:
+    """Whether job.out is up to date: ("sha256" or "fingerprint", why) when it is, ("", why not)
+    when not; why is "" when there is no output yet, or when the conversion itself will report the
+    problem (a missing source or table). An output written without the source hash
+    (--no-source-hash) records the source files' size and mtime instead: matching on them is
+    cheaper and weaker, which the row says."""
     if not os.path.isfile(job.out):
-        return False
+        return "", ""
     from . import provenance, read
     from .mapping import spec as mapping_spec
 
     try:
         with read(job.out) as f:
             recorded = f.meta.get("provenance") or f.meta.get("metadata") or {}
+    except ConvertersError as e:
+        return "", f"the output cannot be read ({e})"
+    try:
         table = mapping_spec.load(job.map)
     except ConvertersError:
-        return False
+        return "", ""
     files = provenance.source_files(job.source)
-    return (bool(files) and recorded.get("mapping_sha256") == table.sha256
-            and recorded.get("source_sha256") == provenance.sha256_files(files))
+    if not files:
+        return "", ""
+    if not recorded.get("mapping_sha256"):
+        return "", "the output records no converters provenance"
+    if recorded["mapping_sha256"] != table.sha256:
+        return "", "the table changed (its sha256 differs from the one the output records)"
+    if recorded.get("source_sha256"):
+        if recorded["source_sha256"] == provenance.sha256_files(files):
+            return "sha256", "up to date (source and table sha256 match)"
+        return "", "the source changed (its sha256 differs from the one the output records)"
+    if recorded.get("source_fingerprint"):
+        if recorded["source_fingerprint"] == provenance.fingerprint(job.source):
+            return "fingerprint", ("up to date by the source files' size and mtime only (the output records no "
+                                   "source sha256: written with --no-source-hash); table sha256 matches")
+        return "", "the source changed (size or mtime differs from what the output records; no sha256 recorded)"
+    return "", "the output records neither a source sha256 nor a source fingerprint"
 
 
-def run_job(job: Job, force: bool = False) -> JobResult:
-    """One conversion; never raises: a failure is a row with the one-line error."""
+def run_job(job: Job, force: bool = False, hash_source: bool = True) -> JobResult:
+    """One conversion; never raises an Exception: a failure is a row with the one-line error."""
     start = time.perf_counter()
     result = JobResult(job.source, job.out, "ok")
     try:
-        if not force and up_to_date(job):
-            result.status, result.message = "skipped", "up to date (provenance matches)"
+        checked_by, why = ("", "") if force else check_output(job)
+        if checked_by:
+            result.status, result.message, result.checked_by = "skipped", why, checked_by
         else:
             from .convert import convert
 
             os.makedirs(os.path.dirname(os.path.abspath(job.out)), exist_ok=True)
             _, report = convert(job.source, job.map, job.target, job.out, framework=job.framework,
                                 allow_unused=job.allow_unused, allow_missing=job.allow_missing, force=True,
-                                progress=False, reader_options=job.options or None)
+                                progress=False, reader_options=job.options or None, hash_source=hash_source)
             result.assignments = len(report.rows)
             result.bytes_written = os.path.getsize(job.out)
+            result.message = f"reconverted: {why}" if why else ""
     except ConvertersError as e:
         result.status, result.message = "failed", str(e)
     except Exception as e:  # a bug must not take the other jobs down; it is reported as such
@@ -162,43 +190,136 @@ def run_job(job: Job, force: bool = False) -> JobResult:
 
 
 def run_batch(jobs: list[Job], *, workers: int | None = None, engine: str = "local", force: bool = False,
-              on_result=None) -> list[JobResult]:
+              hash_source: bool = True, on_result=None) -> list[JobResult]:
     """Run every job; results in job order. engine: local (process pool; workers=0 runs in this
-    process) or ray (one Ray task per file; RAY_ADDRESS picks a cluster, else a local instance)."""
-    if engine == "ray":
-        return _run_ray(jobs, workers, force, on_result)
-    if engine != "local":
+    process) or ray (one Ray task per file; RAY_ADDRESS picks a cluster, else a local instance).
+
+    Interrupted (KeyboardInterrupt, or the CLI's SIGTERM exception, raised in this thread): nothing
+    more starts, running conversions are stopped (each writer removes its temporary file; partials
+    of workers that had to be killed are removed here), and the exception is re-raised carrying
+    `batch_results`: the finished rows, the others `cancelled`. A rerun resumes from there."""
+    if engine not in ("local", "ray"):
         raise ConvertersError(f"unknown engine {engine!r}: local or ray")
-    if workers == 0:
-        results = []
-        for job in jobs:
-            results.append(run_job(job, force))
-            if on_result:
-                on_result(results[-1])
-        return results
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    # spawn: workers start clean (no inherited threads or TensorFlow state from the caller)
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(run_job, job, force): i for i, job in enumerate(jobs)}
-        return _gather(jobs, futures, concurrent.futures.as_completed(futures), on_result)
-
-
-def _gather(jobs, futures, completed, on_result) -> list[JobResult]:
     results = [None] * len(jobs)
-    for fut in completed:
-        i = futures[fut]
-        try:
-            results[i] = fut.result()
-        except Exception as e:  # the worker process itself died (killed, out of memory)
-            results[i] = JobResult(jobs[i].source, jobs[i].out, "failed",
-                                   message=f"worker died: {type(e).__name__}: {e}")
+
+    def done(i, result):
+        results[i] = result
         if on_result:
-            on_result(results[i])
+            on_result(result)
+    try:
+        if engine == "ray":
+            _run_ray(jobs, workers, (force, hash_source), done)
+        elif workers == 0:
+            for i, job in enumerate(jobs):
+                done(i, run_job(job, force, hash_source))
+        else:
+            _run_pool(jobs, workers or min(len(jobs), os.cpu_count() or 1), (force, hash_source), done)
+    except BaseException as e:
+        why = f"cancelled: the batch was stopped by {stopped_by(e)}"
+        for i, job in enumerate(jobs):
+            if results[i] is None:
+                results[i] = JobResult(job.source, job.out, "cancelled", message=why)
+        _remove_partials([job.out for job, r in zip(jobs, results) if r.status == "cancelled"])
+        e.batch_results = results
+        raise
     return results
 
 
-def _run_ray(jobs, workers, force, on_result) -> list[JobResult]:
+def _remove_partials(outs) -> None:
+    """The temporary files of workers killed mid-write (their processes are gone). The writers
+    import torch (seconds): only imported when such a file is there."""
+    if any(glob.glob(glob.escape(os.path.join(os.path.dirname(os.path.abspath(o)), f".{os.path.basename(o)}."))
+                     + "*.partial") for o in outs):
+        from .writers import remove_stale_partials
+
+        for out in outs:
+            remove_stale_partials(out)
+
+
+def stopped_by(exc: BaseException) -> str:
+    """SIGTERM / SIGINT / ... for a signal's exception, else the exception's type."""
+    if getattr(exc, "signum", None):
+        return signal.Signals(exc.signum).name
+    return "SIGINT" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
+
+
+def _run_pool(jobs, workers, args, done) -> None:
+    # spawn: workers start clean (no inherited threads or TensorFlow state from the caller)
+    ctx = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+    futures, left = {}, set()
+    try:
+        futures.update({pool.submit(_worker_job, job, *args): i for i, job in enumerate(jobs)})
+        left.update(futures)
+        for fut in concurrent.futures.as_completed(futures):
+            left.discard(fut)
+            done(futures[fut], _pool_result(jobs[futures[fut]], fut))
+    except BaseException:
+        _stop_pool(pool)
+        for fut in left:  # finished while the pool was being stopped
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                done(futures[fut], fut.result())
+        raise
+    pool.shutdown()
+
+
+def _pool_result(job, fut) -> JobResult:
+    try:
+        return fut.result()
+    except Exception as e:  # the worker process itself died (killed, out of memory)
+        return JobResult(job.source, job.out, "failed", message=f"worker died: {type(e).__name__}: {e}")
+
+
+def _stop_pool(pool) -> None:
+    """Cancel the queued jobs, SIGTERM the workers (a running conversion unwinds, removing its
+    temporary file), SIGKILL those still alive after a few seconds."""
+    procs = list((pool._processes or {}).values())  # no public handle before Python 3.14's terminate_workers()
+    manager = pool._executor_manager_thread
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + 5
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+    if manager is not None:
+        manager.join(5)
+
+
+_IN_JOB = False
+
+
+class _Stop(BaseException):
+    """SIGTERM in a pool worker during a job: unwinds it (the writer removes its temporary file)."""
+
+
+def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group: the parent decides, and stops the workers with SIGTERM
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_term)
+
+
+def _worker_term(signum, frame):
+    if not _IN_JOB:
+        os._exit(128 + signum)
+    raise _Stop(signum)
+
+
+def _worker_job(job, force, hash_source) -> JobResult:
+    """run_job in a pool worker; SIGTERM ends the worker once the job has unwound."""
+    global _IN_JOB
+    try:
+        _IN_JOB = True
+        return run_job(job, force, hash_source)
+    except _Stop as e:
+        os._exit(128 + e.args[0])
+    finally:
+        _IN_JOB = False
+
+
+def _run_ray(jobs, workers, args, done) -> None:
     try:
         import ray
     except ImportError:
@@ -207,29 +328,77 @@ def _run_ray(jobs, workers, force, on_result) -> list[JobResult]:
         raise MissingDependencyError("--engine ray needs Ray", hint="pip install 'weightport[batch]'") from None
     started = not ray.is_initialized()
     if started:
+        term = signal.getsignal(signal.SIGTERM)
         ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=workers or None, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
+        if term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, term)  # ray.init installs sys.exit(15): SIGTERM stays the caller's
     try:
         task = ray.remote(run_job)
-        refs = [task.remote(job, force) for job in jobs]
+        refs = [task.remote(job, *args) for job in jobs]
         index = {ref: i for i, ref in enumerate(refs)}
-        results, pending = [None] * len(jobs), list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            i = index[done[0]]
-            try:
-                results[i] = ray.get(done[0])
-            except Exception as e:  # a task whose worker died
-                results[i] = JobResult(jobs[i].source, jobs[i].out, "failed", message=f"ray task failed: {e}")
-            if on_result:
-                on_result(results[i])
-        return results
+        pending = list(refs)
+        try:
+            with _SignalsBetweenCalls() as signals:
+                while pending:
+                    ready, pending = ray.wait(pending, num_returns=1, timeout=0.25)
+                    signals.deliver()
+                    for ref in ready:
+                        i = index[ref]
+                        try:
+                            done(i, ray.get(ref))
+                        except Exception as e:  # a task whose worker died
+                            done(i, JobResult(jobs[i].source, jobs[i].out, "failed", message=f"ray task failed: {e}"))
+        except BaseException:
+            for ref in pending:  # a running task gets KeyboardInterrupt: its writer removes its temporary file
+                ray.cancel(ref)
+            ready, _ = ray.wait(pending, num_returns=len(pending), timeout=10) if pending else ([], [])
+            for ref in ready:  # finished before the cancel reached it, or cancelled
+                try:
+                    result = ray.get(ref)
+                except Exception:  # cancelled: run_batch gives it its `cancelled` row
+                    continue
+                done(index[ref], result)
+            raise
     finally:
         if started:
             ray.shutdown()
 
 
-def summary(results: list[JobResult]) -> dict:
-    counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
-    return {**counts, "jobs": len(results), "seconds": round(sum(r.seconds for r in results), 3),
-            "results": [asdict(r) for r in results]}
+class _SignalsBetweenCalls:
+    """SIGINT / SIGTERM / SIGHUP noted while Ray's calls run, and handed to the handler that was in
+    place (the CLI's raises) by deliver(), between them: an exception raised inside Ray's C++ wait
+    comes out as a SystemError instead."""
+
+    def __init__(self):
+        self.previous, self.signum = {}, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+                sig = getattr(signal, name, None)
+                if sig is not None and signal.getsignal(sig) not in (signal.SIG_IGN, None):
+                    self.previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        self.signum = self.signum or signum
+
+    def deliver(self):
+        if self.signum is not None:
+            self.__exit__()
+            signal.raise_signal(self.signum)  # the restored handler runs now
+
+    def __exit__(self, *exc):
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+        self.previous = {}
+
+
+def summary(results: list[JobResult], stopped: str = "") -> dict:
+    """Counts and rows. skipped_on_fingerprint: skipped rows matched on the source files' size and
+    mtime only (no sha256 recorded); stopped: the signal that stopped the batch, if one did."""
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed", "cancelled")}
+    return {**counts, "skipped_on_fingerprint": sum(r.checked_by == "fingerprint" for r in results),
+            "jobs": len(results), "stopped_by": stopped or None,
+            "seconds": round(sum(r.seconds for r in results), 3), "results": [asdict(r) for r in results]}

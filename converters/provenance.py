@@ -4,8 +4,9 @@ Hashing a multi-GB source costs about a second per GB, so it runs in a backgroun
 the conversion reads and writes (hashlib releases the GIL on large blocks); writers ask for the
 digest only when they need it. At ~1.1 GB/s (sha256 on this project's 2-core test machine) the
 hash takes about twice as long as copying the file in the page cache, so it is the floor of a
-conversion's time; `hash_source=False` records an empty `source_sha256` instead (`convert
---batch` then treats the output as not known to be up to date).
+conversion's time; `hash_source=False` records an empty `source_sha256` and, instead, a
+`source_fingerprint` (name, size and mtime_ns of each source file: one stat per file), on which
+`convert batch` resumes, a weaker check than the hash (it says so in its summary).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import concurrent.futures
 import datetime
 import glob
 import hashlib
+import json
 import os
 
 from . import __version__
@@ -49,13 +51,27 @@ def sha256_files(paths, chunk=1 << 18) -> str:
     return h.hexdigest()
 
 
+def fingerprint(source_path) -> str:
+    """The source files' names (relative to the source), sizes and mtime_ns as compact JSON: what
+    tells a changed source without reading it, when its sha256 is not recorded. Misses only a
+    rewrite to the same size that also restores the mtime. '' when the source has no files."""
+    path = os.fspath(source_path)
+    root = path if os.path.isdir(path) else os.path.dirname(path)
+    rows = []
+    for f in source_files(path):
+        st = os.stat(f)
+        rows.append([os.path.relpath(f, root), st.st_size, st.st_mtime_ns])
+    return json.dumps(rows, separators=(",", ":")) if rows else ""
+
+
 def record(source_path, framework, mapping, *, background: bool = False, hash_source: bool = True) -> dict:
     """Where an output made from `source_path` with `mapping` came from; built here only, for
     converted files and parity reference files alike. background=True: `source_sha256` is a Future
-    until `resolve()` is called; hash_source=False: it is empty."""
+    until `resolve()` is called; hash_source=False: it is empty and `source_fingerprint` is recorded
+    (taken before the conversion reads the source, so a change during it shows too)."""
     files = source_files(source_path) if hash_source else []
     digest = (_POOL.submit(sha256_files, files) if background else sha256_files(files)) if files else ""
-    return {
+    out = {
         "tool": f"converters {__version__}",
         "source_file": os.path.basename(os.path.normpath(os.fspath(source_path))),
         "source_sha256": digest,
@@ -64,6 +80,9 @@ def record(source_path, framework, mapping, *, background: bool = False, hash_so
         "mapping_sha256": mapping.sha256,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if not hash_source:
+        out["source_fingerprint"] = fingerprint(source_path)
+    return out
 
 
 def start(arrays, mapping, hash_source: bool = True) -> dict:

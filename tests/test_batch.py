@@ -1,19 +1,27 @@
 """`convert batch`: a zoo of 20 ONNX files written by torch.onnx.export, one table made by
 `convert port` from the first, converted by a process pool and by Ray; every output checked
-against onnxruntime; a broken file fails alone; a rerun skips what is up to date."""
+against onnxruntime; a broken file fails alone; a rerun skips what is up to date (on the sha256,
+or on the size+mtime fingerprint of outputs written without the hash); a batch stopped by SIGTERM
+or Ctrl-C leaves no partial file, reports the rest cancelled, and a rerun finishes it."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from converters import port
+from converters import port, provenance, read
 from converters.batch import load_jobs, run_batch, summary
 from converters.cli import main
 from converters.errors import ConvertersError
@@ -149,3 +157,121 @@ def test_ray_engine_converts_the_zoo(zoo):
     for i in (0, 11, 19):
         assert_matches_onnxruntime(zoo, zoo / "models" / f"net{i:02d}.onnx",
                                    zoo / "out_ray" / f"net{i:02d}.safetensors")
+
+
+def recorded(out):
+    with read(out) as f:
+        return f.meta.get("provenance") or f.meta.get("metadata")
+
+
+def copy_zoo(zoo, root, n):
+    """The first n zoo files copied into root/models (their own mtimes, to touch), the table shared."""
+    (root / "models").mkdir()
+    for i in range(n):
+        shutil.copy(zoo / "models" / f"net{i:02d}.onnx", root / "models" / f"net{i:02d}.onnx")
+    (root / "port").symlink_to(zoo / "port")
+
+
+def test_outputs_without_the_source_hash_resume_on_their_fingerprint(zoo, tmp_path, capsys):
+    """The defect this fixes: `--no-source-hash` outputs were always reconverted. Now they record
+    the source's size+mtime, a rerun skips them on it and says the check was the weaker one; a
+    touched source, or an output recording neither hash nor fingerprint, is reconverted, saying why."""
+    copy_zoo(zoo, tmp_path, 3)
+    jobs_file = write_jobs(tmp_path, {"defaults": {"from": "onnx", "map": "port/tiny_net.yaml"}, "jobs": [
+        {"source": "models/net00.onnx", "out": "out/net00.pth"},
+        {"source": "models/net01.onnx", "out": "out/net01.safetensors"},
+        {"source": "models/net02.onnx", "out": "out/net02.safetensors"}]})
+    jobs = load_jobs(jobs_file)
+    # .pth and .safetensors from the batch, net02 from the single-file CLI
+    assert [r.status for r in run_batch(jobs[:2], workers=0, hash_source=False)] == ["ok", "ok"]
+    assert main([str(jobs[2].source), "--from", "onnx", "--map", jobs[2].map, jobs[2].out,
+                 "--no-source-hash", "-q"]) == 0
+    for job in jobs:
+        meta = recorded(job.out)
+        assert meta["source_sha256"] == ""
+        assert json.loads(meta["source_fingerprint"]) == [
+            [Path(job.source).name, os.path.getsize(job.source), os.stat(job.source).st_mtime_ns]]
+
+    capsys.readouterr()
+    assert main(["batch", str(jobs_file), "--workers", "0", "--report", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "3 up to date (3 by size+mtime only)" in out and out.count("(by size+mtime only: no sha256 recorded)") == 3
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["skipped_on_fingerprint"] == 3
+    assert [(r["status"], r["checked_by"]) for r in report["results"]] == [("skipped", "fingerprint")] * 3
+    assert "--no-source-hash" in report["results"][0]["message"]
+
+    st = os.stat(jobs[1].source)
+    os.utime(jobs[1].source, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # same bytes, touched
+    tensors = load_file(jobs[2].out)  # as an older converters wrote it: no hash, no fingerprint
+    save_file(tensors, jobs[2].out, metadata={k: v for k, v in recorded(jobs[2].out).items()
+                                              if k != "source_fingerprint"})
+    results = run_batch(jobs, workers=0)
+    assert [(r.status, r.checked_by) for r in results] == [("skipped", "fingerprint"), ("ok", ""), ("ok", "")]
+    assert results[1].message.startswith("reconverted: the source changed (size or mtime")
+    assert results[2].message == "reconverted: the output records neither a source sha256 nor a source fingerprint"
+    assert_matches_onnxruntime(zoo, jobs[1].source, jobs[1].out)
+    # reconverted with the hash: the sha256 path, as before
+    assert [(r.status, r.checked_by) for r in run_batch(jobs, workers=0)] == [
+        ("skipped", "fingerprint"), ("skipped", "sha256"), ("skipped", "sha256")]
+
+
+def test_fingerprint_covers_every_file_of_a_sharded_checkpoint(tmp_path):
+    """A TF checkpoint is an index and shards: a touched or resized shard changes the fingerprint."""
+    ckpt = tmp_path / "sharded"
+    shutil.copytree(Path(__file__).parent.parent / "fixtures" / "tensorflow" / "sharded", ckpt)
+    before = provenance.fingerprint(ckpt / "ckpt-1")
+    assert [row[0] for row in json.loads(before)] == ["ckpt-1.index", *(f"ckpt-1.data-0000{i}-of-00003"
+                                                                        for i in range(3))]
+    assert provenance.fingerprint(ckpt / "ckpt-1.index") == before
+    shard = ckpt / "ckpt-1.data-00002-of-00003"
+    st = os.stat(shard)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    touched = provenance.fingerprint(ckpt / "ckpt-1")
+    assert touched != before
+    with open(shard, "ab") as fh:
+        fh.write(b"\0")
+    assert provenance.fingerprint(ckpt / "ckpt-1") not in (before, touched)
+    assert provenance.fingerprint(tmp_path / "missing") == ""
+
+
+@pytest.mark.parametrize("sig, workers, code", [(signal.SIGTERM, 1, 143), (signal.SIGINT, 0, 130)],
+                         ids=["SIGTERM-pool", "SIGINT-in-process"])
+def test_a_stopped_batch_leaves_no_partial_and_a_rerun_finishes_it(zoo, tmp_path, sig, workers, code):
+    """A real `convert batch` process stopped once its first output is written: exit 128 + signal,
+    the summary and report of what finished, the rest `cancelled`, no temporary file left, every
+    output that exists complete; the same command again skips those and converts the rest."""
+    copy_zoo(zoo, tmp_path, N_FILES)
+    jobs_file = write_jobs(tmp_path, {"defaults": {"from": "onnx", "map": "port/tiny_net.yaml"}, "jobs": [
+        {"glob": "models/*.onnx", "out": f"out{k}/{{stem}}.safetensors"} for k in range(2)]})
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "converters", "batch", str(jobs_file), "--workers", str(workers),
+           "--report", str(report)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("ok "), first + proc.stderr.read()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1].endswith("terminated by SIGTERM" if sig == signal.SIGTERM else "interrupted")
+    assert f"batch stopped by {sig.name}: 40 jobs:" in out
+
+    s = json.loads(report.read_text())
+    rows = s["results"]
+    done = {r["out"] for r in rows if r["status"] == "ok"}
+    assert s["stopped_by"] == sig.name and s["failed"] == 0 and s["ok"] >= 1 and s["cancelled"] >= 1
+    assert s["ok"] + s["cancelled"] == 40
+    assert all(r["message"] == f"cancelled: the batch was stopped by {sig.name}"
+               for r in rows if r["status"] == "cancelled")
+    assert not [p.name for p in tmp_path.glob("out*/.*")], "a temporary file was left"
+    written = {str(p) for p in tmp_path.glob("out*/*")}
+    assert done <= written
+    names = set(load_file(next(iter(done))))
+    for path in written:  # complete files only (one finished while stopping is kept whole)
+        assert set(load_file(path)) == names, path
+
+    assert main(["batch", str(jobs_file), "--workers", "0", "-q", "--report", str(report)]) == 0
+    again = {r["out"]: r["status"] for r in json.loads(report.read_text())["results"]}
+    assert {o for o, st in again.items() if st == "skipped"} == written
+    assert {o for o, st in again.items() if st == "ok"} == set(again) - written
+    assert_matches_onnxruntime(zoo, tmp_path / "models" / "net19.onnx", tmp_path / "out1" / "net19.safetensors")
