@@ -67,8 +67,10 @@ SOURCES = ("tensorflow", "mxnet")
 NAMES = {
     "tensorflow": ("model/layers/(?P<n>\\d+)/kernel/\\.ATTRIBUTES/VARIABLE_VALUE",
                    "model/layers/(?P<n>\\d+)/bias/\\.ATTRIBUTES/VARIABLE_VALUE", "[tf_dense]",
-                   "model/layers/{i}/kernel/.ATTRIBUTES/VARIABLE_VALUE", "model/layers/{i}/bias/.ATTRIBUTES/VARIABLE_VALUE"),
-    "mxnet": ("fc(?P<n>\\d+)_weight", "fc(?P<n>\\d+)_bias", "[]", "fc{i}_weight", "fc{i}_bias"),  # the reader drops arg:
+                   "model/layers/{i}/kernel/.ATTRIBUTES/VARIABLE_VALUE",
+                   "model/layers/{i}/bias/.ATTRIBUTES/VARIABLE_VALUE"),
+    # the reader drops mxnet's arg: prefix
+    "mxnet": ("fc(?P<n>\\d+)_weight", "fc(?P<n>\\d+)_bias", "[]", "fc{i}_weight", "fc{i}_bias"),
 }
 
 

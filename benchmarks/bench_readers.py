@@ -429,8 +429,8 @@ def evaluate(fmt: str, m: dict, file_bytes: int) -> dict:
 
 def table(results: dict) -> str:
     head = ("format", "cache", "file MB", "open s", "reader med s", "framework med s", "fw/reader med",
-            "(best)", "views med s", "fw/views", "resident", "open ΔRSS MB", "reader peak Δ / bytes", "(anon)", "framework peak Δ / bytes",
-            "(anon)", "targets")
+            "(best)", "views med s", "fw/views", "resident", "open ΔRSS MB", "reader peak Δ / bytes", "(anon)",
+            "framework peak Δ / bytes", "(anon)", "targets")
     rows = [head]
     for fmt, r in results["formats"].items():
         for state, c in r["cache_states"].items():

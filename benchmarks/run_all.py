@@ -13,7 +13,11 @@ bench_convert.py at each --scaling size and bench_memlimit.py) one after the oth
   formats        ours / the format's own loader for Keras .h5, torch, safetensors, .npz (large
                  and 5,000-tensor files) and for Caffe / TF / MXNet with 5,000 tensors
   small tensors  ours / onnx, per many-small-tensor ONNX file
-  conversion     ours / page-cache copy (shutil.copyfile of the same bytes), .safetensors and .pth
+  conversion     ours / page-cache copy (shutil.copyfile of the same bytes), .safetensors and .pth,
+                 for a TF checkpoint whose every kernel is transposed (`convert`) and an mxnet file
+                 whose every tensor is copied unchanged (`convert_unchanged`); the target is judged
+                 on the conversion's own work (no fsync, no source sha256: the copy does neither);
+                 the defaults (fsync, sha256) are listed beside it, fsync against copy + fsync
   cli            `weightport --help` / `inspect` on small files, seconds beyond Python's start-up
   scaling        time and peak RSS of copy / .safetensors / .pth per model size
   memlimit       a conversion run inside a memory cgroup smaller than the checkpoint
@@ -33,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("readers", "formats", "convert", "small_tensors", "cli")
+BENCHMARKS = ("readers", "formats", "convert", "convert_unchanged", "small_tensors", "cli")
 
 
 def run(script: str, args: list[str]) -> int:
@@ -55,6 +59,11 @@ def readers_rows(data: dict) -> list[tuple]:
         x = ratio(ours, fw)
         rows.append((f"read {fmt}", f"{r['file_bytes'] / B.MB:,.0f} MB", ours, fw, x, need,
                      m["reader_load"].get("runs"), r["targets"].get("same_data", {}).get("met")))
+        views = m.get("reader_view", {})
+        if "error" not in views and views.get("median_s"):
+            rows.append((f"read {fmt}, zero-copy views (`numpy(copy=False)`, pages touched)",
+                         f"{r['file_bytes'] / B.MB:,.0f} MB", views["median_s"], fw, ratio(views["median_s"], fw),
+                         need, views.get("runs"), r["targets"].get("same_data_views", {}).get("met")))
     return rows
 
 
@@ -80,17 +89,27 @@ def small_rows(data: dict) -> list[tuple]:
     return rows
 
 
+CONVERT_ROWS = (  # (mode, what it adds to the conversion's own work, baseline, target)
+    ("to_safetensors_nohash", "", "copy", 1.5),
+    ("to_pth_nohash", "", "copy", None),
+    ("to_safetensors_nofsync", " + source sha256", "copy", None),
+    ("to_safetensors", " + sha256 + fsync (default)", "copy_fsync", None),
+    ("to_pth", " + sha256 + fsync (default)", "copy_fsync", None),
+)
+
+
 def convert_rows(data: dict) -> list[tuple]:
     m = data["measurements"]
-    copy = m["copy"].get("median_s")
+    what = "unchanged" if data.get("model", {}).get("transform") == "none" else "transposed"
     rows = []
-    for mode, need in (("to_safetensors", 1.5), ("to_pth", None)):
-        if "error" in m[mode]:
+    for mode, extra, base, need in CONVERT_ROWS:
+        if "error" in m.get(mode, {"error": "not run"}) or "error" in m[base]:
             continue
-        ours = m[mode].get("median_s")
+        ours, copy = m[mode].get("median_s"), m[base].get("median_s")
         size = f"{data['model_bytes'] / B.MB:,.0f} MB"
-        rows.append((f"convert {mode[3:]}", size, ours, copy, ratio(ours, copy), need,
-                     m[mode].get("runs"), m[mode].get("verified")))
+        name = f"convert {mode[3:].split('_')[0]} ({what}){extra}"
+        name += " vs copy + fsync" if base == "copy_fsync" else ""
+        rows.append((name, size, ours, copy, ratio(ours, copy), need, m[mode].get("runs"), m[mode].get("verified")))
     return rows
 
 
@@ -144,7 +163,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     common = ["--repeat", str(args.repeat), "--workdir", str(args.workdir)]
     outs = {k: args.outdir / f"results_{k}.json"
-            for k in ("readers", "formats", "convert", "small_tensors", "cli", "memlimit")}
+            for k in ("readers", "formats", "convert", "convert_unchanged", "small_tensors", "cli", "memlimit")}
     wanted = [b for b in args.benchmarks.split(",") if b]
     if set(wanted) - set(BENCHMARKS):
         p.error(f"--benchmarks: a subset of {','.join(BENCHMARKS)}")
@@ -153,6 +172,8 @@ def main(argv=None) -> int:
         "formats": ("bench_formats.py", ["--size-mb", str(args.size_mb), "--tensors", str(args.tensors),
                                          "--out", str(outs["formats"]), *common]),
         "convert": ("bench_convert.py", ["--size-mb", str(args.size_mb), "--out", str(outs["convert"]), *common]),
+        "convert_unchanged": ("bench_convert.py", ["--size-mb", str(args.size_mb), "--source", "mxnet", "--out",
+                                                   str(outs["convert_unchanged"]), *common]),
         "small_tensors": ("bench_small_tensors.py", ["--tensors", str(args.tensors), "--out",
                                                      str(outs["small_tensors"]), *common]),
         "cli": ("bench_cli.py", ["--repeat", str(max(args.repeat, 7)), "--out", str(outs["cli"])]),
@@ -180,8 +201,9 @@ def main(argv=None) -> int:
         rows += formats_rows(loaded["formats"])
     if "small_tensors" in loaded:
         rows += small_rows(loaded["small_tensors"])
-    if "convert" in loaded:
-        rows += convert_rows(loaded["convert"])
+    for name in ("convert", "convert_unchanged"):
+        if name in loaded:
+            rows += convert_rows(loaded[name])
     text = ratio_table(rows)
     if scaling:
         text += "\n\nScaling (medians of " + str(args.scaling_repeat) + " runs):\n\n" + scaling_table(scaling)

@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
 
-def run_script(name: str, tmp_path: Path) -> dict:
+def run_script(name: str, tmp_path: Path, *extra: str) -> dict:
     out = tmp_path / f"{name}.json"
     cmd = [sys.executable, str(BENCH / name), "--size-mb", "8", "--repeat", "1",
-           "--workdir", str(tmp_path / "work"), "--out", str(out)]
+           "--workdir", str(tmp_path / "work"), "--out", str(out), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert out.is_file(), f"{name} did not write {out}"
@@ -35,6 +35,7 @@ def test_bench_readers_small(tmp_path):
         m = r["measurements"]
         assert all("error" not in v for v in m.values()), (fmt, m)
         assert r["targets"]["same_data"]["met"], (fmt, r["targets"]["same_data"])
+        assert r["targets"]["same_data_views"]["met"], (fmt, r["targets"]["same_data_views"])
         assert m["reader_load"]["count"] == 72  # 64 matrices + 8 vectors
         assert m["reader_load"]["bytes"] >= 8 * 2**20
         assert m["reader_load"]["delta_rss"] > 0 and m["reader_open"]["time_s"] > 0
@@ -42,10 +43,14 @@ def test_bench_readers_small(tmp_path):
 
 
 @pytest.mark.heavy
-def test_bench_convert_small(tmp_path):
+@pytest.mark.parametrize("source", ["tensorflow", "mxnet"])
+def test_bench_convert_small(tmp_path, source):
     pytest.importorskip("tensorflow")
     pytest.importorskip("safetensors")
-    data = run_script("bench_convert.py", tmp_path)
+    if source == "mxnet" and not (ROOT / ".venv-mxnet/bin/python").exists():
+        pytest.skip("mxnet builds its source in .venv-mxnet")
+    data = run_script("bench_convert.py", tmp_path, "--source", source)
+    assert data["model"]["transform"] == ("none" if source == "mxnet" else "tf_dense on kernels")
     m = data["measurements"]
     assert all("error" not in v for v in m.values()), m
     for mode in ("to_pth", "to_safetensors", "state_dict", "module"):

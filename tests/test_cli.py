@@ -333,9 +333,9 @@ def _earlier_conversion(tmp_path):
     return path
 
 
-def test_batch_keeps_the_default_sigterm():
-    """batch's process pool would wait for every queued job after a raised SIGTERM: it opts out."""
-    for name, raises in (("convert", True), ("port", True), ("batch", False)):
+def test_every_writing_command_turns_sigterm_into_a_clean_stop():
+    """SIGTERM raises in the CLI's commands (batch too: it cancels its pool, tests/test_batch.py)."""
+    for name, raises in (("convert", True), ("port", True), ("batch", True)):
         if name in available():
             p = build_parser("convert", only=name).commands[name]
             assert p.get_default("_raise_on_term") is raises, name

@@ -28,7 +28,7 @@ def add_arguments(p) -> None:
                         "right after may leave an empty or partial file where the output was)")
     p.add_argument("--no-source-hash", dest="hash_source", action="store_false",
                    help="do not record the source's sha256 in the output's provenance (saves reading the source "
-                        "twice; `convert batch` then cannot tell the output is up to date)")
+                        "twice); its size and mtime are recorded instead, and `convert batch` resumes on those")
     p.add_argument("--report", metavar="PATH", dest="json",
                    help="write the coverage report as JSON to PATH ('-': stdout); same as --json-out")
     A.add_json(p, help="print the coverage report as JSON")
