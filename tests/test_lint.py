@@ -19,14 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_YET_CLEAN = {
     "converters/arrays.py",
     "converters/mapping/transforms.py",
-    "converters/readers/_protowire.py",
-    "converters/readers/keras.py",
     "converters/writers/pth.py",
     "tests/test_benchmarks_smoke.py", "tests/test_convert.py",
-    "tests/test_reader_keras.py", "tests/test_reader_numpy.py",
-    "tests/test_security_readers.py",
-    "tests/test_transforms.py", "tests/test_reader_onnx_fast.py",
-    "tests/test_reader_safetensors.py",
+    "tests/test_reader_keras.py",
+    "tests/test_transforms.py",
 }
 
 

@@ -166,7 +166,7 @@ def test_lazy_meta_after_close_and_a_changed_file(tmp_path):
     f.close()
     os.utime(path, ns=(1, 1))
     with pytest.raises(FormatError, match="changed on disk"):
-        f["fc1.weight"].meta
+        _ = f["fc1.weight"].meta
 
 
 def test_scan_matches_iter_fields_on_random_messages():

@@ -41,7 +41,9 @@ def test_every_tensor_equals_the_safetensors_loader(tmp_path):
         a[:] = 0
         assert b.tobytes() == ref["h.big"].tobytes()
     # file order, not the header's (sorted) key order
-    data_order = sorted(ref, key=lambda k: json.loads(path.read_bytes()[8:8 + int.from_bytes(path.read_bytes()[:8], "little")])[k]["data_offsets"][0])
+    raw = path.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    data_order = sorted(ref, key=lambda k: header[k]["data_offsets"][0])
     with read(path) as f:
         assert list(f) == data_order
 

@@ -102,7 +102,8 @@ def test_keras_zip_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     monkeypatch.setattr("tempfile.tempdir", None)
     path = tmp_path / "bomb.keras"
-    with zipfile.ZipFile(FIX / "keras/k3_convnet.keras") as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+    with zipfile.ZipFile(FIX / "keras/k3_convnet.keras") as src, \
+            zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
             if info.filename != "model.weights.h5":
                 dst.writestr(info.filename, src.read(info))
@@ -175,7 +176,8 @@ def test_hdf5_external_raw_storage_is_refused(tmp_path):
     path, target = keras_weights_copy(tmp_path)
     with h5py.File(path, "a") as f:
         del f[target]
-        f.create_dataset(target, shape=(len(SECRET),), dtype="u1", external=[(str(tmp_path / "passwd"), 0, len(SECRET))])
+        f.create_dataset(target, shape=(len(SECRET),), dtype="u1",
+                         external=[(str(tmp_path / "passwd"), 0, len(SECRET))])
     with pytest.raises(UnsupportedError, match="external raw storage"):
         materialise(path)
     assert not never_leaks(materialise(path, allow_external=True))  # h5py would have read it
@@ -263,9 +265,8 @@ def _deep_symbol(tmp_path):
 
 
 def _onnx_overflowing_dims(tmp_path):
-    from onnx import TensorProto, helper
-
     import onnx
+    from onnx import TensorProto, helper
 
     w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1 << 40, 1 << 40], raw_data=b"\0" * 16)
     graph = helper.make_graph([], "g", [], [], [w])
@@ -274,11 +275,16 @@ def _onnx_overflowing_dims(tmp_path):
 
 
 HOSTILE = {
-    "safetensors_shape_string": lambda p: _safetensors(p / "a.safetensors", {"w": {"dtype": "F32", "shape": "12", "data_offsets": [0, 4]}}, b"\0" * 4),
-    "safetensors_dtype_list": lambda p: _safetensors(p / "a.safetensors", {"w": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
-    "safetensors_offsets_float": lambda p: _safetensors(p / "a.safetensors", {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4.5]}}, b"\0" * 8),
-    "safetensors_zero_by_2_62": lambda p: _safetensors(p / "a.safetensors", {"w": {"dtype": "F32", "shape": [0, 1 << 62], "data_offsets": [0, 0]}}),
-    "safetensors_deep_json": lambda p: _safetensors(p / "a.safetensors", b'{"w":' + b"[" * 200000 + b"]" * 200000 + b"}"),
+    "safetensors_shape_string": lambda p: _safetensors(
+        p / "a.safetensors", {"w": {"dtype": "F32", "shape": "12", "data_offsets": [0, 4]}}, b"\0" * 4),
+    "safetensors_dtype_list": lambda p: _safetensors(
+        p / "a.safetensors", {"w": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+    "safetensors_offsets_float": lambda p: _safetensors(
+        p / "a.safetensors", {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4.5]}}, b"\0" * 8),
+    "safetensors_zero_by_2_62": lambda p: _safetensors(
+        p / "a.safetensors", {"w": {"dtype": "F32", "shape": [0, 1 << 62], "data_offsets": [0, 0]}}),
+    "safetensors_deep_json": lambda p: _safetensors(
+        p / "a.safetensors", b'{"w":' + b"[" * 200000 + b"]" * 200000 + b"}"),
     "npy_zero_by_2_62": lambda p: _npy_with_header(p / "a.npy", (0, 1 << 62)),
     "onnx_dims_overflow": _onnx_overflowing_dims,
     "caffe_deep_prototxt": _deep_prototxt,

@@ -53,8 +53,8 @@ def iter_fields(buf, start: int = 0, end: int | None = None, file=None):
         elif wire == LEN:
             length, pos = read_varint(buf, pos, end, file)
             if pos + length > end:
-                raise TruncatedError(f"field {field} claims {length} bytes but its message ends {end - pos} bytes later",
-                                     file=file, offset=field_start)
+                raise TruncatedError(f"field {field} claims {length} bytes but its message ends {end - pos} "
+                                     "bytes later", file=file, offset=field_start)
             value = (pos, length)
             pos += length
         elif wire == FIXED32:

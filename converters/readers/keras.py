@@ -863,8 +863,8 @@ def _match_sublayers(layers_group, entry, cls) -> list[tuple[str, dict | None]]:
                 continue
         used.add(key)
         out.append((key, e))
-    leftovers = sorted((k for k in keys if k not in used),
-                       key=lambda k: (re.sub(r"_\d+$", "", k), int(m.group(1)) if (m := re.search(r"_(\d+)$", k)) else -1))
+    leftovers = sorted((k for k in keys if k not in used), key=lambda k: (
+        re.sub(r"_\d+$", "", k), int(m.group(1)) if (m := re.search(r"_(\d+)$", k)) else -1))
     return out + [(k, None) for k in leftovers]
 
 
