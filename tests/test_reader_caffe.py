@@ -566,3 +566,75 @@ def test_small_reads_in_any_order_and_from_threads(tmp_path):
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 for k, got in zip(list(f) * 3, pool.map(lambda h: h.numpy(), list(f.values()) * 3)):
                     assert_bit_equal(got, expected[k], k)
+
+
+# ------------------------------------------------------------------- files cut short while open
+
+_CUT_WHILE_OPEN = r"""
+import hashlib, json, os, sys
+sys.path.insert(0, os.getcwd())
+import converters
+from converters.errors import TruncatedError
+
+def outcome(get):
+    try:
+        value = get()
+    except TruncatedError as e:
+        return {"file": e.file, "array": e.array}
+    return hashlib.sha1(value.tobytes()).hexdigest() if hasattr(value, "tobytes") else "read"
+
+path, cut = sys.argv[1], int(sys.argv[2])
+with converters.read(path) as f:
+    os.truncate(path, cut)
+    out = {"layers": outcome(lambda: f.layers), "meta": {h.name: outcome(lambda h=h: h.meta) for h in f.values()},
+           "numpy": {h.name: outcome(h.numpy) for h in f.values()}}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("with_prototxt", [False, True])
+def test_cut_short_while_open(tmp_path, with_prototxt):
+    """The real MTCNN PNet caffemodel cut in half under the open reader, in a child (a read
+    through the map would kill it with SIGBUS). Fast open: the layers and meta, worked out on
+    first access by the walk, are a TruncatedError naming the file (and the array asked for);
+    every blob still whole reads as before, the others are a TruncatedError naming file and blob."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "det1.caffemodel"
+    shutil.copy(FIX / "mtcnn_pnet/det1.caffemodel", path)
+    if with_prototxt:
+        shutil.copy(FIX / "mtcnn_pnet/det1.prototxt", tmp_path / "det1.prototxt")
+    cut = path.stat().st_size // 2
+    with caffe.open(path) as f:
+        assert {type(h).__name__ for h in f.values()} == {"FileArray" if with_prototxt else "WindowArray"}
+        before = {k: hashlib.sha1(h.numpy().tobytes()).hexdigest() for k, h in f.items()}
+        ends = {k: s.offset + s.nbytes for k, h in f.items() if (s := h.stored_span()) is not None}
+    assert sorted(ends) == sorted(before) and min(ends.values()) < cut < max(ends.values())
+    r = subprocess.run([sys.executable, "-c", _CUT_WHILE_OPEN, str(path), str(cut)], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, f"the child died with status {r.returncode} (-7: SIGBUS): {r.stderr[-3000:]}"
+    got = json.loads(r.stdout.splitlines()[-1])
+    if with_prototxt:  # walked at open: nothing left to read from the file
+        assert got["layers"] == "read" and set(got["meta"].values()) == {"read"}
+    else:
+        assert got["layers"] == {"file": str(path), "array": None}
+        assert got["meta"] == {k: {"file": str(path), "array": k} for k in before}
+    for k, end in ends.items():
+        assert got["numpy"][k] == (before[k] if end <= cut else {"file": str(path), "array": k}), k
+
+
+def test_non_packed_blob_cut_short_while_open(tmp_path):
+    """fork_unknown's `old/0` holds one key per float (old writers), read with pread run by run:
+    cut inside its run (the file's one page: the map would have read zeros), it is a TruncatedError."""
+    from test_reader_binary import _check_cut
+
+    path = tmp_path / "fork.caffemodel"
+    shutil.copy(FIX / "fork_unknown.caffemodel", path)
+    with caffe.open(path) as f:
+        assert f["old/0"].stored_span() is None and f["old/0"].meta["offset"] > f["fancy/0"].meta["offset"]
+        cut = f["old/0"].meta["offset"] + 12
+    got = _check_cut(path, cut=cut, whole_pages=False)
+    assert got["old/0"] == {"file": str(path), "array": "old/0"} and isinstance(got["conv/0"], str)

@@ -157,6 +157,16 @@ class FileView:
             self._shrunk(offset, length, what, array)
         return out
 
+    def snapshot(self, what: str = "the file") -> FileView:
+        """A FileView over one pread copy of the whole file (meant for files up to WALK_MAP_MAX),
+        for a header walk run after open: walking it never touches the map, so a file cut short
+        meanwhile is a TruncatedError here instead of a SIGBUS inside the walk. It shares this
+        view's descriptor (its handles pread from the file as this view's do) and closes nothing."""
+        copy = _Snapshot.__new__(_Snapshot)
+        copy.path, copy.size, copy.pread_headers, copy._headers, copy._fh = self.path, self.size, False, None, self._fh
+        copy.buf = self.pread(0, self.size, what)
+        return copy
+
     def check_size(self, what: str, array=None) -> None:
         """TruncatedError if the file is shorter now than when it was opened (for data read by a
         parser of its own, zipfile say, whose errors would not say why)."""
@@ -216,6 +226,13 @@ class FileView:
         if count == 0:
             return np.zeros(shape, dtype)
         return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+class _Snapshot(FileView):
+    """`FileView.snapshot`'s view: bytes instead of a map, its parent's descriptor (not its to close)."""
+
+    def close(self) -> None:
+        pass
 
 
 class FileArray(ArrayHandle):

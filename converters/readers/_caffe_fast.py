@@ -340,12 +340,14 @@ class _Structure(LazyStructure):
         self.view = view
 
     def walk(self, check_unchanged) -> tuple[dict, dict]:
+        """The walk runs over a pread copy of the file (small files only come here): through the
+        map, a file cut short since it was opened would kill the process with SIGBUS."""
         view, temp = self.view, None
         if getattr(view.buf, "closed", True):  # the file was closed
             check_unchanged()
             view = temp = FileView(self.path)
         try:
-            walked = C._open_walk(view, False)
+            walked = C._open_walk(view.snapshot("the layers and array metadata"), False)
         finally:
             if temp is not None:
                 temp.close()

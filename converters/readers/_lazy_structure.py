@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import FormatError
+from ..errors import FormatError, TruncatedError
 from ._limits import parser_errors
 
 
@@ -26,7 +26,12 @@ class LazyStructure:
         self._layers: dict = {}
 
     def meta_of(self, handle) -> dict:
-        self._build()
+        try:
+            self._build()
+        except TruncatedError as e:  # the file was cut short before the walk: say whose meta it was
+            if e.array is None:
+                e.array = handle.name
+            raise
         return self._meta[handle.name]
 
     def layers(self) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arrays import ArrayFile, ArrayHandle, Layer, release_pages
+from ..arrays import ArrayFile, ArrayHandle, Layer
 from ..errors import FormatError, TruncatedError, UnsupportedError
 from . import _caffe_schema as S
 from . import _prototxt
@@ -416,17 +416,16 @@ def _handle(view: FileView, blob: _Blob, name: str, meta: dict) -> ArrayHandle:
     if len(runs) == 1 and runs[0][2] == dtype.itemsize:
         return view.handle(name, runs[0][0], dtype, shape, meta)
 
-    def read():
+    def read():  # every run with pread: a file cut short while open is a TruncatedError
         out = new_array((blob_count,), dtype)
         pos = 0
         for run in runs:
-            offset, count, stride, _ = run
+            offset, count, stride, key_len = run
             if stride == dtype.itemsize:
                 view.read_into(out[pos:pos + count], offset, "packed blob data", name)
             else:
-                values = _run_array(view, run, dtype, name)
-                out[pos:pos + count] = values
-                release_pages(values)
+                raw = view.read_into(np.empty(count * stride, np.uint8), offset, "non-packed blob data", name)
+                out[pos:pos + count] = np.frombuffer(raw, _keyed(dtype, key_len, stride))["v"]
             pos += count
         return out.reshape(shape)
 
@@ -444,8 +443,12 @@ def _run_array(view: FileView, run, dtype, name) -> np.ndarray:
     if stride == dtype.itemsize:
         return view.array(offset, dtype, (count,), name)
     view.require(offset, count * stride, "non-packed blob data", name)
-    record = np.dtype({"names": ["v"], "formats": [dtype], "offsets": [key_len], "itemsize": stride})
-    return np.frombuffer(view.buf, record, count=count, offset=offset)["v"]
+    return np.frombuffer(view.buf, _keyed(dtype, key_len, stride), count=count, offset=offset)["v"]
+
+
+def _keyed(dtype, key_len: int, stride: int) -> np.dtype:
+    """A non-packed value as a record: its key's `key_len` bytes, then the value."""
+    return np.dtype({"names": ["v"], "formats": [dtype], "offsets": [key_len], "itemsize": stride})
 
 
 # --------------------------------------------------------------------- param messages (wire)
