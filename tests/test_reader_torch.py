@@ -318,3 +318,24 @@ def test_storage_smaller_than_its_tensor_is_refused(tmp_path):
     with pytest.raises(FormatError) as e:
         read(path, "torch")
     assert "'w'" in str(e.value) and str(path) in str(e.value) and "past its storage" in str(e.value)
+
+
+def test_cut_short_while_open(tmp_path):
+    """A torch.save state dict cut in the middle under the open reader (torch-free path), in a
+    child: every tensor still whole reads as before, the others (C-order ones through SmallReads'
+    shared pread, a big one read alone, a transposed one gathered from its storage's pread) are a
+    TruncatedError naming file and tensor, never a SIGBUS."""
+    from test_reader_binary import _check_cut
+
+    g = torch.Generator().manual_seed(4)
+    state = {f"layer{i}.weight" if i % 2 else f"layer{i}.bias": torch.randn((16, 16) if i % 2 else (64,), generator=g)
+             for i in range(300)}
+    state["big"] = torch.arange(1 << 16, dtype=torch.int64)  # past SmallReads' window: read on its own
+    state["transposed"] = torch.randn(40, 30, generator=g).t()  # strided: no stored span, read by pread
+    path = tmp_path / "m.pt"
+    torch.save(state, path)
+    with read(path, "torch") as f:
+        assert type(f["layer3.weight"]).__name__ == "WindowArray" and f["transposed"].stored_span() is None
+        assert np.array_equal(f["transposed"].numpy(), state["transposed"].numpy())
+    got = _check_cut(path)
+    assert got["transposed"] == {"file": str(path), "array": "transposed"} and isinstance(got["layer1.weight"], str)

@@ -1,5 +1,5 @@
-"""torch.save's zip format read without torch: the pickle's structure, the tensors as views of
-their storage records in the memory-mapped file.
+"""torch.save's zip format read without torch: the pickle's structure, and where each tensor's
+elements lie in its storage record (read with pread, or viewed in the memory-mapped file).
 
 The pickle is read by the standard library's C unpickler with `find_class` replaced by a short
 allow-list that maps every permitted global to an inert stand-in defined here (a storage type is
@@ -166,11 +166,23 @@ def strided_extent(t: TensorRef) -> int:
     return t.offset + sum((d - 1) * s for d, s in zip(t.shape, t.stride)) + 1
 
 
+def contiguous(t: TensorRef) -> bool:
+    """Its elements lie in C order, one after the other (an empty tensor counts as contiguous)."""
+    return t.stride == _c_strides(t.shape) or any(d == 0 for d in t.shape)
+
+
+def tensor_copy(t: TensorRef, view, data_offset: int, name: str) -> np.ndarray:
+    """A new C-contiguous array of a strided tensor's elements, gathered from one pread of the
+    part of its storage it spans (never the map: a file cut short is a TruncatedError)."""
+    itemsize = t.dtype.itemsize
+    span = view.read_array(data_offset + t.offset * itemsize, t.dtype, (strided_extent(t) - t.offset,), name)
+    return np.lib.stride_tricks.as_strided(span, t.shape, tuple(s * itemsize for s in t.stride)).copy()
+
+
 def tensor_array(t: TensorRef, view, data_offset: int, name: str) -> np.ndarray:
     """A read-only view of the tensor's elements in the mapped file (strided as stored)."""
     itemsize = t.dtype.itemsize
-    contiguous = _c_strides(t.shape)
-    if t.stride == contiguous or any(d == 0 for d in t.shape):
+    if contiguous(t):
         return view.array(data_offset + t.offset * itemsize, t.dtype, t.shape, array=name)
     base = view.array(data_offset, t.dtype, (t.storage.numel,), array=name)
     return np.lib.stride_tricks.as_strided(base[t.offset:], t.shape, tuple(s * itemsize for s in t.stride),

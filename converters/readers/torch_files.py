@@ -2,8 +2,8 @@
 
 The tensors live in a pickle, and no pickle is ever loaded with a general unpickler. Zip-format
 files (torch >= 1.6) holding a state dict or a plain checkpoint are read without torch
-(_torch_pickle.py: the C unpickler with an allow-list of inert stand-ins; tensors are views of
-their records in the memory-mapped file, so data stays on disk until `.numpy()`). Anything else
+(_torch_pickle.py: the C unpickler with an allow-list of inert stand-ins; tensors are spans of
+their records, read with pread on `.numpy()` or viewed in the memory-mapped file with copy=False). Anything else
 (other globals, quantized tensors, archives re-zipped with compression, legacy pre-1.6 files) goes
 to torch.load(weights_only=True), whose restricted unpickler refuses every global outside its own
 allow-list, so a file cannot run code either way. The sizes either path trusts (zip records, the
@@ -22,12 +22,12 @@ import sys
 import zipfile
 from collections.abc import Mapping
 
-from ..arrays import ArrayFile, ArrayHandle, role_from_name
+from ..arrays import ArrayFile, ArrayHandle, element_count, role_from_name
 from ..dtypes import ML_DTYPES, of_torch
 from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from ..frameworks import FRAMEWORKS
 from . import _torch_pickle as plain_pickle
-from ._binary import FileView
+from ._binary import FileArray, FileView, SmallReads
 from ._limits import PARSER_ERRORS, parser_errors
 from ._torch_bounds import check_legacy, check_members, check_zip
 
@@ -285,9 +285,9 @@ def _guess_layout(name: str, ndim: int) -> str | None:
     return {2: "OI", 3: "OIW", 4: "OIHW", 5: "OIDHW"}.get(ndim)
 
 
-def _handle(name, tensor, path, meta, view=None, offsets=None) -> ArrayHandle:
+def _handle(name, tensor, path, meta, reads=None, offsets=None) -> ArrayHandle:
     if isinstance(tensor, plain_pickle.TensorRef):
-        return _plain_handle(name, tensor, path, meta, view, offsets[tensor.storage.key])
+        return _plain_handle(name, tensor, path, meta, reads, offsets[tensor.storage.key])
     dtype, convert = _numpy_dtype(tensor, path, name)
 
     def load():
@@ -296,14 +296,25 @@ def _handle(name, tensor, path, meta, view=None, offsets=None) -> ArrayHandle:
     return ArrayHandle(name, tuple(tensor.shape), dtype, load, meta)
 
 
-def _plain_handle(name, tensor, path, meta, view, data_offset) -> ArrayHandle:
-    """A tensor read without torch: its elements must lie inside its storage record."""
+def _plain_handle(name, tensor, path, meta, reads: SmallReads, data_offset) -> ArrayHandle:
+    """A tensor read without torch: its elements must lie inside its storage record. `.numpy()`
+    reads with pread (a file cut short while open is a TruncatedError, not a SIGBUS): a C-order
+    tensor through `reads` (records follow the pickle's order: one pread serves many small
+    tensors), a strided one from a pread of the storage it spans."""
+    shape, dtype, view = tensor.shape, tensor.dtype, reads.view
     if plain_pickle.strided_extent(tensor) > tensor.storage.numel:
-        raise FormatError(f"tensor {list(tensor.shape)} at offset {tensor.offset} with strides {list(tensor.stride)} "
+        raise FormatError(f"tensor {list(shape)} at offset {tensor.offset} with strides {list(tensor.stride)} "
                           f"reaches past its storage of {tensor.storage.numel} elements", file=path, array=name,
                           hint="the file is corrupt")
-    return ArrayHandle(name, tensor.shape, tensor.dtype,
-                       lambda: plain_pickle.tensor_array(tensor, view, data_offset, name), meta)
+    count = element_count(shape, dtype.itemsize)
+    if count is None:
+        raise FormatError(f"shape {list(shape)} of {dtype} cannot be an array", file=path, array=name,
+                          hint="a corrupt shape field")
+    if plain_pickle.contiguous(tensor):
+        start = data_offset + tensor.offset * dtype.itemsize if count else data_offset
+        return reads.add(name, shape, dtype, start, start + count * dtype.itemsize, meta)
+    return FileArray(name, shape, dtype, lambda: plain_pickle.tensor_copy(tensor, view, data_offset, name),
+                     lambda: plain_pickle.tensor_array(tensor, view, data_offset, name), meta)
 
 
 def _storage_key(tensor):
@@ -349,10 +360,11 @@ def _arrays(path: str, key, obj, is_zip: bool, view, offsets) -> ArrayFile:
         raise FormatError(f"no tensors in the file (top level is a {type(obj).__name__})", file=path)
     where = _find_state_dict(obj, path, key)
     arrays, seen = [], {}
+    reads = SmallReads(view) if view is not None else None
     for parts, tensor in tensors:
         inside = parts[:len(where)] == where
         name = ".".join(parts[len(where):] if inside else parts) or "tensor"
-        arrays.append(_handle(name, tensor, path, _meta(name, parts, tensor, inside, where), view, offsets))
+        arrays.append(_handle(name, tensor, path, _meta(name, parts, tensor, inside, where), reads, offsets))
         skey = _storage_key(tensor)
         if skey is not None:
             if skey in seen:
