@@ -502,3 +502,41 @@ def test_fast_open_unaligned_arrays_read_on_their_own(tf, tmp_path):
         for k, a in f.items():
             arr = a.numpy()
             assert _same(arr, reader.get_tensor(k)) and arr.flags.aligned, k
+
+
+# ------------------------------------------------------------------- files cut short while open
+
+def test_graphdef_typed_values_cut_short_while_open(tmp_path):
+    """frozen.pb's constants given by typed values (half_val, float_val, int64_val, bool_val: the
+    last nodes) are decoded from a pread of their bytes: cut where they start (inside the file's
+    one page, where the map would have read zeros), each is a TruncatedError naming file and
+    constant; the tensor_content ones before the cut read as before (child process, no SIGBUS)."""
+    from test_reader_binary import _check_cut
+
+    path = tmp_path / "frozen.pb"
+    shutil.copy(FIX / "frozen.pb", path)
+    got = _check_cut(path, cut=path.read_bytes().index(b"half_const"), whole_pages=False)
+    refused = {k for k, v in got.items() if isinstance(v, dict)}
+    assert refused == {"half_const", "bf16_const", "scalar_const", "broadcast_const", "int64_const", "bool_const"}
+    assert isinstance(got["zeros_const"], str)  # no values stored: nothing to read
+
+
+def test_partitioned_columns_cut_short_while_open(tf, tmp_path):
+    """A TF1 variable partitioned along its second axis (tf.compat.v1.fixed_size_partitioner, saved
+    by tf.compat.v1.train.Saver): its slices are not contiguous in the whole, read with pread and
+    copied in; cut inside the last slice, it is a TruncatedError, the variable before reads as before."""
+    from test_reader_binary import _check_cut
+
+    v1 = tf.compat.v1
+    with tf.Graph().as_default():
+        v1.get_variable("a_whole", shape=(512,), initializer=v1.random_normal_initializer(seed=1))
+        v1.get_variable("cols", shape=(2048, 6), partitioner=v1.fixed_size_partitioner(3, axis=1),
+                        initializer=v1.random_normal_initializer(seed=2))
+        with v1.Session() as s:
+            s.run(v1.global_variables_initializer())
+            prefix = v1.train.Saver().save(s, str(tmp_path / "model.ckpt"))
+    data = Path(prefix + ".data-00000-of-00001")
+    with tfr.open(prefix) as f:
+        assert f["cols"].meta["partitioned"] == 3 and f["cols"].shape == (2048, 6)
+    got = _check_cut(prefix, data_file=data, cut=data.stat().st_size - 3 * 4096)
+    assert got["cols"] == {"file": str(data), "array": "cols"} and isinstance(got["a_whole"], str)

@@ -266,25 +266,20 @@ def _const_handle(view: FileView, name: str, t: _Tensor, consumer) -> ArrayHandl
 
 
 def _typed_values(view: FileView, name: str, t: _Tensor, dtype, count: int) -> np.ndarray:
-    """Decode the typed value field; fewer values than elements repeat the last one."""
+    """Decode the typed value field; fewer values than elements repeat the last one. Its bytes
+    come from one pread (a file cut short since it was opened is a TruncatedError, not a SIGBUS)."""
     field, kind = _VALUE_FIELD.get(t.dtype, (None, None))
     entries = [e for e in t.values if e[0] == field]
-    if kind in ("f4", "f8"):
-        raw = _fixed_values(view, entries, kind)
-        vals = raw.view(np.complex64 if t.dtype == 8 else np.complex128) if t.dtype in (8, 18) else raw
-    elif kind == "bytes":
-        vals = np.frombuffer(b"".join(view.bytes(v[0], v[1], "float8_val", name) for _f, w, v, _o in entries
-                                      if w == LEN), np.uint8).view(dtype)
-    else:
-        ints = []
-        for _f, w, v, _o in entries:
-            ints.extend(packed_varints(view.buf, v, view.path) if w == LEN else [v])
-        if t.dtype in (19, 14):
-            vals = np.array(ints, np.uint64).astype(np.uint16).view(dtype)
-        elif t.dtype in (23, 22):
-            vals = np.array(ints, np.uint64).astype(dtype)
-        else:  # signed varints are two's complement in 64 bits; narrow types wrap like TF's casts
-            vals = np.array(ints, np.uint64).view(np.int64).astype(dtype)
+    spans = [v for _f, w, v, _o in entries if w == LEN]
+    low = min(s for s, _ in spans) if spans else 0
+    buf = view.pread(low, max(s + n for s, n in spans) - low, "typed values", name) if spans else b""
+    entries = [(f, w, (v[0] - low, v[1]) if w == LEN else v, o) for f, w, v, o in entries]
+    try:
+        vals = _decode_values(buf, entries, kind, t.dtype, dtype, view.path)
+    except FormatError as e:  # (offsets in `buf`: the file's)
+        if e.offset is not None:
+            e.offset += low
+        raise
     n = len(vals)
     if n > count:
         raise FormatError(f"typed value field holds {n} values for {count} elements", file=view.path, array=name,
@@ -297,13 +292,30 @@ def _typed_values(view: FileView, name: str, t: _Tensor, dtype, count: int) -> n
     return out.reshape(t.shape)
 
 
-def _fixed_values(view, entries, kind) -> np.ndarray:
+def _decode_values(buf, entries, kind: str, tf_dtype: int, dtype, path) -> np.ndarray:
+    """The values of typed value `entries` (LEN spans in `buf`) of the `kind` _VALUE_FIELD names."""
+    if kind in ("f4", "f8"):
+        raw = _fixed_values(buf, entries, kind)
+        return raw.view(np.complex64 if tf_dtype == 8 else np.complex128) if tf_dtype in (8, 18) else raw
+    if kind == "bytes":
+        return np.frombuffer(b"".join(bytes(buf[v[0]:v[0] + v[1]]) for _f, w, v, _o in entries if w == LEN),
+                             np.uint8).view(dtype)
+    ints = []
+    for _f, w, v, _o in entries:
+        ints.extend(packed_varints(buf, v, path) if w == LEN else [v])
+    if tf_dtype in (19, 14):
+        return np.array(ints, np.uint64).astype(np.uint16).view(dtype)
+    if tf_dtype in (23, 22):
+        return np.array(ints, np.uint64).astype(dtype)
+    return np.array(ints, np.uint64).view(np.int64).astype(dtype)  # two's complement; narrow types wrap as TF's casts
+
+
+def _fixed_values(buf, entries, kind) -> np.ndarray:
     size = 4 if kind == "f4" else 8
     parts = []
     for _f, w, v, _off in entries:
         if w == LEN:
-            view.require(v[0], v[1], "packed values")
-            parts.append(np.frombuffer(view.buf, "<" + kind, v[1] // size, v[0]).copy())
+            parts.append(np.frombuffer(buf, "<" + kind, v[1] // size, v[0]))
         elif w in (FIXED32, FIXED64):
             fmt = "<I" if w == FIXED32 else "<Q"
             parts.append(np.frombuffer(struct.pack(fmt, v), "<" + kind))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arrays import ArrayFile, ArrayHandle, release_pages
+from ..arrays import ArrayFile, ArrayHandle
 from ..errors import FormatError, TruncatedError, UnsupportedError
 from . import _tf_sstable as sstable
 from ._binary import FileView, new_array
@@ -340,16 +340,14 @@ def _sliced_handle(index: FileView, e: dict, name: str, info: dict, parts) -> Ar
         raise FormatError(f"slices cover {covered} of {_count(shape)} elements", file=index.path, array=name,
                           offset=e["at"])
 
-    def load():  # a new array each call: handed out as it is (fresh)
+    def load():  # a new array each call: handed out as it is (fresh); every slice read with pread
         out = new_array(shape, dtype)
         for region, view, offset, sub in pieces:
             target = out[region]
             if target.flags.c_contiguous:  # slices along the first axis: read in place
                 view.read_into(target, offset, "tensor slice data", name)
-            else:
-                part = view.array(offset, dtype, sub, name)
-                target[...] = part
-                release_pages(part)
+            else:  # (never copied out of the map: a file cut short while open is a TruncatedError)
+                target[...] = view.read_into(np.empty(sub, dtype), offset, "tensor slice data", name)
         return out
     meta = dict(info)
     meta["layout"] = layout_for(meta, len(shape))
