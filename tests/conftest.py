@@ -3,14 +3,32 @@
 torchvision (through torch._dynamo) crashes with a segmentation fault when it is first imported
 after TensorFlow in the same process; importing it before any test can import TensorFlow keeps
 the suite independent of test order.
+
+The suite runs on pytest-xdist workers (`-n 2 --dist loadgroup` in pyproject.toml; `-n 0` runs it
+in one process). Under xdist:
+  * each worker's math libraries use one thread (two workers on two cores: no oversubscription;
+    an exported OMP_NUM_THREADS etc. wins);
+  * a module with a module- or session-scoped fixture of its own runs whole on one worker (its
+    fixture is built once, as in a serial run); the other tests are spread one by one, the heavy
+    ones first so no long test is left for the end;
+  * a test marked `exclusive` runs while no other test of the run does (a file lock: every test
+    holds it shared, an exclusive one holds it alone).
 """
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER") and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 try:
     import torchvision  # noqa: F401
 except ImportError:  # the suite still runs the tests that do not need it
     pass
 
 
-import os  # noqa: E402
+import fcntl  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -18,6 +36,66 @@ import pytest  # noqa: E402
 def pytest_configure(config):
     config.addinivalue_line("markers", "allowed_skip(reason): this test may skip under CI=true, for the documented "
                                        "reason given (none does today)")
+
+
+def _own_wide_fixture(item) -> bool:
+    """Whether the test uses a module/class/package/session-scoped fixture defined in tests/
+    (pytest's own, like tmp_path_factory, do not count)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:  # pytest internals moved: keep the module whole, as a serial run does
+        return True
+    tests = Path(__file__).resolve().parent
+    for defs in info.name2fixturedefs.values():
+        for d in defs:
+            if d.scope == "function" or d.func is None:
+                continue
+            source = getattr(d.func, "__code__", None)
+            if source is not None and Path(source.co_filename).resolve().is_relative_to(tests):
+                return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if getattr(config.option, "dist", "no") == "no":
+        return
+    wide = {}
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.nodeid.split("::", 1)[0]
+            if wide.setdefault(module, False) or _own_wide_fixture(item):
+                wide[module] = True
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if wide.get(module) and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(module))
+    # with --no-loadscope-reorder the workers take groups in this order: heavy cases first
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
+def _lock_path():
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return Path(tempfile.gettempdir()) / f"converters-tests-{run}.lock" if run else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under xdist, an `exclusive` test (it changes .venv, say) runs alone: it takes the gate, so
+    no test starts, then the lock alone, once the running ones end."""
+    path = _lock_path()
+    if path is None:
+        yield
+        return
+    exclusive = item.get_closest_marker("exclusive") is not None
+    with open(path, "a") as lock, open(path.with_suffix(".gate"), "a") as gate:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -127,6 +127,7 @@ def test_fresh_venv_core_install_commands_work(tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.exclusive  # pip reinstalls the editable package: no other test may import it meanwhile
 def test_setup_script_prints_its_steps():
     """scripts/setup.sh on this (already set-up) checkout: idempotent, and every step says what it
     does on stderr (pip's own output goes to .venv/setup.log)."""
