@@ -233,3 +233,42 @@ def test_mutants_open_alike_on_both_paths(tmp_path, monkeypatch):
                 outcomes.append(type(e).__name__)
         monkeypatch.setattr(onnx_files, "FAST", True)
         assert outcomes[0] == outcomes[1], i
+
+
+_META_AFTER_CUT = r"""
+import os, sys
+sys.path.insert(0, os.getcwd())
+import converters
+from converters.errors import TruncatedError
+
+path = sys.argv[1]
+f = converters.read(path)
+os.truncate(path, os.path.getsize(path) // 2)
+try:
+    [h.meta for h in f.values()]
+    print("read")
+except TruncatedError as e:
+    print(e.file)
+"""
+
+
+def test_deferred_meta_of_a_file_cut_short_while_open(tmp_path):
+    """The fast open works out meta on first access: a small model cut short before then is a
+    TruncatedError naming the file (the walk reads a pread copy), not a SIGBUS in the map (child)."""
+    import subprocess
+    import sys
+
+    inits = [numpy_helper.from_array(np.full((8, 8), i, np.float32), f"w{i}") for i in range(300)]
+    nodes = [helper.make_node("Add", ["X", f"w{i}"], [f"y{i}"]) for i in range(300)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [8, 8])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [8, 8]) for i in range(300)],
+                              inits)
+    path = tmp_path / "adds.onnx"
+    onnx.save(helper.make_model(graph), path)
+    with read(path) as f:  # whole, the meta reads
+        assert f["w7"].meta["layer_type"] == "Add" and f["w7"].meta["source"] == "initializer"
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", _META_AFTER_CUT, str(path)], capture_output=True, text=True, timeout=120,
+                       cwd=root)
+    assert r.returncode == 0, f"the child died with status {r.returncode} (-7: SIGBUS): {r.stderr[-3000:]}"
+    assert r.stdout.strip() == str(path)

@@ -282,10 +282,13 @@ class _Structure(LazyStructure):
         self.file = None  # weakref to the ArrayFile: its handles stand for themselves in the walk
 
     def walk(self, check_unchanged) -> tuple[dict, dict]:
-        reader, temp = self.reader, None
+        reader, temp, mapped = self.reader, None, None
         if reader.closed:
             check_unchanged()
             reader = temp = ox._Reader(self.path, reader.allow_outside)
+        elif not isinstance(reader.src, pw.PreadBuffer):  # a small file walked after open: over a
+            # pread copy, not the map (a file cut short meanwhile: TruncatedError, not SIGBUS)
+            mapped, reader.src = reader.src, reader.view.pread(0, reader.view.size, "the layers and array metadata")
         try:
             _meta, graph_span = ox._model_fields(reader)
             opened = self.file() if self.file is not None else None
@@ -294,6 +297,8 @@ class _Structure(LazyStructure):
         finally:
             if temp is not None:
                 temp.close()
+            elif mapped is not None:
+                reader.src = mapped
             elif isinstance(reader.src, pw.PreadBuffer):
                 reader.src.forget()
         return {a.name: a.meta for a in arrays}, layers
