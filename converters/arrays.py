@@ -162,8 +162,9 @@ class ArrayHandle:
         """The data as a numpy array of `.shape` and `.dtype`.
 
         copy=True (default) returns an array that owns its memory and outlives the file; where a
-        reader reads it with pread (safetensors, ONNX, numpy, MXNet, Caffe, TF checkpoints), a file
-        cut short since it was opened is a TruncatedError.
+        reader reads it with pread (safetensors, ONNX, numpy, MXNet, Caffe, TF checkpoints and
+        GraphDefs, torch.save zips read without torch), a file cut short since it was opened is a
+        TruncatedError (files torch.load reads, legacy or compressed ones, may still SIGBUS).
         copy=False may return a read-only view into the memory-mapped file: no copy, but touching
         it after the file was truncated (by another process, say) kills the process with SIGBUS.
         """
