@@ -72,16 +72,22 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
-def _lock_path():
+def _lock_path(config):
+    """The run's lock file: in the folder its workers' basetemps share (pytest keeps the last
+    three runs' and removes older ones), in the temporary folder where that is not known."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    return Path(tempfile.gettempdir()) / f"converters-tests-{run}.lock" if run else None
+    if not run or not hasattr(config, "workerinput"):  # not a worker: a pytest that a test runs inherits the variable
+        return None
+    factory = getattr(config, "_tmp_path_factory", None)
+    folder = factory.getbasetemp().parent if factory is not None else Path(tempfile.gettempdir())
+    return folder / f"converters-tests-{run}.lock"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Under xdist, an `exclusive` test (it changes .venv, say) runs alone: it takes the gate, so
     no test starts, then the lock alone, once the running ones end."""
-    path = _lock_path()
+    path = _lock_path(item.config)
     if path is None:
         yield
         return
