@@ -28,7 +28,7 @@ import zlib
 
 import numpy as np
 
-from ..arrays import StoredSpan
+from ..arrays import StoredSpan, release_pages
 from ..errors import ConvertersError, TruncatedError
 from ..mapping.materialise import copy_into
 
@@ -98,6 +98,7 @@ def _write_span(pipe, span: StoredSpan, name: str, offset: int, checksum: bool) 
         n = min(step, span.nbytes - start)
         if checksum:
             crc = zlib.crc32(view[start:start + n], crc)
+            release_pages(view[start:start + n])  # read once for the CRC: not kept in RSS
         pipe.submit_copy(span, name, start, n, offset + start)
     return crc
 
