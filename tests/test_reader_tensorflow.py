@@ -504,6 +504,113 @@ def test_fast_open_unaligned_arrays_read_on_their_own(tf, tmp_path):
             assert _same(arr, reader.get_tensor(k)) and arr.flags.aligned, k
 
 
+@pytest.mark.parametrize("prefix", ["tf2_keras/ckpt-1", "keras3/ckpt-1", "saved_model/variables/variables"])
+def test_fast_open_stored_spans_are_tensorflows_bytes(tf, prefix):
+    """Every variable of a TF2 / Keras checkpoint and a SavedModel's variables bundle has a stored
+    span: its bytes, read from the span's own descriptor, are tf.train.load_checkpoint's value
+    (C order, little-endian), and its view is the same array."""
+    import os
+
+    from converters.readers._tf_fast import BundleArray
+
+    reader = tf.train.load_checkpoint(str(FIX / prefix))
+    for names in ("keys", "readable"):
+        with tfr.open(FIX / prefix, names=names) as f:
+            assert f and all(isinstance(a, BundleArray) for a in f.values())
+            for key, a in f.items():
+                s = a.stored_span()
+                value = reader.get_tensor(a.meta.get("checkpoint_key", key))
+                assert (s.shape, s.dtype, s.nbytes) == (value.shape, value.dtype, value.nbytes), key
+                assert s.path == str(FIX / prefix) + ".data-00000-of-00001" and s.offset == a.meta["offset"]
+                assert os.pread(s.check(key), s.nbytes, s.offset) == np.ascontiguousarray(value).tobytes(), key
+                assert _same(s.view(), value), key
+
+
+def test_fast_open_span_of_a_second_shard(tf, tmp_path):
+    """Variables round robin over three shards: each span names its shard and its descriptor."""
+    class ThreeShards(tf.train.experimental.ShardingCallback):
+        description = "three shards"
+
+        def __call__(self, shardable_tensors):
+            out = [{}, {}, {}]
+            for i, t in enumerate(shardable_tensors):
+                out[i % 3].setdefault(t.checkpoint_key, {})[t.slice_spec] = t.tensor
+            return out
+    variables = {f"v{i}": tf.Variable(np.arange(i, i + 10, dtype=np.float64)) for i in range(6)}
+    prefix = tf.train.Checkpoint(**variables).write(str(tmp_path / "ckpt"), options=tf.train.CheckpointOptions(
+        experimental_sharding_callback=ThreeShards()))
+    reader = tf.train.load_checkpoint(prefix)
+    with tfr.open(prefix) as f:
+        paths = set()
+        for key, a in f.items():
+            s = a.stored_span()
+            paths.add(s.path)
+            assert s.path.endswith(a.meta["shard"])
+            with open(s.path, "rb") as fh:
+                fh.seek(s.offset)
+                assert fh.read(s.nbytes) == reader.get_tensor(key).tobytes(), key
+        assert len(paths) == 3
+
+
+KERAS_VARIABLE = (r"model/(?:layer_with_weights-|_functional/_operations/)(?P<n>\d)/_?(?P<v>{})"
+                  r"/\.ATTRIBUTES/VARIABLE_VALUE")
+"""A Keras model's variables in a TF2 checkpoint: tf_keras names them `layer_with_weights-N`, Keras 3
+`_functional/_operations/N` (its kernels `_kernel`)."""
+UNCHANGED = "bias|beta|gamma|moving_mean|moving_variance"
+
+
+def _keras_table(path, kernel_axes) -> Path:
+    """Biases and BatchNorm variables unchanged, kernels permuted (`kernel_axes`), training state ignored."""
+    path.write_text(f"""source: tensorflow
+rules:
+  - {{from: '{KERAS_VARIABLE.format(UNCHANGED)}', to: 'layer{{n}}.{{v}}'}}
+  - {{from: '{KERAS_VARIABLE.format("kernel")}', to: 'layer{{n}}.{{v}}',
+     transforms: [{{permute: {list(kernel_axes)}}}]}}
+ignore:
+  - {{role: optimizer, reason: the optimizer's slots}}
+  - {{role: counter, reason: step counters}}
+""")
+    return path
+
+
+def test_unchanged_bundle_variables_are_copied_file_to_file(tf, tmp_path, monkeypatch):
+    """A Keras model's TF2 checkpoint converted to .safetensors through a table: the biases and
+    BatchNorm variables (no transform) go by copy_file_range from the data shard, and every output
+    tensor is bit-exact against tf.train.load_checkpoint."""
+    import os
+    import re
+
+    from safetensors.numpy import load_file
+
+    from converters.convert import convert
+
+    model = tf.keras.Sequential([tf.keras.Input((8, 8, 3)), tf.keras.layers.Conv2D(6, 3),
+                                 tf.keras.layers.BatchNormalization(), tf.keras.layers.Conv2D(4, 3)])
+    for i, v in enumerate(model.weights):
+        v.assign(np.random.default_rng(i).standard_normal(v.shape).astype(np.float32))
+    prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    reader = tf.train.load_checkpoint(prefix)
+    calls = []
+    real = os.copy_file_range
+
+    def copy_range(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append((os.readlink(f"/proc/self/fd/{src}"), count))
+        return real(src, dst, count, offset_src, offset_dst)
+    monkeypatch.setattr(os, "copy_file_range", copy_range)
+    convert(prefix, _keras_table(tmp_path / "t.yaml", (3, 2, 0, 1)), out=tmp_path / "out.safetensors")
+    got = load_file(tmp_path / "out.safetensors")
+    expected = {}
+    for key in reader.get_variable_to_shape_map():
+        if m := re.fullmatch(KERAS_VARIABLE.format(UNCHANGED + "|kernel"), key):
+            value = reader.get_tensor(key)
+            expected[f"layer{m['n']}.{m['v']}"] = value.transpose(3, 2, 0, 1) if m["v"] == "kernel" else value
+    assert len(expected) == 8 and set(got) == set(expected)
+    for name, value in expected.items():
+        assert _same(got[name], np.ascontiguousarray(value)), name
+    assert {p for p, _ in calls} == {prefix + ".data-00000-of-00001"}
+    assert sum(c for _, c in calls) == sum(v.nbytes for k, v in expected.items() if not k.endswith("kernel"))
+
+
 # ------------------------------------------------------------------- files cut short while open
 
 def test_graphdef_typed_values_cut_short_while_open(tmp_path):
@@ -540,3 +647,61 @@ def test_partitioned_columns_cut_short_while_open(tf, tmp_path):
         assert f["cols"].meta["partitioned"] == 3 and f["cols"].shape == (2048, 6)
     got = _check_cut(prefix, data_file=data, cut=data.stat().st_size - 3 * 4096)
     assert got["cols"] == {"file": str(data), "array": "cols"} and isinstance(got["a_whole"], str)
+
+
+def test_bundle_cut_short_while_open(tf, tmp_path):
+    """A TF2 checkpoint of small variables (read in shared chunks) and a big one, its data shard
+    cut in the middle of a variable under the open reader (child process, no SIGBUS): the
+    variables before the cut read as before, even those whose chunk the cut crosses; the others
+    are TruncatedErrors naming the shard and the variable."""
+    from test_reader_binary import _check_cut
+
+    rng = np.random.default_rng(3)
+    variables = {f"b{i}": tf.Variable(rng.standard_normal(3000).astype(np.float32)) for i in range(12)}
+    variables["big"] = tf.Variable(rng.standard_normal((300, 100)).astype(np.float32))
+    prefix = tf.train.Checkpoint(**variables).write(str(tmp_path / "ckpt"))
+    data = Path(prefix + ".data-00000-of-00001")
+    got = _check_cut(prefix, data_file=data)
+    assert sum(isinstance(v, str) for v in got.values()) >= 3
+
+
+CONVERT_CUT = r"""
+import os, sys
+sys.path.insert(0, os.getcwd())
+import converters
+from converters.convert import convert
+from converters.errors import TruncatedError
+
+prefix, table, out, cut = sys.argv[1:5]
+arrays = converters.read(prefix)
+os.truncate(prefix + ".data-00000-of-00001", int(cut))
+try:
+    convert(arrays, table, out=out)
+except TruncatedError as e:
+    print(e.file, e.array, sep="\n")
+"""
+
+
+def test_conversion_of_a_bundle_cut_short_while_open(tf, tmp_path):
+    """The data shard cut inside the last bias after the checkpoint was opened: the conversion
+    (that bias a file-to-file copy) is a TruncatedError naming the shard and the output tensor, no output;
+    in a child, so that a read through the map past the new end would show as its exit status
+    (-7: SIGBUS)."""
+    import subprocess
+    import sys
+
+    table = _keras_table(tmp_path / "t.yaml", (1, 0))
+    layers = tf.keras.layers
+    model = tf.keras.Sequential([tf.keras.Input((64,)), layers.Dense(2000), layers.BatchNormalization(),
+                                 layers.Dense(10)])
+    prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    with tfr.open(prefix) as f:
+        last = max(f.values(), key=lambda a: a.meta["offset"])
+        span = last.stored_span()
+        assert last.role == "bias" and span.nbytes == 40
+    out = tmp_path / "out.safetensors"
+    r = subprocess.run([sys.executable, "-c", CONVERT_CUT, prefix, str(table), str(out), str(span.offset + 20)],
+                       capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split("\n")[-3:-1] == [prefix + ".data-00000-of-00001", "layer3.bias"]  # the writer's name
+    assert not out.exists()

@@ -11,7 +11,9 @@ on a TF2 checkpoint of 5,000 small variables. Here:
   4. the object graph is parsed, and every key described, on the first `.meta` of any array
      (by the same `describe_keys` the walk uses, so the meta is exactly the walk's);
   5. `.numpy()` of a small array reads the run of small arrays around it with one pread (CHUNK)
-     and hands out slices of it; big arrays are read on their own, as before.
+     and hands out slices of it; big arrays are read on their own, as before. A chunk cut short
+     since the file was opened is read array by array: those still whole read as before, the
+     others are a TruncatedError naming shard and array.
 Anything this path does not cover (partitioned variables, malformed or unusual entries, unknown
 dtypes, sizes that do not add up, out-of-range shards or offsets) sends the whole file to the
 walk (`None`), which decodes every case and names the error.
@@ -22,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arrays import ArrayHandle, element_count
-from ..errors import ConvertersError, FormatError
+from ..arrays import element_count
+from ..errors import ConvertersError, FormatError, TruncatedError
 from . import _gc
 from . import _protowire as pw
 from . import _tf_sstable as sstable
-from ._binary import FileView
+from ._binary import FileArray, FileView
 from ._limits import parser_errors
 from ._tf_objects import OBJECT_GRAPH_KEY, describe_keys, layout_for, parse_object_graph
 from ._tf_types import DT_STRING, DTYPES, tensor_shape
@@ -224,10 +226,14 @@ class _Bundle:
             self.chunk_of[i] = -1  # handed out once: a second load reads an array of its own
             chunk = self.chunks[c]
             buf = chunk[2]
-            if buf is None:
-                buf = chunk[2] = np.empty(chunk[1] - chunk[0], np.uint8)
-                view.read_into(buf, chunk[0], f"tensor data of {chunk[3]} arrays", h.name)
             chunk[3] -= 1
+            if buf is None:
+                try:
+                    buf = view.read_into(np.empty(chunk[1] - chunk[0], np.uint8), chunk[0],
+                                         f"tensor data of {chunk[3] + 1} arrays", h.name)
+                except TruncatedError:  # the file was cut short: this array alone, which may still be whole
+                    return view.read_array(offset, h.dtype, h.shape, h.name)
+                chunk[2] = buf
             if not chunk[3]:
                 chunk[2] = None  # all handed out: the arrays keep the buffer alive, not us
             a = offset - chunk[0]
@@ -272,10 +278,22 @@ class _Bundle:
         return count
 
 
-class BundleArray(ArrayHandle):
-    """A bundle variable: loads through its _Bundle (chunks for small arrays), meta on first access."""
+class BundleArray(FileArray):
+    """A bundle variable: loads through its _Bundle (chunks for small arrays), meta on first access.
+    A FileArray for its `stored_span`: an entry's bytes are the array's, C order, as TF wrote them
+    (little-endian: the header of a big-endian bundle is refused; partitioned variables and string
+    tensors never become BundleArrays), so a writer can copy them file to file."""
 
     __slots__ = ("_src", "_i")
 
     def numpy(self, copy: bool = True) -> np.ndarray:
         return self._src.load(self, copy)
+
+    def view(self) -> np.ndarray:
+        return self._src.load(self, False)
+
+    def where(self) -> tuple[FileView, int] | None:
+        src, i = self._src, self._i
+        if self.dtype.newbyteorder("<") != self.dtype:  # (a big-endian host: not the bytes as stored)
+            return None
+        return src.shards[src.shard_of[i]], src.offset_of[i]
