@@ -15,9 +15,8 @@ from __future__ import annotations
 import math
 import mmap
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -164,7 +163,8 @@ class ArrayHandle:
         copy=True (default) returns an array that owns its memory and outlives the file; where a
         reader reads it with pread (safetensors, ONNX, numpy, MXNet, Caffe, TF checkpoints and
         GraphDefs, torch.save zips read without torch), a file cut short since it was opened is a
-        TruncatedError (files torch.load reads, legacy or compressed ones, may still SIGBUS).
+        TruncatedError (files torch.load reads, legacy or compressed ones, were read whole when
+        opened: they read as they were).
         copy=False may return a read-only view into the memory-mapped file: no copy, but touching
         it after the file was truncated (by another process, say) kills the process with SIGBUS.
         """
@@ -254,7 +254,8 @@ class ArrayFile(Mapping):
             import difflib
 
             close = difflib.get_close_matches(name, list(self._arrays), n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else f"{len(self)} arrays; list them with `convert inspect`"
+            hint = (f"did you mean {', '.join(close)}?" if close
+                    else f"{len(self)} arrays; list them with `convert inspect`")
             raise ArrayNotFoundError("no such array", file=self.path, array=name, hint=hint) from None
 
     def __iter__(self) -> Iterator[str]:

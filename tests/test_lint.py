@@ -17,7 +17,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 NOT_YET_CLEAN = {
-    "converters/arrays.py",
     "converters/mapping/transforms.py",
     "converters/writers/pth.py",
     "tests/test_benchmarks_smoke.py", "tests/test_convert.py",
