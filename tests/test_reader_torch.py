@@ -1,6 +1,7 @@
 """[torch] reader against torch.load(weights_only=True), bit for bit; hostile pickles refused."""
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -339,3 +340,59 @@ def test_cut_short_while_open(tmp_path):
         assert np.array_equal(f["transposed"].numpy(), state["transposed"].numpy())
     got = _check_cut(path)
     assert got["transposed"] == {"file": str(path), "array": "transposed"} and isinstance(got["layer1.weight"], str)
+
+
+def _torch_load_file(path, variant, tmp_path):
+    """A checkpoint only torch.load reads: legacy (pre-1.6 serialisation), a stored zip holding a
+    global the torch-free path does not know (torch.Size), or re-zipped with deflate."""
+    from hostile_files import rezip
+
+    g = torch.Generator().manual_seed(5)
+    state = {f"layer{i}.weight": torch.randn(64, 64, generator=g) for i in range(6)}
+    state["bf16"] = torch.randn(5, generator=g).to(torch.bfloat16)
+    if variant == "legacy":
+        torch.save(state, path, _use_new_zipfile_serialization=False)
+    elif variant == "stored_zip":
+        torch.save({**state, "input_size": torch.Size([3, 224, 224])}, path)
+    else:
+        torch.save(state, tmp_path / "src.pth")
+        rezip(tmp_path / "src.pth", path, zipfile.ZIP_DEFLATED, 6)
+    assert torch_files._open_plain(str(path)) is None  # torch.load's path, not the torch-free one
+    return state
+
+
+@pytest.mark.parametrize("variant", ["legacy", "stored_zip", "deflated_zip"])
+def test_torch_load_path_cut_short_while_open(tmp_path, variant):
+    """Files torch.load reads are read whole while opening (never through torch's memory map): cut
+    to half under the open reader (in a child: a copy out of a map past the file's end would be a
+    SIGBUS, the child's exit status), every tensor still reads, bit-exact."""
+    import hashlib
+
+    from test_reader_binary import _cut_while_open
+
+    path = tmp_path / "m.pth"
+    state = _torch_load_file(path, variant, tmp_path)
+    with read(path, "torch") as f:
+        assert f.meta["format"] == ("torch-legacy" if variant == "legacy" else "torch-zip")
+        before = {k: hashlib.sha1(h.numpy().tobytes()).hexdigest() for k, h in f.items()}
+        assert before["layer0.weight"] == hashlib.sha1(as_bytes(state["layer0.weight"])).hexdigest()
+    assert _cut_while_open(path, path, path.stat().st_size // 2) == before
+
+
+@pytest.mark.parametrize("variant", ["legacy", "stored_zip", "deflated_zip"])
+def test_torch_load_path_cut_while_torch_reads(tmp_path, monkeypatch, variant):
+    """The file cut short between the bounds checks and torch.load reading it: a TruncatedError
+    naming the file and both sizes."""
+    path = tmp_path / "m.pth"
+    _torch_load_file(path, variant, tmp_path)
+    size = path.stat().st_size
+    real = torch.load
+
+    def cut_then_load(*args, **kwargs):
+        assert kwargs.get("mmap") is False and kwargs.get("weights_only") is True
+        os.truncate(path, size * 3 // 4)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch, "load", cut_then_load)
+    with pytest.raises(TruncatedError) as e:
+        read(path, "torch")
+    assert e.value.file == str(path) and f"{size * 3 // 4} bytes, {size} when torch.load started" in str(e.value)

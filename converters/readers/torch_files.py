@@ -6,7 +6,9 @@ files (torch >= 1.6) holding a state dict or a plain checkpoint are read without
 their records, read with pread on `.numpy()` or viewed in the memory-mapped file with copy=False). Anything else
 (other globals, quantized tensors, archives re-zipped with compression, legacy pre-1.6 files) goes
 to torch.load(weights_only=True), whose restricted unpickler refuses every global outside its own
-allow-list, so a file cannot run code either way. The sizes either path trusts (zip records, the
+allow-list, so a file cannot run code either way. That path reads every tensor into memory while
+opening (no mmap): a copy out of torch's map of a file cut short since (torch.save rewriting it in
+place, say) would be a SIGBUS. The sizes either path trusts (zip records, the
 pickle's storage counts) are bounded by the file first (_torch_bounds.py).
 
 Checkpoints often wrap the state dict ({'epoch': 3, 'state_dict': {...}, 'optimizer': {...}}):
@@ -17,6 +19,7 @@ the state dict is found under the usual keys (or `key=`), its names are kept as 
 from __future__ import annotations
 
 import builtins
+import os
 import re
 import sys
 import zipfile
@@ -24,7 +27,7 @@ from collections.abc import Mapping
 
 from ..arrays import ArrayFile, ArrayHandle, element_count, role_from_name
 from ..dtypes import ML_DTYPES, of_torch
-from ..errors import FormatError, MissingDependencyError, TruncatedError, UnsupportedError
+from ..errors import ConvertersError, FormatError, MissingDependencyError, TruncatedError, UnsupportedError
 from ..frameworks import FRAMEWORKS
 from . import _torch_pickle as plain_pickle
 from ._binary import FileArray, FileView, SmallReads
@@ -80,10 +83,9 @@ def _torch():
     return torch
 
 
-def _check_container(path: str) -> tuple[bool, bool]:
-    """(zip format, mappable). Raises a clear error for truncated, foreign or oversized-claim files
-    (_torch_bounds); a zip whose storages are compressed (re-zipped by another tool) is read, not
-    mapped: torch's mmap path would take the compressed bytes for the data."""
+def _check_container(path: str) -> bool:
+    """Whether the file is in torch's zip format. Raises a clear error for truncated, foreign or
+    oversized-claim files (_torch_bounds)."""
     with builtins.open(path, "rb") as fh:
         head = fh.read(64)
     if head.startswith(b"PK"):
@@ -93,16 +95,17 @@ def _check_container(path: str) -> tuple[bool, bool]:
             raise TruncatedError(f"not a readable zip archive ({e})", file=path, offset=0,
                                  hint="the torch zip file is truncated or corrupt") from None
         with zf:
-            return True, _check_torch_zip(zf, path)
+            _check_torch_zip(zf, path)
+            return True
     if head[:1] != b"\x80":
         raise FormatError("neither torch's zip format nor a pickle (no 0x80 protocol byte)", file=path, offset=0,
                           hint="not a file written by torch.save")
     check_legacy(path, _torch(), _LEGACY_MAGIC)
-    return False, False
+    return False
 
 
-def _check_torch_zip(zf, path: str) -> bool:
-    """A torch.save archive (not TorchScript, data.pkl present) within its size bounds; True: mappable."""
+def _check_torch_zip(zf, path: str) -> None:
+    """A torch.save archive (not TorchScript, data.pkl present) within its size bounds."""
     names = zf.namelist()
     if any(m.endswith("/constants.pkl") for m in names) and any("/code/" in m for m in names):
         raise UnsupportedError("a TorchScript archive (torch.jit.save), not a torch.save file", file=path,
@@ -111,7 +114,7 @@ def _check_torch_zip(zf, path: str) -> bool:
     if not any(_is_data_pkl(m) for m in names):
         raise FormatError(f"zip archive without a data.pkl member ({len(names)} members)", file=path,
                           hint="not a file written by torch.save")
-    return check_zip(zf, path, _torch())
+    check_zip(zf, path, _torch())
 
 
 def _open_plain(path: str):
@@ -148,28 +151,43 @@ def _open_plain(path: str):
     return obj, view, offsets
 
 
-def _load(path: str, mappable: bool):
+def _load(path: str):
+    """torch.load(weights_only=True), which reads every tensor into memory here: never mmap=True,
+    whose tensors are views of torch's map of the file (`.numpy()` copying one after the file was
+    cut short, by torch.save rewriting it in place say, would be a SIGBUS)."""
     torch = _torch()
     import pickle
 
+    size = os.path.getsize(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mappable)
-    except pickle.UnpicklingError as e:
-        text = str(e)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+        raise _load_error(path, size, e) from None
+
+
+def _load_error(path: str, size: int, e: Exception) -> ConvertersError:
+    """What torch.load's failure means: a file cut short while torch read it, a refused global, a
+    truncated or a damaged file."""
+    import pickle
+
+    now = os.path.getsize(path) if os.path.exists(path) else 0
+    if now < size:
+        return TruncatedError(f"the file has {now} bytes, {size} when torch.load started reading it", file=path,
+                              hint="the file was truncated while open")
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError):
         match = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global:? ([\w.]+)", text, re.IGNORECASE)
         if "Weights only load failed" in text or match:
             culprit = match.group(1) if match else "an object outside torch's allow-list"
-            raise FormatError(f"refused to unpickle {culprit}: the file holds arbitrary pickled Python objects",
-                              file=path, hint="only plain state dicts are read (weights_only=True); in a trusted "
-                              "environment re-save it with torch.save(model.state_dict()) or as safetensors") from None
-        raise FormatError(f"not a readable torch pickle ({text.splitlines()[0] if text else type(e).__name__})",
-                          file=path) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if isinstance(e, EOFError) or "EOF" in first or "central directory" in first:
-            raise TruncatedError(f"torch.load failed: {first}", file=path,
-                                 hint="the file is truncated or corrupt") from None
-        raise FormatError(f"torch.load failed: {first}", file=path) from None
+            return FormatError(f"refused to unpickle {culprit}: the file holds arbitrary pickled Python objects",
+                               file=path, hint="only plain state dicts are read (weights_only=True); in a trusted "
+                               "environment re-save it with torch.save(model.state_dict()) or as safetensors")
+        return FormatError(f"not a readable torch pickle ({text.splitlines()[0] if text else type(e).__name__})",
+                           file=path)
+    first = text.splitlines()[0] if text else type(e).__name__
+    if isinstance(e, EOFError) or "EOF" in first or "central directory" in first:
+        return TruncatedError(f"torch.load failed: {first}", file=path, hint="the file is truncated or corrupt")
+    return FormatError(f"torch.load failed: {first}", file=path)
 
 
 # --------------------------------------------------------------------------- checkpoint structure
@@ -343,8 +361,8 @@ def _open(path: str, key: str | None) -> ArrayFile:
         obj, view, offsets = found
         is_zip = True
     else:
-        is_zip, mappable = _check_container(path)
-        obj, view, offsets = _load(path, mappable), None, None
+        is_zip = _check_container(path)
+        obj, view, offsets = _load(path), None, None
     try:
         return _arrays(path, key, obj, is_zip, view, offsets)
     except BaseException:
