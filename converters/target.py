@@ -1,11 +1,14 @@
 """The PyTorch side: import the target model a mapping names and describe its tensors."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
 import os
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -87,7 +90,7 @@ def build_model(target: dict, *, meta: bool = False) -> torch.nn.Module:
     check_kwargs(kwargs, target["model"])
     try:
         if meta:
-            with torch.device("meta"):
+            with torch.device("meta"), _meta_init_skipped():
                 model = factory(**kwargs)
         else:
             model = factory(**kwargs)
@@ -96,6 +99,48 @@ def build_model(target: dict, *, meta: bool = False) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module):
         raise ConvertersError(f"target {target['model']} returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
+
+
+_INITIALISERS = tuple(n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_"))
+_skip = threading.local()
+_patch_lock = threading.Lock()
+_patch_users = 0
+
+
+@contextlib.contextmanager
+def _meta_init_skipped():
+    """In this thread, torch.nn.init's in-place initialisers return a meta tensor untouched.
+
+    A meta tensor has no values to draw, but each initialiser still costs ~0.4 ms of Python and
+    device-mode dispatch: most of the time of building a model on the meta device (resnet50: 80 ->
+    19 ms, 64 Linear layers 50 -> 10 ms). Other threads, and tensors that are not meta, get the
+    real initialiser. torch.nn.init is restored when the last build ends; code that imported an
+    initialiser by name keeps the real one (correct, only slower)."""
+    global _patch_users
+    with _patch_lock:
+        if _patch_users == 0:
+            for name in _INITIALISERS:
+                setattr(torch.nn.init, name, _skipping(getattr(torch.nn.init, name)))
+        _patch_users += 1
+    _skip.depth = getattr(_skip, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _skip.depth -= 1
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                for name in _INITIALISERS:
+                    setattr(torch.nn.init, name, getattr(torch.nn.init, name).__wrapped__)
+
+
+def _skipping(initialiser):
+    @functools.wraps(initialiser)
+    def maybe_skip(tensor, *args, **kwargs):
+        if getattr(_skip, "depth", 0) and isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return initialiser(tensor, *args, **kwargs)
+    return maybe_skip
 
 
 def describe(model: torch.nn.Module) -> dict[str, TargetTensor]:
