@@ -89,6 +89,7 @@ def load_jobs(path) -> list[Job]:
 
 
 def _expand(path, base, index, entry) -> list[Job]:
+    """The jobs of one entry (defaults merged in): checked first, so a bad entry fails before anything runs."""
     unknown = set(entry) - _JOB_KEYS
     if unknown:
         raise MappingError(f"job {index + 1}: unknown key(s) {sorted(unknown)}; known: {sorted(_JOB_KEYS)}", file=path)
@@ -197,10 +198,12 @@ def run_batch(jobs: list[Job], *, workers: int | None = None, engine: str = "loc
     Interrupted (KeyboardInterrupt, or the CLI's SIGTERM exception, raised in this thread): nothing
     more starts, running conversions are stopped (each writer removes its temporary file; partials
     of workers that had to be killed are removed here), and the exception is re-raised carrying
-    `batch_results`: the finished rows, the others `cancelled`. A rerun resumes from there."""
+    `batch_results`: the finished rows (an output completed while stopping included), the others
+    `cancelled`. A rerun resumes from there."""
     if engine not in ("local", "ray"):
         raise ConvertersError(f"unknown engine {engine!r}: local or ray")
     results = [None] * len(jobs)
+    before = [_identity(job.out) for job in jobs]
 
     def done(i, result):
         results[i] = result
@@ -215,21 +218,48 @@ def run_batch(jobs: list[Job], *, workers: int | None = None, engine: str = "loc
         else:
             _run_pool(jobs, workers or min(len(jobs), os.cpu_count() or 1), (force, hash_source), done)
     except BaseException as e:
-        why = f"cancelled: the batch was stopped by {stopped_by(e)}"
-        for i, job in enumerate(jobs):
-            if results[i] is None:
-                results[i] = JobResult(job.source, job.out, "cancelled", message=why)
-        _remove_partials([job.out for job, r in zip(jobs, results) if r.status == "cancelled"])
+        _settle_stopped(jobs, results, before, stopped_by(e), done)
         e.batch_results = results
         raise
     return results
 
 
+def _identity(path):
+    """What tells an output this batch moved into place from the file that was there before: the
+    atomic writer renames a new file (a new inode) over it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _settle_stopped(jobs, results, before, signame, done) -> None:
+    """The rows of jobs with no result when the batch stopped. A job whose output was moved into
+    place (its worker stopped before it could return, or the stop came as it returned) is `ok`:
+    the file is complete and a rerun skips it, so the report must not call it cancelled. The
+    others are `cancelled`, and the partials of their killed workers are removed."""
+    for i, job in enumerate(jobs):
+        if results[i] is not None:
+            continue
+        now = _identity(job.out)
+        if now is not None and now != before[i]:
+            done(i, JobResult(job.source, job.out, "ok", bytes_written=now[3],
+                              message=f"completed as the batch was stopped by {signame}"))
+        else:
+            results[i] = JobResult(job.source, job.out, "cancelled",
+                                   message=f"cancelled: the batch was stopped by {signame}")
+    _remove_partials([job.out for job, r in zip(jobs, results) if r.status == "cancelled"])
+
+
 def _remove_partials(outs) -> None:
     """The temporary files of workers killed mid-write (their processes are gone). The writers
     import torch (seconds): only imported when such a file is there."""
-    if any(glob.glob(glob.escape(os.path.join(os.path.dirname(os.path.abspath(o)), f".{os.path.basename(o)}."))
-                     + "*.partial") for o in outs):
+    def has_partial(out):
+        directory, name = os.path.split(os.path.abspath(out))
+        return glob.glob(os.path.join(glob.escape(directory), glob.escape(f".{name}.") + "*.partial"))
+
+    if any(has_partial(out) for out in outs):
         from .writers import remove_stale_partials
 
         for out in outs:
@@ -320,6 +350,8 @@ def _worker_job(job, force, hash_source) -> JobResult:
 
 
 def _run_ray(jobs, workers, args, done) -> None:
+    """One task per job on RAY_ADDRESS's cluster, or on a local Ray started (and shut down) here.
+    A signal during ray.init is held until it returns: Ray is then shut down as after any stop."""
     try:
         import ray
     except ImportError:
@@ -327,72 +359,107 @@ def _run_ray(jobs, workers, args, done) -> None:
 
         raise MissingDependencyError("--engine ray needs Ray", hint="pip install 'weightport[batch]'") from None
     started = not ray.is_initialized()
-    if started:
-        term = signal.getsignal(signal.SIGTERM)
-        ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=workers or None, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
-        if term is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, term)  # ray.init installs sys.exit(15): SIGTERM stays the caller's
     try:
+        if started:
+            with _DeferredSignals(hold_handlers=True):
+                ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=workers or None, include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
         task = ray.remote(run_job)
         refs = [task.remote(job, *args) for job in jobs]
-        index = {ref: i for i, ref in enumerate(refs)}
-        pending = list(refs)
-        try:
-            with _SignalsBetweenCalls() as signals:
-                while pending:
-                    ready, pending = ray.wait(pending, num_returns=1, timeout=0.25)
-                    signals.deliver()
-                    for ref in ready:
-                        i = index[ref]
-                        try:
-                            done(i, ray.get(ref))
-                        except Exception as e:  # a task whose worker died
-                            done(i, JobResult(jobs[i].source, jobs[i].out, "failed", message=f"ray task failed: {e}"))
-        except BaseException:
-            for ref in pending:  # a running task gets KeyboardInterrupt: its writer removes its temporary file
-                ray.cancel(ref)
-            ready, _ = ray.wait(pending, num_returns=len(pending), timeout=10) if pending else ([], [])
-            for ref in ready:  # finished before the cancel reached it, or cancelled
-                try:
-                    result = ray.get(ref)
-                except Exception:  # cancelled: run_batch gives it its `cancelled` row
-                    continue
-                done(index[ref], result)
-            raise
+        _gather_ray(ray, jobs, refs, done)
     finally:
         if started:
             ray.shutdown()
 
 
-class _SignalsBetweenCalls:
-    """SIGINT / SIGTERM / SIGHUP noted while Ray's calls run, and handed to the handler that was in
-    place (the CLI's raises) by deliver(), between them: an exception raised inside Ray's C++ wait
-    comes out as a SystemError instead."""
+def _gather_ray(ray, jobs, refs, done) -> None:
+    """Rows as the tasks finish. Stopped: the running tasks are cancelled (they get
+    KeyboardInterrupt: the writer removes its temporary file) and what finished meanwhile is kept."""
+    index = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
 
-    def __init__(self):
-        self.previous, self.signum = {}, None
+    def take(ref):
+        i = index[ref]
+        try:
+            done(i, ray.get(ref))
+        except Exception as e:  # a task whose worker died
+            done(i, JobResult(jobs[i].source, jobs[i].out, "failed", message=f"ray task failed: {e}"))
+    try:
+        with _DeferredSignals() as signals:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=0.25)
+                for ref in ready:
+                    take(ref)
+                signals.deliver()
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=10) if pending else ([], [])
+        for ref in ready:  # finished before the cancel reached it, or cancelled
+            try:
+                result = ray.get(ref)
+            except Exception:  # cancelled: run_batch gives it its row
+                continue
+            done(index[ref], result)
+        raise
+
+
+class _DeferredSignals:
+    """SIGINT / SIGTERM / SIGHUP noted while Ray's calls run, and handed to the handler that was in
+    place (the CLI's raises) by deliver() or on leaving the block: an exception raised inside
+    Ray's C++ wait comes out as a SystemError, and one raised inside ray.init leaves Ray half
+    started. A second signal ends the process at once (as a second Ctrl-C does in the CLI).
+
+    hold_handlers (around ray.init): ray.init installs its own SIGTERM handlers (sys.exit(15), and
+    for a local node one that kills it and exits 1), which would end the batch without its summary
+    or report. Like Ray's own DeferSigint, signal.signal is patched for the block so that those
+    are not installed for the signals deferred here: SIGTERM stays the caller's."""
+
+    _NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self, hold_handlers: bool = False):
+        self.hold_handlers, self.previous, self.signum, self._signal = hold_handlers, {}, None, None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-                sig = getattr(signal, name, None)
-                if sig is not None and signal.getsignal(sig) not in (signal.SIG_IGN, None):
-                    self.previous[sig] = signal.signal(sig, self._note)
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers belong to the main thread: nothing to defer
+        for name in self._NAMES:
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) not in (signal.SIG_IGN, None):
+                self.previous[sig] = signal.signal(sig, self._note)
+        if self.hold_handlers:
+            self._signal, signal.signal = signal.signal, self._held
         return self
 
+    def _held(self, sig, handler):
+        if sig in self.previous:
+            return self._note
+        return self._signal(sig, handler)
+
     def _note(self, signum, frame):
-        self.signum = self.signum or signum
+        if self.signum is None:
+            self.signum = signum
+            return
+        self._restore()  # the second signal: its default action, now
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
     def deliver(self):
         if self.signum is not None:
-            self.__exit__()
+            self._restore()
             signal.raise_signal(self.signum)  # the restored handler runs now
 
-    def __exit__(self, *exc):
+    def _restore(self):
+        if self._signal is not None:
+            signal.signal, self._signal = self._signal, None
         for sig, old in self.previous.items():
             signal.signal(sig, old)
         self.previous = {}
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.deliver()
+        self._restore()
 
 
 def summary(results: list[JobResult], stopped: str = "") -> dict:

@@ -52,6 +52,7 @@ def run(args) -> int:
 
 
 def _finish(args, text, s) -> dict:
+    """The report, then the one-line summary: after a stop too, for what did finish."""
     if args.json:
         A.write_output(args.json, json.dumps(s, indent=1))
     weak = f" ({s['skipped_on_fingerprint']} by size+mtime only)" if s["skipped_on_fingerprint"] else ""
