@@ -419,7 +419,7 @@ def _fast_taken(path) -> bool:
 
     view = FileView(path)
     try:
-        return _caffe_fast.open_fast(view) is not None
+        return _caffe_fast.open_fast(view, caffe._headers(view)) is not None
     finally:
         view.close()
 
@@ -624,6 +624,55 @@ def test_cut_short_while_open(tmp_path, with_prototxt):
         assert got["meta"] == {k: {"file": str(path), "array": k} for k in before}
     for k, end in ends.items():
         assert got["numpy"][k] == (before[k] if end <= cut else {"file": str(path), "array": k}), k
+
+
+_CUT_WHILE_OPENING = r"""
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+from converters.errors import TruncatedError
+from converters.readers import _binary, caffe
+
+path, cut = sys.argv[1], int(sys.argv[2])
+
+class CutOnceOpened(_binary.FileView):
+    # the file cut short right after the reader opened and mapped it, before anything was read
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        os.truncate(path, cut)
+
+caffe.FileView = CutOnceOpened
+try:
+    caffe.open(path)
+    out = "opened"
+except TruncatedError as e:
+    out = {"file": e.file, "array": e.array, "message": e.message}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("with_prototxt", [False, True])
+@pytest.mark.parametrize("where", ["first_layer", "half", "last_byte"])
+def test_cut_short_while_opening(tmp_path, with_prototxt, where):
+    """The real MTCNN PNet caffemodel (28 KB: walked in one pread copy, fast open or prototxt walk)
+    cut short once opened and mapped but before its messages were walked, in a child: a
+    TruncatedError naming the file, never a SIGBUS (walking the map past the new end) nor, cut
+    inside the last page (where the map reads zeros), a model made of zeros."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "det1.caffemodel"
+    shutil.copy(FIX / "mtcnn_pnet/det1.caffemodel", path)
+    if with_prototxt:
+        shutil.copy(FIX / "mtcnn_pnet/det1.prototxt", tmp_path / "det1.prototxt")
+    size = path.stat().st_size
+    cut = {"first_layer": 40, "half": size // 2, "last_byte": size - 1}[where]
+    r = subprocess.run([sys.executable, "-c", _CUT_WHILE_OPENING, str(path), str(cut)], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, f"the child died with status {r.returncode} (-7: SIGBUS): {r.stderr[-3000:]}"
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert isinstance(got, dict), got
+    assert got["file"] == str(path) and f"the file now has {cut}" in got["message"]
 
 
 def test_non_packed_blob_cut_short_while_open(tmp_path):

@@ -71,23 +71,25 @@ def _param_table(message: str) -> np.ndarray:
 _PARAM_TABLES = {message: _param_table(message) for message in S.MESSAGES}
 
 
-def open_fast(view: FileView) -> ArrayFile | None:
-    """The ArrayFile of a .caffemodel opened without a prototxt, or None: the walk must open it."""
+def open_fast(view: FileView, headers: FileView) -> ArrayFile | None:
+    """The ArrayFile of a .caffemodel opened without a prototxt, or None: the walk must open it.
+    Its messages are walked in `headers` (caffe._headers: a pread copy of the file), its arrays
+    read from `view`."""
     if not 0 < view.size <= _binary.WALK_MAP_MAX:
         return None
-    gather = np.frombuffer(view.buf, np.uint8).__getitem__
+    gather = np.frombuffer(headers.buf, np.uint8).__getitem__
     try:
-        return _open(view, gather)
+        return _open(view, headers, gather)
     except (ConvertersError, ValueError, TypeError, IndexError, OverflowError):
         return None
     finally:
-        del gather  # its array pins the memory map, which close() must be able to release
+        del gather  # (were it the map, its array would pin it: close() must be able to release it)
 
 
-def _open(view: FileView, gather) -> ArrayFile | None:
-    buf, path = view.buf, view.path
+def _open(view: FileView, headers: FileView, gather) -> ArrayFile | None:
+    buf, path = headers.buf, view.path
     other, spans = _net_fields(buf, view.size) or _split(list(pw.iter_fields(buf, 0, view.size, path)))
-    net_name, inputs, _, version, unknown_net = C._read_net(view, other + _stubs(spans), lambda *_a, **_k: None)
+    net_name, inputs, _, version, unknown_net = C._read_net(headers, other + _stubs(spans), lambda *_a, **_k: None)
     spans.sort(key=lambda span: span[1])  # the walk's order: V2 layers, then V1 ones
     layers = _Layers(gather, buf, path, spans)
     if not layers.ok:

@@ -10,6 +10,7 @@ the same file gets `#<k>` appended (`data#1`). See docs/readers/caffe.md.
 """
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from ..arrays import ArrayFile, ArrayHandle, Layer
 from ..errors import FormatError, TruncatedError, UnsupportedError
 from . import _caffe_schema as S
 from . import _prototxt
-from ._binary import FileArray, FileView, new_array
+from ._binary import WALK_MAP_MAX, FileArray, FileView, new_array
 from ._limits import parser_errors
 from ._protowire import FIXED32, FIXED64, LEN, VARINT, f32, f64, iter_fields, packed_varints, read_varint, text
 
@@ -127,18 +128,30 @@ def open(path, prototxt=None, **options) -> ArrayFile:
 
 
 def _open(view: FileView, prototxt) -> ArrayFile:
+    headers = _headers(view)
     if FAST and (prototxt is False or (prototxt is None and _choose_prototxt(view.path, None)[0] is None)):
         from . import _caffe_fast  # it builds on this module's walk: imported here, not at the top (a cycle)
 
-        opened = _caffe_fast.open_fast(view)
+        opened = _caffe_fast.open_fast(view, headers)
         if opened is not None:
             return opened
-    return _open_walk(view, prototxt)
+    return _open_walk(view, prototxt, headers)
 
 
-def _open_walk(view: FileView, prototxt) -> ArrayFile:
-    """The field-by-field walk: every layer, param message and blob decoded in Python."""
-    net_name, net_inputs, raw_layers, version, unknown_net = _read_net(view)
+def _headers(view: FileView) -> FileView:
+    """The view to walk the file's messages in. A file up to WALK_MAP_MAX (whose headers() is the
+    map) is walked in one pread copy of it (`FileView.snapshot`): its map, once the file was cut
+    short since it was opened, would kill the process with SIGBUS, where a copy cut short is a
+    TruncatedError naming the file. Bigger files' headers() are pread blocks already."""
+    if 0 < view.size <= WALK_MAP_MAX and isinstance(view.buf, mmap.mmap):
+        return view.snapshot("the model's layers and blobs")
+    return view
+
+
+def _open_walk(view: FileView, prototxt, headers: FileView | None = None) -> ArrayFile:
+    """The field-by-field walk: every layer, param message and blob decoded in Python (in
+    `headers`, default `_headers(view)`); the arrays read from `view`."""
+    net_name, net_inputs, raw_layers, version, unknown_net = _read_net(headers or _headers(view))
     keys = _unique_keys([layer.name for layer in raw_layers])
     meta = {"format": "caffemodel", "version": version, "name": net_name, "input": net_inputs,
             "prototxt": None}
