@@ -19,9 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_YET_CLEAN = {
     "converters/mapping/transforms.py",
     "converters/writers/pth.py",
-    "tests/test_benchmarks_smoke.py", "tests/test_convert.py",
-    "tests/test_reader_keras.py",
-    "tests/test_transforms.py",
+    "tests/test_benchmarks_smoke.py",
 }
 
 

