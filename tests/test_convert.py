@@ -20,9 +20,31 @@ CAFFE = ROOT / "fixtures/caffe/mtcnn_pnet/det1.caffemodel"
 TABLE = "caffe/mtcnn_pnet"
 
 
-def run_cli(*args, cwd=None):
+def run_cli_process(*args, cwd=None):
+    """`python -m converters ARGS` in a child: what a shell sees (exit code, no traceback)."""
     return subprocess.run([sys.executable, "-m", "converters", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """The command in this process: converters.cli.main(ARGS), its exit code and output as a
+    subprocess.run result (a child costs seconds of imports; one test keeps a real process)."""
+    from converters.cli import main
+
+    def run(*args, cwd=None):
+        monkeypatch.setattr(sys, "path", list(sys.path))  # main() puts the cwd on sys.path, as `python -m` does
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own usage errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["converters", *map(str, args)], code, out, err)
+
+    return run
 
 
 def write_table(tmp_path, text, name="m.yaml"):
@@ -150,7 +172,8 @@ def test_ignore_fill_and_init_cover_what_rules_do_not(tmp_path):
 
 
 def test_shape_mismatch_two_rules_one_target_and_one_array_two_rules(tmp_path):
-    bad_shape = write_table(tmp_path, BASE.replace("to: 'conv{n}.weight'", "to: 'conv{n}.weight'\n    transforms: [{permute: [1, 0, 2, 3]}]"), "a.yaml")
+    bad_shape = write_table(tmp_path, BASE.replace(
+        "to: 'conv{n}.weight'", "to: 'conv{n}.weight'\n    transforms: [{permute: [1, 0, 2, 3]}]"), "a.yaml")
     with pytest.raises(CoverageError) as e:
         convert(CAFFE, bad_shape)
     mism = [p for p in e.value.report.problems if p.kind == "shape_mismatch"]
@@ -176,7 +199,8 @@ def test_unknown_target_names_get_suggestions(tmp_path):
 
 
 def test_dtype_changes_must_be_explicit(tmp_path):
-    table = write_table(tmp_path, BASE.replace("to: 'conv{n}.bias'", "to: 'conv{n}.bias'\n    transforms: [{cast: float64}]"))
+    table = write_table(tmp_path, BASE.replace(
+        "to: 'conv{n}.bias'", "to: 'conv{n}.bias'\n    transforms: [{cast: float64}]"))
     with pytest.raises(CoverageError) as e:
         convert(CAFFE, table)
     assert any(p.kind == "dtype_mismatch" for p in e.value.report.problems)
@@ -203,7 +227,8 @@ def test_bad_tables_name_file_and_line(tmp_path, text, message):
 
 
 def test_transform_that_does_not_fit_names_rule_array_and_shapes(tmp_path):
-    table = write_table(tmp_path, BASE.replace("to: 'prelu{n}.weight'", "to: 'prelu{n}.weight'\n    transforms: [tf_conv]"))
+    table = write_table(tmp_path, BASE.replace(
+        "to: 'prelu{n}.weight'", "to: 'prelu{n}.weight'\n    transforms: [tf_conv]"))
     with pytest.raises(MappingError) as e:
         convert(CAFFE, table)
     text = str(e.value)
@@ -225,12 +250,15 @@ def test_bn_eps_difference_is_reported(tmp_path):
     """A Keras-like source BatchNorm eps (1e-3) against PyTorch's default (1e-5) gives a warning."""
     from converters.arrays import ArrayFile, ArrayHandle, Layer
 
+    meta = {"layer": "bn", "layer_type": "BatchNormalization"}
     arrays = ArrayFile("mem", "keras", [
-        ArrayHandle(f"bn/{n}", (4,), "f4", lambda: np.ones(4, np.float32), {"layer": "bn", "layer_type": "BatchNormalization"})
-        for n in ("gamma", "beta", "moving_mean", "moving_variance")], layers={"bn": Layer("bn", "BatchNormalization", {"epsilon": 1e-3})})
+        ArrayHandle(f"bn/{n}", (4,), "f4", lambda: np.ones(4, np.float32), dict(meta))
+        for n in ("gamma", "beta", "moving_mean", "moving_variance")],
+        layers={"bn": Layer("bn", "BatchNormalization", {"epsilon": 1e-3})})
     table = write_table(tmp_path, "rules:\n"
                         "  - {from: 'bn/gamma', to: weight}\n  - {from: 'bn/beta', to: bias}\n"
-                        "  - {from: 'bn/moving_mean', to: running_mean}\n  - {from: 'bn/moving_variance', to: running_var}\n"
+                        "  - {from: 'bn/moving_mean', to: running_mean}\n"
+                        "  - {from: 'bn/moving_variance', to: running_var}\n"
                         "fill:\n  - {to: num_batches_tracked, value: 0}\n")
     _, rep = convert(arrays, table, target=torch.nn.BatchNorm1d(4))
     assert rep.ok and any("eps differs" in w and "0.001" in w for w in rep.warnings)
@@ -240,7 +268,7 @@ def test_bn_eps_difference_is_reported(tmp_path):
 
 # ---- CLI ----------------------------------------------------------------------------------------
 
-def test_cli_converts_dry_runs_lists_and_reports(tmp_path):
+def test_cli_converts_dry_runs_lists_and_reports(tmp_path, run_cli):
     out = tmp_path / "pnet.pth"
     r = run_cli("--from", "caffe", "--map", TABLE, CAFFE, out, "--report", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
@@ -257,16 +285,25 @@ def test_cli_converts_dry_runs_lists_and_reports(tmp_path):
     (["--map", TABLE, "IN", "OUT.txt"], "cannot tell the output format"),
     (["--map", TABLE, "IN", "EXISTS"], "output exists"),
 ])
-def test_cli_usage_errors_exit_2_with_one_line(tmp_path, args, needle):
+def test_cli_usage_errors_exit_2_with_one_line(tmp_path, run_cli, args, needle):
     (tmp_path / "EXISTS.pth").write_bytes(b"x")
     args = [str(CAFFE) if a == "IN" else str(tmp_path / "EXISTS.pth") if a == "EXISTS" else a for a in args]
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 2, r
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("OUT*")), "a refused conversion wrote an output"
 
 
-def test_cli_coverage_failure_prints_the_table_and_exits_2(tmp_path):
+def test_cli_usage_error_in_a_real_process_exits_2_without_a_traceback(tmp_path):
+    """The console entry point as a shell runs it: exit status 2 and one line on stderr."""
+    r = run_cli_process("--map", TABLE, CAFFE, tmp_path / "OUT.txt", cwd=tmp_path)
+    assert r.returncode == 2, r
+    assert "cannot tell the output format" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+
+
+def test_cli_coverage_failure_prints_the_table_and_exits_2(tmp_path, run_cli):
     table = write_table(tmp_path, BASE.replace("  - from: 'PReLU(?P<n>[1-3])/0'\n    to: 'prelu{n}.weight'\n", ""))
     r = run_cli("--map", table, CAFFE, tmp_path / "o.pth")
     assert r.returncode == 2 and "PReLU2/0" in r.stderr and "prelu2.weight" in r.stderr and "Traceback" not in r.stderr
