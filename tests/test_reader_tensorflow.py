@@ -5,6 +5,7 @@ bundles, tf.make_ndarray for GraphDef constants); TensorFlow is imported only in
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -705,3 +706,59 @@ def test_conversion_of_a_bundle_cut_short_while_open(tf, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split("\n")[-3:-1] == [prefix + ".data-00000-of-00001", "layer3.bias"]  # the writer's name
     assert not out.exists()
+
+
+_CUT_WHILE_OPENING = r"""
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+from converters.errors import TruncatedError
+from converters.readers import _binary, _tf_fast, _tf_graph, tensorflow
+
+path, target, cut = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+class CutOnceOpened(_binary.FileView):
+    # `target` cut short right after the reader opened and mapped it, before anything was read
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.path == target:
+            os.truncate(target, cut)
+
+tensorflow.FileView = _tf_fast.FileView = _tf_graph.FileView = CutOnceOpened
+try:
+    tensorflow.open(path)
+    out = "opened"
+except TruncatedError as e:
+    out = {"file": e.file, "array": e.array}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("target", ["index", "object_graph", "graphdef"])
+def test_cut_short_while_opening(tf, tmp_path, target):
+    """A file cut short once the reader opened and mapped it, before reading it, in a child (a
+    walk through the map past the new end would be a SIGBUS, its exit status): the checkpoint's
+    .index (500 variables: 25 KB, walked in a pread copy), its data shard where the object graph
+    (read while opening, with pread) lies, frozen.pb (walked in a pread copy): a TruncatedError
+    naming the file cut."""
+    import subprocess
+    import sys
+
+    if target == "graphdef":
+        path = tmp_path / "frozen.pb"
+        shutil.copy(FIX / "frozen.pb", path)
+        cut_file, cut = path, 1000
+    else:
+        variables = {f"variable_with_a_long_name_{i}": tf.Variable(np.full(3, i, np.float32)) for i in range(500)}
+        path = Path(tf.train.Checkpoint(**variables).write(str(tmp_path / "ckpt")))
+        with tfr.open(path) as f:
+            first = min(a.meta["offset"] for a in f.values())
+        index, data = Path(f"{path}.index"), Path(f"{path}.data-00000-of-00001")
+        assert index.stat().st_size > 3 * 4096
+        cut_file, cut = (index, 4096) if target == "index" else (data, first + 12)  # (the graph lies last)
+    r = subprocess.run([sys.executable, "-c", _CUT_WHILE_OPENING, str(path), str(cut_file), str(cut)],
+                       capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, f"the child died with status {r.returncode} (-7: SIGBUS): {r.stderr[-3000:]}"
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert isinstance(got, dict) and got["file"] == str(cut_file), got
+    if target == "object_graph":
+        assert got["array"] == "_CHECKPOINTABLE_OBJECT_GRAPH"

@@ -23,7 +23,7 @@ import numpy as np
 from ..arrays import ArrayFile, ArrayHandle
 from ..errors import FormatError, TruncatedError, UnsupportedError
 from . import _tf_sstable as sstable
-from ._binary import FileView, new_array
+from ._binary import WALK_MAP_MAX, FileView, new_array
 from ._limits import parser_errors
 from ._protowire import FIXED32, LEN, VARINT, fields, ints, iter_fields, read_varint
 from ._tf_fast import open_fast
@@ -147,6 +147,10 @@ def _open_bundle(path: Path, prefix: str, meta: dict, names: str) -> ArrayFile:
         for v in shards.values():
             v.close()
     try:
+        # The index is walked in one pread copy (it is nothing but headers): walking its map after
+        # the file was cut short since it was opened would be a SIGBUS, a short copy is a TruncatedError.
+        if 0 < index.size <= WALK_MAP_MAX:
+            index = index.snapshot("the checkpoint index")  # (shares the descriptor close() closes)
         fast = open_fast(prefix, index, shards, _bundle_header, _string_tensor, _shard_path)
         if fast is not None:
             handles, more = fast
@@ -387,22 +391,23 @@ def _signed_increasing(v: int) -> bytes:
 
 
 def _string_tensor(view: FileView, e: dict, name: str) -> list[bytes]:
-    """A DT_STRING tensor: varint64 length per element, a 4-byte checksum of the lengths, the bytes."""
+    """A DT_STRING tensor: varint64 length per element, a 4-byte checksum of the lengths, the bytes.
+    Read with pread (the object graph is read while opening: a shard cut short meanwhile is a
+    TruncatedError, where its map would be a SIGBUS)."""
     offset, size = e["offset"], e["size"]
-    view.require(offset, size, "string tensor", name)
-    count, end = _count(e["shape"]), offset + size
-    lengths, pos = [], offset
+    data = view.pread(offset, size, "string tensor", name)
+    count = _count(e["shape"])
+    lengths, pos = [], 0
     for _ in range(count):
-        n, pos = read_varint(view.buf, pos, end, view.path)
+        n, pos = read_varint(data, pos, size, view.path)
         lengths.append(n)
     pos += 4
-    if pos + sum(lengths) > end:
-        raise TruncatedError(f"string tensor of {count} elements needs {pos + sum(lengths) - offset} bytes, "
-                             f"entry has {size}",
+    if pos + sum(lengths) > size:
+        raise TruncatedError(f"string tensor of {count} elements needs {pos + sum(lengths)} bytes, entry has {size}",
                              file=view.path, array=name, offset=offset)
     out = []
     for n in lengths:
-        out.append(bytes(view.buf[pos:pos + n]))
+        out.append(data[pos:pos + n])
         pos += n
     return out
 
