@@ -17,8 +17,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 NOT_YET_CLEAN = {
-    "converters/mapping/transforms.py",
-    "converters/writers/pth.py",
     "tests/test_benchmarks_smoke.py",
 }
 

@@ -52,7 +52,7 @@ class Transform:
     def apply(self, a):
         raise NotImplementedError
 
-    def inverse(self, in_shape) -> "Transform":
+    def inverse(self, in_shape) -> Transform:
         raise self.error("has no inverse")
 
     def args(self) -> dict:
@@ -737,8 +737,8 @@ def build(spec, rule=None) -> Transform:
         import difflib
 
         close = difflib.get_close_matches(str(name), REGISTRY, n=2)
-        raise MappingError(f"unknown transform {name!r}", rule=rule,
-                           hint=f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(sorted(REGISTRY))}")
+        hint = f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(sorted(REGISTRY))}"
+        raise MappingError(f"unknown transform {name!r}", rule=rule, hint=hint)
     try:
         if args is None:
             return cls(rule=rule)

@@ -26,7 +26,7 @@ from ..dtypes import ML_DTYPES, TORCH, of_torch
 from ..errors import ConvertersError
 from .atomic import atomic_output
 from .stream import little, nbytes, write_tensors
-from .torchzip import ZipLayout, ZIP64_LIMIT
+from .torchzip import ZIP64_LIMIT, ZipLayout
 
 # torch's typed storage class per dtype (torch.storage._dtype_to_storage_type_map); other dtypes
 # (uint16-64, float8) are pickled with an untyped storage and _rebuild_tensor_v3, as torch does
