@@ -120,3 +120,41 @@ def pytest_runtest_makereport(item, call):
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
     report.outcome = "failed"
     report.longrepr = f"skipped under CI=true (a skip must not hide a missing install step): {reason}"
+
+
+def _run_folder(tmp_path_factory) -> Path:
+    """A folder every worker of this run shares (the parent of their basetemps; the basetemp itself
+    in a run without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def shared_build(tmp_path_factory, name: str, build):
+    """`build(folder)`'s result, built once per run in a folder the workers share: the first caller
+    builds under a lock, the others (and later calls) reuse what it wrote."""
+    import json
+
+    folder = _run_folder(tmp_path_factory) / f"shared-{name}"
+    with open(folder.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            done = folder / "built.json"
+            if not done.exists():
+                folder.mkdir(exist_ok=True)
+                result = build(folder)
+                done.write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}))
+            result = json.loads(done.read_text())
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    result["source"] = Path(result["source"])
+    return result
+
+
+@pytest.fixture(scope="session")
+def keras_vgg16(tmp_path_factory):
+    """tests/parity_builders.py's random VGG16 (keras.applications, 138M parameters, a 528 MB legacy
+    .h5): {'source': path, 'n': 1}, made by Keras once per run for the table, draft and parity tests."""
+    pytest.importorskip("keras")
+    import parity_builders
+
+    return shared_build(tmp_path_factory, "keras_vgg16", parity_builders.keras_vgg16)

@@ -281,19 +281,15 @@ def test_keras_rnn_draft_with_optimizer_state(K, tmp_path, cell, target):
 
 
 @pytest.mark.heavy
-def test_keras_vgg16_draft_finds_the_flatten_order(K, tmp_path):
+def test_keras_vgg16_draft_finds_the_flatten_order(K, keras_vgg16, tmp_path):
+    """On the run's shared random VGG16 .h5 (tests/conftest.py)."""
     if K.torchvision is None:
         pytest.skip("needs torchvision")
-    K.keras.utils.set_random_seed(15)
-    model = K.keras.applications.VGG16(weights=None, classifier_activation=None)
-    K.randomize(model, 15)
-    model.save(tmp_path / "vgg16.h5")
-    del model
-    d = draft(tmp_path / "vgg16.h5", "torchvision.models:vgg16", target_kwargs={"weights": None},
-              out=tmp_path / "m.yaml")
+    source = keras_vgg16["source"]
+    d = draft(source, "torchvision.models:vgg16", target_kwargs={"weights": None}, out=tmp_path / "m.yaml")
     assert_clean(d)
     assert "flatten_order: {h: 7, w: 7, c: 512}" in d.text
-    assert_verifies(tmp_path / "vgg16.h5", tmp_path / "m.yaml", n=1)
+    assert_verifies(source, tmp_path / "m.yaml", n=keras_vgg16["n"])
 
 
 # ------------------------------------------------------------------------------------ MXNet/Gluon

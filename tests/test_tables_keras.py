@@ -314,14 +314,12 @@ def randomize_keras2(model, seed):
 
 @pytest.mark.heavy
 @pytest.mark.skipif(torchvision is None, reason="the keras/vgg16 table targets torchvision.models.vgg16")
-def test_vgg16_matches_keras(tmp_path):
+def test_vgg16_matches_keras(keras_vgg16):
     """keras.applications.VGG16 (138M parameters, written as legacy .h5) -> torchvision vgg16.
-    fc1 proves flatten_order: a (h, w, c)-ordered kernel fed (c, h, w) features gives other logits."""
-    keras.utils.set_random_seed(15)
-    model = keras.applications.VGG16(weights=None, classifier_activation=None)
-    randomize(model, 15)
-    path = tmp_path / "vgg16.h5"
-    model.save(path)
+    fc1 proves flatten_order: a (h, w, c)-ordered kernel fed (c, h, w) features gives other logits.
+    The file is the run's shared one (tests/conftest.py); Keras reads it back for the reference."""
+    path = keras_vgg16["source"]
+    model = keras.models.load_model(path, compile=False)
     x = np.random.default_rng(16).uniform(-100, 100, (1, 224, 224, 3)).astype(np.float32)
     expected = keras_output(model, x)
     del model
