@@ -675,6 +675,26 @@ def test_cut_short_while_opening(tmp_path, with_prototxt, where):
     assert got["file"] == str(path) and f"the file now has {cut}" in got["message"]
 
 
+@pytest.mark.skipif(not RES10_MODEL.exists(), reason="real res10 SSD model not in fixtures/caffe/res10_ssd")
+def test_big_file_cut_short_while_opening(tmp_path):
+    """The real res10 SSD caffemodel (10.7 MB: over WALK_MAP_MAX, its headers walked in pread
+    blocks) cut to half once opened, in a child: not the malformed-file FormatError its short
+    reads give, but a TruncatedError naming the file and both sizes."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "res10.caffemodel"
+    shutil.copy(RES10_MODEL, path)
+    size = path.stat().st_size
+    assert size > _binary.WALK_MAP_MAX
+    r = subprocess.run([sys.executable, "-c", _CUT_WHILE_OPENING, str(path), str(size // 2)], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, f"the child died with status {r.returncode} (-7: SIGBUS): {r.stderr[-3000:]}"
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["file"] == str(path) and f"now has {size // 2} bytes (it was {size} when opened)" in got["message"]
+
+
 def test_non_packed_blob_cut_short_while_open(tmp_path):
     """fork_unknown's `old/0` holds one key per float (old writers), read with pread run by run:
     cut inside its run (the file's one page: the map would have read zeros), it is a TruncatedError."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..arrays import ArrayFile, ArrayHandle, Layer
-from ..errors import FormatError, TruncatedError, UnsupportedError
+from ..errors import ConvertersError, FormatError, TruncatedError, UnsupportedError
 from . import _caffe_schema as S
 from . import _prototxt
 from ._binary import WALK_MAP_MAX, FileArray, FileView, new_array
@@ -122,9 +122,25 @@ def open(path, prototxt=None, **options) -> ArrayFile:
     try:
         with parser_errors(path, "Caffe model"):  # prototxt nesting too deep, bad UTF-8, ...
             return _open(view, prototxt)
+    except ConvertersError as e:
+        cut = _cut_since_opened(view) if not isinstance(e, TruncatedError) else None
+        view.close()
+        if cut is not None:
+            raise cut from None
+        raise
     except BaseException:
         view.close()
         raise
+
+
+def _cut_since_opened(view: FileView) -> TruncatedError | None:
+    """The TruncatedError to raise instead when the file is shorter now than when it was opened: a
+    file over WALK_MAP_MAX, walked in pread blocks, cut short meanwhile reads as a malformed one."""
+    try:
+        view.check_size("the model's layers and blobs")
+    except TruncatedError as e:
+        return e
+    return None
 
 
 def _open(view: FileView, prototxt) -> ArrayFile:
