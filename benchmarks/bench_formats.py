@@ -96,19 +96,24 @@ def build(fmt: str, path: Path, layout: str, size_mb: int, n: int) -> None:
         {"torch": build_torch, "safetensors": build_safetensors, "npz": build_npz}[fmt](path, arrays)
 
 
-def ensure_built(workdir: Path, fmt: str, layout: str, size_mb: int, n: int, rebuild: bool) -> Path:
-    tag = f"{size_mb}mb" if layout == "large" else f"{n}tensors"
-    path = workdir / f"formats_{layout}_{tag}" / fmt / SUFFIX[fmt]
-    stamp = path.parent / ".built"
-    if rebuild or not stamp.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+def ensure_built(workdir: Path, fmt: str, layouts, size_mb: int, n: int, rebuild: bool) -> dict[str, Path]:
+    """{layout: path} of a format's files; the missing ones built in one child (its framework
+    imported once: Keras and torch take seconds to import, longer than a small file takes to write)."""
+    paths, todo = {}, []
+    for layout in layouts:
+        tag = f"{size_mb}mb" if layout == "large" else f"{n}tensors"
+        paths[layout] = path = workdir / f"formats_{layout}_{tag}" / fmt / SUFFIX[fmt]
+        if rebuild or not (path.parent / ".built").exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            todo.append({"path": str(path), "layout": layout})
+    if todo:
         py = B.MXNET_PY if fmt == "mxnet" else sys.executable
-        out = B.run_child(py, __file__, "build", {"format": fmt, "path": str(path), "layout": layout,
-                                                  "size_mb": size_mb, "n": n})
+        out = B.run_child(py, __file__, "build", {"format": fmt, "files": todo, "size_mb": size_mb, "n": n})
         if "error" in out:
-            raise SystemExit(f"building {fmt} ({layout}) failed: {out['error']}")
-        stamp.write_text("built\n")
-    return path
+            raise SystemExit(f"building {fmt} ({', '.join(t['layout'] for t in todo)}) failed: {out['error']}")
+        for t in todo:
+            (Path(t["path"]).parent / ".built").write_text("built\n")
+    return paths
 
 
 # -------------------------------------------------------------------------------- measuring
@@ -151,8 +156,9 @@ def child_framework(spec: dict) -> dict:
 
 def child_main(mode: str, spec: dict) -> None:
     if mode == "build":
-        build(spec["format"], Path(spec["path"]), spec["layout"], spec["size_mb"], spec["n"])
-        B.emit({"built": spec["path"]})
+        for f in spec["files"]:
+            build(spec["format"], Path(f["path"]), f["layout"], spec["size_mb"], spec["n"])
+        B.emit({"built": [f["path"] for f in spec["files"]]})
     elif mode == "reader_load":
         # the library a reader needs is imported before timing, as the baselines' imports are
         __import__({"keras_h5": "h5py", "torch": "torch"}.get(spec["format"], "numpy"))
@@ -216,20 +222,21 @@ def main(argv=None) -> int:
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "cases": {}}
     if "caffe" in formats:
         R.caffe_pb2(workdir)  # compiled once, out of process
-    for layout in layouts:
-        for fmt in formats:
-            if fmt in PROTO_FORMATS and layout == "large":
-                continue  # bench_readers.py measures these
-            if fmt == "mxnet" and not B.MXNET_PY.exists():
-                print("  mxnet: no .venv-mxnet, skipped", flush=True)
-                continue
-            path = ensure_built(workdir, fmt, layout, args.size_mb, args.tensors, args.rebuild)
-            label = f"{fmt} {layout}"
-            m = measure(fmt, path, workdir, args.repeat, label)
-            files = R.data_files(fmt, path) if fmt in PROTO_FORMATS else [path]
-            results["cases"][label] = {"format": fmt, "layout": layout, "path": str(path),
-                                       "file_bytes": sum(f.stat().st_size for f in files),
-                                       "measurements": m, "targets": B.reader_targets(m)}
+    cases = [(layout, fmt) for layout in layouts for fmt in formats
+             if not (fmt in PROTO_FORMATS and layout == "large")]  # bench_readers.py measures these
+    if "mxnet" in formats and not B.MXNET_PY.exists():
+        print("  mxnet: no .venv-mxnet, skipped", flush=True)
+        cases = [c for c in cases if c[1] != "mxnet"]
+    built = {fmt: ensure_built(workdir, fmt, [lay for lay, f in cases if f == fmt], args.size_mb, args.tensors,
+                               args.rebuild) for fmt in dict.fromkeys(f for _, f in cases)}
+    for layout, fmt in cases:
+        path = built[fmt][layout]
+        label = f"{fmt} {layout}"
+        m = measure(fmt, path, workdir, args.repeat, label)
+        files = R.data_files(fmt, path) if fmt in PROTO_FORMATS else [path]
+        results["cases"][label] = {"format": fmt, "layout": layout, "path": str(path),
+                                   "file_bytes": sum(f.stat().st_size for f in files),
+                                   "measurements": m, "targets": B.reader_targets(m)}
     B.publish(results, table(results), args.out)
     bad = [k for k, r in results["cases"].items() if not r["targets"] or not r["targets"]["same_data"]["met"]]
     for k in bad:

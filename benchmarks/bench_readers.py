@@ -376,9 +376,10 @@ MODES = ("reader_open", "reader_load", "framework_open", "framework_load", "read
 SLOW_RUN_S = 60.0  # a measurement this slow is run twice, not `--repeat` times
 
 
-def measure_format(fmt: str, path: Path, workdir: Path, repeat: int, states) -> dict:
-    """{cache state: {mode: best_of(runs)}}; run r of every (state, mode) before run r + 1."""
-    runs = {(st, m): [] for st in states for m in MODES}
+def measure_format(fmt: str, path: Path, workdir: Path, repeat: int, states, modes=MODES) -> dict:
+    """{cache state: {mode: best_of(runs)}}; run r of every (state, mode) before run r + 1 (a mode
+    left out of `modes` is {'error': 'not run'})."""
+    runs = {(st, m): [] for st in states for m in modes}
     for r in range(repeat):
         for (state, mode), done in runs.items():
             if r >= 2 and done and min(x.get("time_s", 1e9) for x in done) > SLOW_RUN_S:
@@ -390,7 +391,7 @@ def measure_format(fmt: str, path: Path, workdir: Path, repeat: int, states) -> 
             status = res.get("error") or (f"{res['time_s']:.3f} s, peak +{B.fmt_mb(res['delta_rss'])} MB, "
                                           f"resident {_pct(res.get('resident'))}")
             print(f"  {fmt:10s} {state:4s} {mode:15s} run {r + 1}: {status}", flush=True)
-    return {st: {m: B.best_of(runs[st, m]) for m in MODES} for st in states}
+    return {st: {m: B.best_of(runs.get((st, m), [])) for m in MODES} for st in states}
 
 
 def _pct(x) -> str:
@@ -477,6 +478,8 @@ def main(argv=None) -> int:
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of " + ",".join(FORMATS))
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement (targets use the median)")
     p.add_argument("--cache", default="warm", help="page-cache states to measure, comma-separated: warm,cold")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="comma-separated subset of " + ",".join(MODES) + " (the rest are reported as not run)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the files even if they exist")
     p.add_argument("--clean", action="store_true", help="delete the built files afterwards")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -492,12 +495,15 @@ def main(argv=None) -> int:
     unknown = set(formats) - set(FORMATS)
     if unknown:
         p.error(f"unknown formats {sorted(unknown)}")
+    modes = [m for m in MODES if m in args.modes.split(",")]
+    if set(args.modes.split(",")) - set(MODES) or not modes:
+        p.error(f"--modes: a subset of {','.join(MODES)}")
     if "mxnet" in formats and not B.MXNET_PY.exists():
         print(f"skipping mxnet: {B.MXNET_PY} is missing", file=sys.stderr)
         formats.remove("mxnet")
     workdir = args.workdir.resolve()
     files = ensure_built(workdir, args.size_mb, formats, args.rebuild)
-    results = {"benchmark": "readers", "size_mb": args.size_mb, "repeat": args.repeat,
+    results = {"benchmark": "readers", "size_mb": args.size_mb, "repeat": args.repeat, "modes": modes,
                "layout": {"matrices": N_BIG, "matrix_shape": list(layout(args.size_mb)[0][1]), "vectors": N_SMALL,
                           "dtype": "float32"},
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -507,7 +513,7 @@ def main(argv=None) -> int:
                                       "timed step"},
                "formats": {}}
     for fmt in formats:
-        by_state = measure_format(fmt, files[fmt], workdir, args.repeat, states)
+        by_state = measure_format(fmt, files[fmt], workdir, args.repeat, states, modes)
         file_bytes = sum(p.stat().st_size for p in data_files(fmt, files[fmt]))
         cache_states = {st: {"measurements": m, "targets": evaluate(fmt, m, file_bytes)} for st, m in by_state.items()}
         first = cache_states[states[0]]  # `measurements` / `targets`: the first state (what run_all.py reads)
@@ -518,7 +524,7 @@ def main(argv=None) -> int:
     if args.clean:
         shutil.rmtree(files["caffe"].parent, ignore_errors=True)
     failed = [(f, st, k, v["error"]) for f, r in results["formats"].items() for st, c in r["cache_states"].items()
-              for k, v in c["measurements"].items() if "error" in v]
+              for k, v in c["measurements"].items() if "error" in v and k in modes]
     for f, st, k, err in failed:
         print(f"ERROR {f} {st} {k}: {err}", file=sys.stderr)
     return 1 if failed else 0
