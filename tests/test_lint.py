@@ -17,7 +17,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 NOT_YET_CLEAN = {
-    "tests/test_benchmarks_smoke.py",
 }
 
 
