@@ -12,9 +12,7 @@ pytest's tmp directories (a ResNet-50 is 100 MB per file), nothing is committed.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,10 +25,10 @@ from converters.convert import convert
 from converters.errors import ConvertersError, CoverageError, MappingError
 from converters.mapping import spec
 from converters.models.resnet_gluon import resnet50_v1
+from converters.parity.oracles.base import OracleUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 MXNET_PY = ROOT / ".venv-mxnet" / "bin" / "python"
-GENERATOR = ROOT / "tests" / "mxnet_side" / "make_tables_models.py"
 GLUONCV_PIP = (".venv-mxnet/bin/pip install --no-deps gluoncv==0.10.5.post0 tqdm portalocker "
                "pyyaml yacs Pillow 'scipy<1.12'")
 
@@ -43,23 +41,17 @@ LSTM_KWARGS = {  # the sizes the generator uses; the table cannot know them (see
 # ---------------------------------------------------------------------------------------- helpers
 
 @pytest.fixture(scope="module")
-def mx_model(tmp_path_factory):
-    """name -> directory holding the generator's files for that model (built once per module)."""
+def mx_model(mxnet_generated):
+    """name -> directory holding the generator's files for that model (generated once per run and
+    shared with the draft and parity tests: tests/conftest.py)."""
     if not MXNET_PY.exists():
         pytest.skip(f"the mxnet environment {MXNET_PY} is missing (scripts/setup.sh creates it)")
-    built: dict[str, Path] = {}
 
     def get(name: str) -> Path:
-        if name not in built:
-            out = tmp_path_factory.mktemp(name)
-            run = subprocess.run([str(MXNET_PY), str(GENERATOR), str(out), name], capture_output=True,
-                                 text=True, timeout=600)
-            assert run.returncode == 0, f"generator failed for {name}:\n{run.stderr[-3000:]}"
-            missing = json.loads((out / "missing.json").read_text())
-            if name in missing:
-                pytest.skip(f"{name} needs gluoncv in .venv-mxnet ({missing[name]}); install it with: {GLUONCV_PIP}")
-            built[name] = out
-        return built[name]
+        try:
+            return mxnet_generated(name).parent
+        except OracleUnavailable as e:  # the generator ran but could not build it (gluoncv missing)
+            pytest.skip(f"{e}; install it with: {GLUONCV_PIP}")
 
     return get
 
