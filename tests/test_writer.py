@@ -320,17 +320,62 @@ def _counting_copy_range(monkeypatch, fail=None):
 
 @pytest.mark.parametrize("ext", [".pth", ".safetensors"])
 def test_unchanged_tensors_are_copied_file_to_file(tmp_path, monkeypatch, pnet_state, ext):
-    """The P-Net table copies most Caffe blobs as they are: those go by copy_file_range, and the
-    output is bit-equal to the module conversion (and, for .pth, torch.load checks every CRC)."""
-    calls = _counting_copy_range(monkeypatch)
+    """The P-Net table copies every Caffe blob as it is: they go from the source file to the
+    output as stored spans (no rule chain runs), and the output is bit-equal to the module
+    conversion (and, for .pth, torch.load checks every CRC)."""
+    import converters.convert as convert_module
+
+    chains = []
+    real_outputs = convert_module.outputs
+
+    def outputs(assignment, arrays):
+        chains.append(assignment.targets)
+        return real_outputs(assignment, arrays)
+    monkeypatch.setattr(convert_module, "outputs", outputs)
     out = tmp_path / f"pnet{ext}"
     convert(CAFFE, PNET_TABLE, out=out)
     spans = [h for h in __import__("converters").read(CAFFE).values() if h.stored_span() is not None]
-    assert len(calls) >= 8 and len(spans) == 13  # conv and PReLU blobs; the BGR-flipped conv1 is transformed
+    assert len(spans) == len(pnet_state) == 13 and chains == []  # the table has no transform: all 13 copied
     sd = _load(out)
     assert set(sd) == set(pnet_state)
     for k, v in pnet_state.items():
         torch.testing.assert_close(sd[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shift", [0, 100])
+def test_spans_go_through_the_kernel_only_where_bytes_keep_their_page_offset(tmp_path, monkeypatch, shift):
+    """copy_file_range where source and output offsets agree modulo the page size (as fast as a
+    copy, a clone where the file system shares blocks); shifted, pread + pwrite through a buffer."""
+    import mmap
+
+    from converters.arrays import StoredSpan
+
+    calls = _counting_copy_range(monkeypatch)
+    data = np.random.default_rng(0).standard_normal(300_000).astype("<f4")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"h" * (mmap.PAGESIZE + shift) + data.tobytes())
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        span = StoredSpan(str(src), mmap.PAGESIZE + shift, data.nbytes, data.shape, data.dtype, lambda: fd,
+                          lambda: np.frombuffer(src.read_bytes(), "<f4", offset=mmap.PAGESIZE + shift))
+        import contextlib
+
+        @contextlib.contextmanager
+        def source():
+            yield span
+        entries = [("w", data.shape, data.dtype, lambda: data.copy(), source)]
+        from converters.writers import stream
+
+        out = os.open(tmp_path / "out.bin", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            stream.write_tensors(out, entries, [mmap.PAGESIZE])
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+    assert bool(calls) == (shift == 0)
+    got = np.frombuffer((tmp_path / "out.bin").read_bytes(), "<f4", offset=mmap.PAGESIZE)
+    assert np.array_equal(got, data)
 
 
 @pytest.mark.parametrize("err", [18, 22])  # EXDEV (another file system), EINVAL

@@ -122,7 +122,8 @@ def stream_pth(entries, path, provenance: dict, force: bool = False, progress=No
         fd = os.open(tmp, os.O_RDWR)
         try:
             os.ftruncate(fd, zf.end)
-            crcs = write_tensors(fd, entries, [r.data_offset for r in records], checksum=True, progress=progress)
+            crcs = write_tensors(fd, entries, [r.data_offset for r in records], checksum=True, progress=progress,
+                                 core_busy=bool(tokens))  # the source hash, still running
             head[0] = (head[0][0], _resolved(pkl, tokens, provenance, path))
             for rec, crc in zip(records, crcs):
                 rec.crc = crc

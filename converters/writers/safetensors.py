@@ -36,7 +36,8 @@ def stream_safetensors(entries, path, provenance: dict, force: bool = False, pro
         try:
             os.ftruncate(fd, start + offset)
             os.pwrite(fd, len(blob).to_bytes(8, "little") + blob, 0)
-            write_tensors(fd, entries, [start + o for o in offsets], progress=progress)
+            write_tensors(fd, entries, [start + o for o in offsets], progress=progress,
+                          core_busy=bool(pending))  # the source hash, still running
             for key, future in pending.items():
                 digest = future.result()
                 if len(digest) != len(_SHA_PLACEHOLDER):
