@@ -38,7 +38,7 @@ import zlib
 
 import numpy as np
 
-from ..arrays import StoredSpan
+from ..arrays import StoredSpan, release_pages
 from ..errors import ConvertersError, TruncatedError
 from ..mapping.materialise import copy_into
 from .crc import crc32_combine
@@ -166,14 +166,16 @@ class _Workers:
         if owned:
             self.wait_for_owned()
         tensor = _Tensor(index, [], [], stack, owned, progress)
+        pieces = _pieces(value, offset)
+        left = _Countdown(len(pieces))
         try:
-            for start, stop, at, size in _pieces(value, offset):
+            for start, stop, at, size in pieces:
                 while self._pending() + sum(not f.done() for f in tensor.futures) >= self.limit:
                     if not self._finish_oldest():  # none older: wait for one of this tensor's own
                         concurrent.futures.wait(tensor.futures, return_when=concurrent.futures.FIRST_COMPLETED)
                 pool = self.copier if isinstance(value, StoredSpan) and (
                     self.spans_alone or self._in_kernel(value, start, at)) else self.pool
-                tensor.futures.append(pool.submit(self._piece, name, value, start, stop, at))
+                tensor.futures.append(pool.submit(self._piece, name, value, start, stop, at, left))
                 tensor.sizes.append(size)
         finally:
             self.tensors.append(tensor)
@@ -210,8 +212,17 @@ class _Workers:
 
     # --- in the worker threads
 
-    def _piece(self, name: str, value, start: int, stop: int, at: int) -> int:
-        """Write one piece; its CRC32 when checksumming."""
+    def _piece(self, name: str, value, start: int, stop: int, at: int, left: _Countdown) -> int:
+        """Write one piece; its CRC32 when checksumming. The tensor's last piece drops the source
+        pages it touched from RSS at once (a transposed piece reads every page of its source),
+        without waiting for the tensors before it to finish."""
+        try:
+            return self._write_piece(name, value, start, stop, at)
+        finally:
+            if left.one_done() and isinstance(value, np.ndarray):
+                release_pages(value)
+
+    def _write_piece(self, name: str, value, start: int, stop: int, at: int) -> int:
         if self.stopping or start == stop:
             return 0
         if isinstance(value, StoredSpan):
@@ -284,6 +295,18 @@ class _Workers:
         if buf is None:
             buf = self.local.buf = np.empty(self.chunk, np.uint8)
         return buf
+
+
+class _Countdown:
+    """Pieces of one tensor still to write; True for the thread that writes the last."""
+
+    def __init__(self, n: int):
+        self.n, self.lock = n, threading.Lock()
+
+    def one_done(self) -> bool:
+        with self.lock:
+            self.n -= 1
+            return self.n == 0
 
 
 def _pwrite_all(fd, data, offset: int) -> None:
