@@ -433,6 +433,19 @@ def test_fast_open_matches_the_walk(monkeypatch, prefix, names):
         fast = all(isinstance(a, BundleArray) for a in f.values())
         assert fast == (prefix not in ("tf1/model.ckpt-7", "sharded/ckpt-1"))  # partitioned variables: the walk
 
+def _three_shards(tf):
+    """CheckpointOptions putting whole variables round robin over three shards
+    (MaxShardSizePolicy would split them)."""
+    class ThreeShards(tf.train.experimental.ShardingCallback):
+        description = "three shards"
+
+        def __call__(self, shardable_tensors):
+            out = [{}, {}, {}]
+            for i, t in enumerate(shardable_tensors):
+                out[i % 3].setdefault(t.checkpoint_key, {})[t.slice_spec] = t.tensor
+            return out
+    return tf.train.CheckpointOptions(experimental_sharding_callback=ThreeShards())
+
 
 def test_fast_open_many_variables_in_chunks(tf, tmp_path, monkeypatch):
     """Hundreds of small variables around a few big ones, read in small chunks: bit-exact against
@@ -446,16 +459,7 @@ def test_fast_open_many_variables_in_chunks(tf, tmp_path, monkeypatch):
         shape = [(16, 16), (64,), (3,), (), (300, 100)][i % 5 if i % 50 else 4]
         dtype = [np.float32, np.float16, np.int64, np.float64][i % 4 if i % 50 else 0]
         variables[f"v{i}"] = tf.Variable(rng.standard_normal(shape).astype(dtype))
-    class ThreeShards(tf.train.experimental.ShardingCallback):
-        """Whole variables round robin over three shards (MaxShardSizePolicy would split them)."""
-        description = "three shards"
-
-        def __call__(self, shardable_tensors):
-            out = [{}, {}, {}]
-            for i, t in enumerate(shardable_tensors):
-                out[i % 3].setdefault(t.checkpoint_key, {})[t.slice_spec] = t.tensor
-            return out
-    shards = tf.train.CheckpointOptions(experimental_sharding_callback=ThreeShards())
+    shards = _three_shards(tf)
     prefix = tf.train.Checkpoint(**variables).write(str(tmp_path / "many" / "ckpt"), options=shards)
     reader = tf.train.load_checkpoint(prefix)
     with tfr.open(prefix) as f:
@@ -529,17 +533,8 @@ def test_fast_open_stored_spans_are_tensorflows_bytes(tf, prefix):
 
 def test_fast_open_span_of_a_second_shard(tf, tmp_path):
     """Variables round robin over three shards: each span names its shard and its descriptor."""
-    class ThreeShards(tf.train.experimental.ShardingCallback):
-        description = "three shards"
-
-        def __call__(self, shardable_tensors):
-            out = [{}, {}, {}]
-            for i, t in enumerate(shardable_tensors):
-                out[i % 3].setdefault(t.checkpoint_key, {})[t.slice_spec] = t.tensor
-            return out
     variables = {f"v{i}": tf.Variable(np.arange(i, i + 10, dtype=np.float64)) for i in range(6)}
-    prefix = tf.train.Checkpoint(**variables).write(str(tmp_path / "ckpt"), options=tf.train.CheckpointOptions(
-        experimental_sharding_callback=ThreeShards()))
+    prefix = tf.train.Checkpoint(**variables).write(str(tmp_path / "ckpt"), options=_three_shards(tf))
     reader = tf.train.load_checkpoint(prefix)
     with tfr.open(prefix) as f:
         paths = set()
