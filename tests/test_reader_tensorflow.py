@@ -433,6 +433,7 @@ def test_fast_open_matches_the_walk(monkeypatch, prefix, names):
         fast = all(isinstance(a, BundleArray) for a in f.values())
         assert fast == (prefix not in ("tf1/model.ckpt-7", "sharded/ckpt-1"))  # partitioned variables: the walk
 
+
 def _three_shards(tf):
     """CheckpointOptions putting whole variables round robin over three shards
     (MaxShardSizePolicy would split them)."""
