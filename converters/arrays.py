@@ -317,6 +317,15 @@ def c_contiguous(arr) -> np.ndarray:
 RELEASE_MIN_BYTES = 64 * 1024
 
 
+def map_of(view: np.ndarray) -> mmap.mmap | None:
+    """The memory map a view's memory belongs to (through its bases), or None for memory of its own."""
+    base = view
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    mm = base if isinstance(base, mmap.mmap) else getattr(base, "obj", None)  # np.ndarray(buffer=map) / frombuffer
+    return mm if isinstance(mm, mmap.mmap) else None
+
+
 def release_pages(view: np.ndarray) -> None:
     """Drop the file pages a memory-mapped view touched from this process's resident set.
 
@@ -329,11 +338,8 @@ def release_pages(view: np.ndarray) -> None:
     """
     if view.nbytes < RELEASE_MIN_BYTES:
         return
-    base = view
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    mm = base if isinstance(base, mmap.mmap) else getattr(base, "obj", None)  # np.ndarray(buffer=map) / frombuffer
-    if not isinstance(mm, mmap.mmap) or mm.closed or not hasattr(mmap, "MADV_DONTNEED") or view.size == 0 \
+    mm = map_of(view)
+    if mm is None or mm.closed or not hasattr(mmap, "MADV_DONTNEED") or view.size == 0 \
             or not _read_only_file_map(mm):
         return
     try:

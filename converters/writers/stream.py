@@ -38,7 +38,7 @@ import zlib
 
 import numpy as np
 
-from ..arrays import StoredSpan, release_pages
+from ..arrays import StoredSpan, map_of, release_pages
 from ..errors import ConvertersError, TruncatedError
 from ..mapping.materialise import copy_into
 from .crc import crc32_combine
@@ -103,12 +103,7 @@ def _span_fits(span: StoredSpan, shape, dtype) -> bool:
 
 def _borrowed(value) -> bool:
     """A StoredSpan or a view of a file's map: it costs no memory of this process's own."""
-    if isinstance(value, StoredSpan):
-        return True
-    base = value
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    return isinstance(base if isinstance(base, mmap.mmap) else getattr(base, "obj", None), mmap.mmap)
+    return isinstance(value, StoredSpan) or map_of(value) is not None
 
 
 def _pieces(value, offset: int) -> list[tuple[int, int, int, int]]:
