@@ -157,6 +157,15 @@ class FileView:
             self._shrunk(offset, length, what, array)
         return out
 
+    def walk_view(self, what: str) -> FileView:
+        """The view to walk a file's messages in once it is open: for a file up to WALK_MAP_MAX
+        (whose headers() is the map), one pread copy of it (`snapshot`), since walking the map of
+        a file cut short meanwhile would kill the process with SIGBUS where a short copy is a
+        TruncatedError naming the file; bigger files' headers() are pread blocks already."""
+        if 0 < self.size <= WALK_MAP_MAX and isinstance(self.buf, mmap.mmap):
+            return self.snapshot(what)
+        return self
+
     def snapshot(self, what: str = "the file") -> FileView:
         """A FileView over one pread copy of the whole file (meant for files up to WALK_MAP_MAX),
         for a header walk run after open: walking it never touches the map, so a file cut short

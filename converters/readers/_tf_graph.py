@@ -20,7 +20,7 @@ import numpy as np
 
 from ..arrays import ArrayFile, ArrayHandle, Layer, role_from_name
 from ..errors import FormatError, UnsupportedError
-from ._binary import WALK_MAP_MAX, FileView
+from ._binary import FileView
 from ._protowire import FIXED32, FIXED64, LEN, VARINT, iter_fields, packed_varints, read_varint, text
 from ._tf_types import DT_STRING, DTYPES, dtype_name, tensor_shape
 
@@ -76,9 +76,7 @@ def open_graphdef(path, framework: str) -> ArrayFile:
 
 
 def _read_graphdef(view: FileView, framework: str) -> ArrayFile:
-    # A GraphDef up to WALK_MAP_MAX is walked in one pread copy: walking its map after the file was
-    # cut short since it was opened would be a SIGBUS, a short copy is a TruncatedError.
-    buf = view.snapshot("the graph's nodes").buf if 0 < view.size <= WALK_MAP_MAX else view.buf
+    buf = view.walk_view("the graph's nodes").buf
     file = view.path
     nodes, functions, versions = [], 0, {}
     for f, w, v, off in iter_fields(buf, 0, view.size, file):

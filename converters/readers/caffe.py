@@ -10,7 +10,6 @@ the same file gets `#<k>` appended (`data#1`). See docs/readers/caffe.md.
 """
 from __future__ import annotations
 
-import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..arrays import ArrayFile, ArrayHandle, Layer
 from ..errors import ConvertersError, FormatError, TruncatedError, UnsupportedError
 from . import _caffe_schema as S
 from . import _prototxt
-from ._binary import WALK_MAP_MAX, FileArray, FileView, new_array
+from ._binary import FileArray, FileView, new_array
 from ._limits import parser_errors
 from ._protowire import FIXED32, FIXED64, LEN, VARINT, f32, f64, iter_fields, packed_varints, read_varint, text
 
@@ -155,13 +154,8 @@ def _open(view: FileView, prototxt) -> ArrayFile:
 
 
 def _headers(view: FileView) -> FileView:
-    """The view to walk the file's messages in. A file up to WALK_MAP_MAX (whose headers() is the
-    map) is walked in one pread copy of it (`FileView.snapshot`): its map, once the file was cut
-    short since it was opened, would kill the process with SIGBUS, where a copy cut short is a
-    TruncatedError naming the file. Bigger files' headers() are pread blocks already."""
-    if 0 < view.size <= WALK_MAP_MAX and isinstance(view.buf, mmap.mmap):
-        return view.snapshot("the model's layers and blobs")
-    return view
+    """The view to walk the file's messages in (`FileView.walk_view`)."""
+    return view.walk_view("the model's layers and blobs")
 
 
 def _open_walk(view: FileView, prototxt, headers: FileView | None = None) -> ArrayFile:

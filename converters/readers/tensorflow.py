@@ -23,7 +23,7 @@ import numpy as np
 from ..arrays import ArrayFile, ArrayHandle
 from ..errors import FormatError, TruncatedError, UnsupportedError
 from . import _tf_sstable as sstable
-from ._binary import WALK_MAP_MAX, FileView, new_array
+from ._binary import FileView, new_array
 from ._limits import parser_errors
 from ._protowire import FIXED32, LEN, VARINT, fields, ints, iter_fields, read_varint
 from ._tf_fast import open_fast
@@ -147,10 +147,8 @@ def _open_bundle(path: Path, prefix: str, meta: dict, names: str) -> ArrayFile:
         for v in shards.values():
             v.close()
     try:
-        # The index is walked in one pread copy (it is nothing but headers): walking its map after
-        # the file was cut short since it was opened would be a SIGBUS, a short copy is a TruncatedError.
-        if 0 < index.size <= WALK_MAP_MAX:
-            index = index.snapshot("the checkpoint index")  # (shares the descriptor close() closes)
+        # the index is nothing but headers: walked in one pread copy (shares the descriptor close() closes)
+        index = index.walk_view("the checkpoint index")
         fast = open_fast(prefix, index, shards, _bundle_header, _string_tensor, _shard_path)
         if fast is not None:
             handles, more = fast
