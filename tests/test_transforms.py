@@ -186,17 +186,65 @@ def test_registry_documents_every_transform():
         assert f"`{name}`" in doc, f"docs/mapping.md does not describe {name}"
 
 
+@pytest.fixture(params=["opencv", "numpy"])
+def transposer(request, monkeypatch):
+    """copy_into's two ways of copying a transposed matrix: cv2.transpose (counted, to show it ran)
+    where OpenCV is installed, and the staged numpy copy it falls back to."""
+    from converters.mapping import materialise
+
+    if request.param == "numpy":
+        monkeypatch.setattr(materialise, "_opencv", False)
+        return None
+    cv2 = pytest.importorskip("cv2")
+    calls = []
+
+    class Counting:
+        error = cv2.error
+
+        @staticmethod
+        def transpose(src, dst):
+            calls.append(src.dtype)
+            return cv2.transpose(src, dst)
+    monkeypatch.setattr(materialise, "_opencv", Counting)
+    return calls
+
+
 @pytest.mark.parametrize("shape", [(256, 256), (1025, 130), (130, 3000), (65, 65), (3, 200)])
 @pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f2", "<f8", "u1"])
-def test_transposed_copies_are_exact_through_the_staging_buffer(shape, dtype):
-    """copy_into's staged transpose (padded buffer, row groups, row passes) for whole transposed
-    matrices, offset slices of them and the writer's row chunks, in every byte order."""
+def test_transposed_copies_are_exact(shape, dtype, transposer):
+    """copy_into's transpose (OpenCV's, or the staged numpy copy: padded buffer, row groups, row
+    passes) for whole transposed matrices, offset slices of them and the writer's row chunks, in
+    every byte order; the bytes, NaN payloads included, are moved unchanged."""
     from converters.mapping.materialise import contiguous_copy, copy_into
 
     a = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    views = [a.T, a.T[3:, 1:], a.T[: max(1, a.shape[1] // 3)]]
-    for v in views:
-        dest = np.empty(v.shape, np.dtype(dtype).newbyteorder("="))
+    bits = np.random.default_rng(1).integers(0, 256, a.nbytes, dtype=np.uint8).view(a.dtype).reshape(shape)
+    swapping = 0
+    for m in (a, bits):
+        views = [m.T, m.T[3:, 1:], m.T[: max(1, m.shape[1] // 3)]]
+        for v in views:
+            dest = np.empty(v.shape, np.dtype(dtype).newbyteorder("="))
+            before = len(transposer or [])
+            copy_into(dest, v)
+            swapping += len(transposer or []) - before if dest.dtype != v.dtype else 0
+            assert dest.astype(v.dtype).tobytes() == np.ascontiguousarray(v).tobytes()
+            assert contiguous_copy(v).tobytes() == np.ascontiguousarray(v).tobytes()
+    if transposer is not None:  # OpenCV took every matrix wider than a tile, but none to byte-swap
+        assert bool(transposer) == (shape[0] > 64) and swapping == 0
+
+
+def test_opencv_transposes_any_dtype_by_its_size(transposer):
+    """bfloat16 (which OpenCV does not know) and int64 go through as same-size unsigned/float types."""
+    import ml_dtypes
+
+    from converters.mapping.materialise import copy_into
+
+    rng = np.random.default_rng(2)
+    for dtype in (ml_dtypes.bfloat16, np.int64, np.complex64):
+        raw = rng.integers(0, 256, 300 * 517 * np.dtype(dtype).itemsize, dtype=np.uint8)
+        v = raw.view(dtype).reshape(300, 517).T
+        dest = np.empty(v.shape, dtype)
         copy_into(dest, v)
-        assert np.array_equal(dest, v)
-        assert np.array_equal(contiguous_copy(v), v)
+        assert dest.tobytes() == np.ascontiguousarray(v).tobytes()
+    if transposer is not None:
+        assert len(transposer) == 3

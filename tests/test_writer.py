@@ -526,3 +526,87 @@ def test_an_error_in_a_writer_thread_stops_the_write_and_leaves_no_output(tmp_pa
         stream_safetensors(entries, tmp_path / "e.safetensors", {"tool": "t"})
     assert os.listdir(tmp_path) == []
     assert len(calls) < 6 * 600 * 1024 // (16 << 10)  # stopped early, not after writing everything
+
+
+def test_a_rearranged_tensor_is_shared_by_the_threads_not_held_one_per_thread(tmp_path, small_pieces, monkeypatch):
+    """Transposed views of the input's map (a TF dense kernel, say) keep every page of their source
+    mapped until their last piece: one such tensor is written at a time, its pieces by both
+    threads, so resident pages stay one tensor's, not one per thread."""
+    import mmap
+    import threading
+    import time
+
+    from converters.writers import stream
+
+    monkeypatch.setattr(stream, "WORKERS", 2)
+    rows, cols, count = 256, 128, 4  # 128 KB each: two 64 KB pieces
+    raw = np.random.default_rng(0).standard_normal((count, rows, cols)).astype("f4")
+    src = tmp_path / "kernels.bin"
+    src.write_bytes(raw.tobytes())
+    with open(src, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ)
+    kernels = np.frombuffer(mm, np.float32).reshape(count, rows, cols)
+    start = kernels.ctypes.data
+    spans, lock = [], threading.Lock()
+    real = stream.copy_into
+
+    def watched(dest, part):
+        which = (part.ctypes.data - start) // kernels[0].nbytes
+        t0 = time.perf_counter()
+        real(dest, part)
+        time.sleep(0.002)  # long enough for the threads to overlap, were they allowed to
+        with lock:
+            spans.append((which, threading.current_thread().name, t0, time.perf_counter()))
+    monkeypatch.setattr(stream, "copy_into", watched)
+
+    import contextlib
+    entries = [(f"k{i}", (cols, rows), np.dtype("f4"), None,
+                (lambda i=i: contextlib.nullcontext(kernels[i].T))) for i in range(count)]
+    stream_safetensors(entries, tmp_path / "k.safetensors", {"tool": "t"})
+    got = load_file(tmp_path / "k.safetensors")
+    assert all(np.array_equal(got[f"k{i}"].numpy(), raw[i].T) for i in range(count))
+    for i in range(count):
+        mine = [s for s in spans if s[0] == i]
+        assert len({s[1] for s in mine}) == 2, f"kernel {i} was written by one thread"
+        first, last = min(s[2] for s in mine), max(s[3] for s in mine)
+        others = [s for s in spans if s[0] != i and s[2] < last and s[3] > first]
+        assert not others, f"kernel {i} overlapped {others[:1]}"
+
+
+def test_the_output_is_reserved_before_it_is_written(tmp_path, monkeypatch):
+    from converters.writers import space
+
+    with open(tmp_path / "r.bin", "wb") as fh:
+        reserved = space.reserve(fh.fileno(), 5 << 20, tmp_path / "r.bin")
+    st = os.stat(tmp_path / "r.bin")
+    assert st.st_size == 5 << 20
+    if not reserved:
+        pytest.skip("this file system cannot reserve blocks")
+    assert st.st_blocks * 512 >= 5 << 20  # allocated, not a hole
+    monkeypatch.setattr(space, "_FALLOCATE", None)  # no fallocate: only sized
+    with open(tmp_path / "s.bin", "wb") as fh:
+        assert space.reserve(fh.fileno(), 5 << 20, tmp_path / "s.bin") is False
+    assert os.stat(tmp_path / "s.bin").st_size == 5 << 20
+
+
+@pytest.mark.parametrize("ext", [".pth", ".safetensors"])
+def test_no_room_for_the_output_is_one_clear_line_before_any_write(tmp_path, ext):
+    """A file size limit (RLIMIT_FSIZE: what a full disk or quota looks like to a process) below the
+    output's size: the CLI says so in one line naming the output, and leaves nothing behind."""
+    from converters.writers import space
+
+    if space._FALLOCATE is None:
+        pytest.skip("no fallocate here: the limit would be met by a write, not the reservation")
+    import resource
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / f"pnet{ext}"
+    r = subprocess.run([sys.executable, "-m", "converters", "--from", "caffe", "--map", "caffe/mtcnn_pnet",
+                        str(CAFFE), str(out)], capture_output=True, text=True, timeout=120, preexec_fn=limited)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "no room for the output" in r.stderr and str(out) in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert os.listdir(tmp_path) == []

@@ -25,6 +25,7 @@ import torch
 from ..dtypes import ML_DTYPES, TORCH, of_torch
 from ..errors import ConvertersError
 from .atomic import atomic_output
+from .space import reserve
 from .stream import little, nbytes, write_tensors
 from .torchzip import ZIP64_LIMIT, ZipLayout
 
@@ -121,7 +122,7 @@ def stream_pth(entries, path, provenance: dict, force: bool = False, progress=No
     with atomic_output(path, force, fsync) as tmp:
         fd = os.open(tmp, os.O_RDWR)
         try:
-            os.ftruncate(fd, zf.end)
+            reserve(fd, zf.end, path)
             crcs = write_tensors(fd, entries, [r.data_offset for r in records], checksum=True, progress=progress,
                                  core_busy=bool(tokens))  # the source hash, still running
             head[0] = (head[0][0], _resolved(pkl, tokens, provenance, path))

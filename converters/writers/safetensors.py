@@ -8,6 +8,7 @@ import os
 from ..dtypes import SAFETENSORS
 from ..errors import ConvertersError
 from .atomic import atomic_output
+from .space import reserve
 from .stream import little, nbytes, write_tensors
 
 _SHA_PLACEHOLDER = "0" * 64
@@ -34,7 +35,7 @@ def stream_safetensors(entries, path, provenance: dict, force: bool = False, pro
     with atomic_output(path, force, fsync) as tmp:
         fd = os.open(tmp, os.O_RDWR)
         try:
-            os.ftruncate(fd, start + offset)
+            reserve(fd, start + offset, path)
             os.pwrite(fd, len(blob).to_bytes(8, "little") + blob, 0)
             write_tensors(fd, entries, [start + o for o in offsets], progress=progress,
                           core_busy=bool(pending))  # the source hash, still running
