@@ -17,7 +17,7 @@ import shutil
 
 from ..errors import ConvertersError
 
-_CANNOT = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV}
+_CANNOT = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV, errno.EPERM, errno.EINTR}  # size it only
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
