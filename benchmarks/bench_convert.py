@@ -203,7 +203,7 @@ def verify(result, src_path: str, layers: int, source: str = "tensorflow") -> di
 
 
 def conversion(mode: str, spec: dict):
-    """(table, output path or None, convert options) of a conversion mode."""
+    """(kind, table, output path or None, convert options) of a conversion mode."""
     table = spec["table_sd"] if mode == "state_dict" else spec["table"]
     kind = mode.removesuffix("_nofsync").removesuffix("_nohash")
     out = {"to_pth": "model.pth", "to_safetensors": "model.safetensors"}.get(kind)
@@ -212,7 +212,7 @@ def conversion(mode: str, spec: dict):
         options["fsync"] = False
     if mode.endswith("_nohash"):
         options["hash_source"] = False
-    return table, os.path.join(spec["outdir"], out) if out else None, options
+    return kind, table, os.path.join(spec["outdir"], out) if out else None, options
 
 
 def child_main(mode: str, spec: dict) -> None:
@@ -263,16 +263,15 @@ def child_main(mode: str, spec: dict) -> None:
                 np.ascontiguousarray(v.T if v.ndim == 2 else v)
         B.emit(meter.result())
         return
-    table, out_path, options = conversion(mode, spec)
+    kind, table, out_path, options = conversion(mode, spec)
     mapping_spec.load(table)  # the YAML machinery imported before the baseline, the table itself read again
     # One conversion of a 4 MB model of the same kind first: what a process pays once (code paged
     # in on first use, the writer's threads, OpenCV's first call) is not the file's cost, as
     # imports are not; the measured conversion is the process's second.
-    warm_table, warm_out, _ = conversion(mode, spec["warm"])
+    _, warm_table, warm_out, _ = conversion(mode, spec["warm"])
     convert(spec["warm"]["src"], warm_table, out=warm_out, force=True, **options)
     if warm_out:
         os.unlink(warm_out)
-    kind = mode.removesuffix("_nofsync").removesuffix("_nohash")
     meter = B.Meter()
     with meter:
         result, report = convert(spec["src"], table, out=out_path, force=True, **options)

@@ -532,6 +532,7 @@ def test_a_rearranged_tensor_is_shared_by_the_threads_not_held_one_per_thread(tm
     """Transposed views of the input's map (a TF dense kernel, say) keep every page of their source
     mapped until their last piece: one such tensor is written at a time, its pieces by both
     threads, so resident pages stay one tensor's, not one per thread."""
+    import contextlib
     import mmap
     import threading
     import time
@@ -558,8 +559,6 @@ def test_a_rearranged_tensor_is_shared_by_the_threads_not_held_one_per_thread(tm
         with lock:
             spans.append((which, threading.current_thread().name, t0, time.perf_counter()))
     monkeypatch.setattr(stream, "copy_into", watched)
-
-    import contextlib
     entries = [(f"k{i}", (cols, rows), np.dtype("f4"), None,
                 (lambda i=i: contextlib.nullcontext(kernels[i].T))) for i in range(count)]
     stream_safetensors(entries, tmp_path / "k.safetensors", {"tool": "t"})
